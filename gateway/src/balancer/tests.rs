@@ -1,0 +1,155 @@
+use super::*;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Fake {
+    weight: u32,
+    region: Option<String>,
+    usable: bool,
+}
+
+impl Candidate for Fake {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    fn is_usable(&self) -> bool {
+        self.usable
+    }
+}
+
+fn ep(weight: u32, region: &str) -> Fake {
+    Fake {
+        weight,
+        region: Some(region.to_string()),
+        usable: true,
+    }
+}
+
+fn counts(endpoints: &[Fake], region: Option<&str>, n: usize) -> Vec<usize> {
+    let wrr = SmoothWrr::new(endpoints.len());
+    let mut counts = vec![0; endpoints.len()];
+    for _ in 0..n {
+        counts[pick(&wrr, endpoints, region, &[]).unwrap()] += 1;
+    }
+    counts
+}
+
+#[test]
+fn preferred_region_takes_all_calls_while_usable() {
+    let eps = vec![ep(100, "eu"), ep(50, "us"), ep(10, "eu")];
+    let c = counts(&eps, Some("eu"), 1100);
+    assert_eq!(c[1], 0);
+    assert_eq!(c[0], 1000);
+    assert_eq!(c[2], 100);
+}
+
+#[test]
+fn falls_back_to_all_regions_by_weight_when_preferred_has_none_usable() {
+    let mut eps = vec![ep(100, "eu"), ep(50, "us"), ep(25, "ap")];
+    eps[0].usable = false;
+    let c = counts(&eps, Some("eu"), 75 * 10);
+    assert_eq!(c, vec![0, 500, 250]);
+}
+
+#[test]
+fn region_with_only_drained_endpoints_counts_as_empty() {
+    let eps = vec![ep(0, "eu"), ep(10, "us")];
+    let c = counts(&eps, Some("eu"), 10);
+    assert_eq!(c, vec![0, 10]);
+}
+
+#[test]
+fn unknown_region_uses_everything() {
+    let eps = vec![ep(3, "eu"), ep(1, "us")];
+    let c = counts(&eps, Some("mars"), 400);
+    assert_eq!(c, vec![300, 100]);
+}
+
+#[test]
+fn weight_zero_is_never_picked_and_nothing_usable_picks_none() {
+    let eps = vec![ep(0, "eu"), ep(0, "us")];
+    let wrr = SmoothWrr::new(2);
+    assert_eq!(pick(&wrr, &eps, Some("eu"), &[]), None);
+}
+
+#[test]
+fn excluded_endpoints_are_skipped() {
+    let eps = vec![ep(100, "eu"), ep(1, "eu")];
+    let wrr = SmoothWrr::new(2);
+    for _ in 0..10 {
+        assert_eq!(pick(&wrr, &eps, Some("eu"), &[0]), Some(1));
+    }
+    assert_eq!(pick(&wrr, &eps, Some("eu"), &[0, 1]), None);
+}
+
+proptest! {
+    /// Over many picks every endpoint's share is within 1% of its weight share.
+    #[test]
+    fn proportions_follow_weights(weights in prop::collection::vec(1u32..=100, 1..8)) {
+        let eps: Vec<Fake> = weights.iter().map(|w| ep(*w, "r")).collect();
+        let total: u32 = weights.iter().sum();
+        let rounds = 20;
+        let n = (total as usize) * rounds;
+        let c = counts(&eps, None, n);
+        for (i, w) in weights.iter().enumerate() {
+            let expected = f64::from(*w) / f64::from(total);
+            let got = c[i] as f64 / n as f64;
+            prop_assert!((expected - got).abs() <= 0.01, "endpoint {i}: expected {expected}, got {got}");
+        }
+    }
+
+    /// Smoothness: within any window of `total` consecutive picks, each endpoint appears exactly
+    /// its weight times (give or take one at the edges), so no endpoint gets a long burst.
+    #[test]
+    fn picks_are_interleaved(weights in prop::collection::vec(1u32..=20, 2..6)) {
+        let eps: Vec<Fake> = weights.iter().map(|w| ep(*w, "r")).collect();
+        let total: u32 = weights.iter().sum();
+        let wrr = SmoothWrr::new(eps.len());
+        let seq: Vec<usize> = (0..(total as usize * 4)).map(|_| pick(&wrr, &eps, None, &[]).unwrap()).collect();
+        for window in seq.windows(total as usize) {
+            for (i, w) in weights.iter().enumerate() {
+                let seen = window.iter().filter(|x| **x == i).count() as i64;
+                prop_assert!((seen - i64::from(*w)).abs() <= 1, "endpoint {i} weight {w} seen {seen} in a window");
+            }
+        }
+        // No endpoint gets a burst much longer than its share forces: with weight w among total t
+        // a run is at most 2t/(t-w) (twice the even spacing; the exact 5,1,1 case is above).
+        for (i, w) in weights.iter().enumerate() {
+            let others = total - w;
+            let bound = (2 * total / others) as usize;
+            let mut longest = 0; let mut run = 0;
+            for x in &seq { if *x == i { run += 1; longest = longest.max(run); } else { run = 0; } }
+            prop_assert!(longest <= bound, "endpoint {i}: run {longest} exceeds {bound} for {weights:?}");
+        }
+    }
+
+    /// Whatever the regions, usability and exclusions, a pick is always usable, not excluded,
+    /// and in the preferred region whenever that region has a usable endpoint.
+    #[test]
+    fn picks_respect_region_and_exclusion(
+        spec in prop::collection::vec((0u32..=5, 0usize..3, any::<bool>()), 1..10),
+        preferred in 0usize..4,
+        excluded_mask in any::<u16>(),
+    ) {
+        let regions = ["a", "b", "c", "d"];
+        let eps: Vec<Fake> = spec.iter().map(|(w, r, u)| Fake { weight: *w, region: Some(regions[*r].into()), usable: *u }).collect();
+        let excluded: Vec<usize> = (0..eps.len()).filter(|i| excluded_mask & (1 << i) != 0).collect();
+        let wrr = SmoothWrr::new(eps.len());
+        let region = regions[preferred];
+        let ok = |i: usize| eps[i].weight > 0 && eps[i].usable && !excluded.contains(&i);
+        let any_ok = (0..eps.len()).any(ok);
+        let any_in_region = (0..eps.len()).any(|i| ok(i) && eps[i].region.as_deref() == Some(region));
+        for _ in 0..20 {
+            match pick(&wrr, &eps, Some(region), &excluded) {
+                None => prop_assert!(!any_ok),
+                Some(i) => {
+                    prop_assert!(ok(i));
+                    if any_in_region { prop_assert_eq!(eps[i].region.as_deref(), Some(region)); }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The external shape of the TOML file, exactly as an operator writes it.
+//!
+//! Nothing here is trusted: `validate` turns it into the internal model (`model.rs`). Fields that
+//! can be wrong in a way only validation sees keep their source span so the error can point at
+//! them.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::ConfigDuration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSection>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub region: Option<String>,
+    pub region_header: Option<Spanned<String>>,
+    pub threads: Option<Spanned<i64>>,
+    pub shutdown_grace: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
+    pub tls: Option<ListenerTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub listener: Spanned<String>,
+    pub service: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: Spanned<String>,
+    pub discovery: Option<Spanned<String>>,
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<EndpointSection>>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub tls: Option<UpstreamTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    pub addr: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<String>,
+}

@@ -1,0 +1,432 @@
+//! From the external file model to the internal model, collecting every problem on the way.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::HeaderName;
+use toml::Spanned;
+
+use super::diagnostics::{ConfigError, Diagnostics, Problem};
+use super::file::{FileConfig, ListenerSection, RouteSection, UpstreamSection};
+use super::model::*;
+use super::tls_files;
+
+/// Parses the TOML text into the external model. Syntax and type errors stop here (a parser
+/// cannot go on after them); they are still reported with line, column and key path.
+pub fn deserialize(source: &str, file: &Path) -> Result<FileConfig, ConfigError> {
+    let deserializer = toml::Deserializer::new(source);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let position = inner
+            .span()
+            .map(|span| super::diagnostics::line_column(source, span.start));
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                position,
+                key_path: if path == "." { String::new() } else { path },
+                message: inner.message().trim().to_string(),
+            }],
+        }
+    })
+}
+
+pub fn validate(
+    file_config: FileConfig,
+    source: &str,
+    file: &Path,
+    base_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let mut diag = Diagnostics::new(source);
+    let gateway = validate_gateway(&file_config, &mut diag);
+    let listeners = validate_listeners(&file_config.listeners, base_dir, &mut diag);
+    let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
+    let routes = validate_routes(&file_config.routes, &listeners, &upstreams, &mut diag);
+    if diag.is_empty() {
+        Ok(Config {
+            gateway,
+            listeners,
+            routes,
+            upstreams,
+        })
+    } else {
+        Err(diag.into_error(file))
+    }
+}
+
+fn span<T>(value: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+    Some(value.span())
+}
+
+fn validate_gateway(file_config: &FileConfig, diag: &mut Diagnostics) -> GatewayConfig {
+    let section = &file_config.gateway;
+    let region_header = section.region_header.as_ref().and_then(|h| {
+        match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                diag.at(
+                    span(h),
+                    "gateway.region_header",
+                    format!("{:?} is not a valid HTTP header name", h.get_ref()),
+                );
+                None
+            }
+        }
+    });
+    let default_threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = match &section.threads {
+        None => default_threads,
+        Some(t) if (1..=1024).contains(t.get_ref()) => *t.get_ref() as usize,
+        Some(t) => {
+            diag.at(
+                span(t),
+                "gateway.threads",
+                format!("must be between 1 and 1024, got {}", t.get_ref()),
+            );
+            default_threads
+        }
+    };
+    GatewayConfig {
+        region: section.region.clone().filter(|r| !r.is_empty()),
+        region_header,
+        threads,
+        shutdown_grace: section
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+    }
+}
+
+fn validate_listeners(
+    sections: &[ListenerSection],
+    base_dir: &Path,
+    diag: &mut Diagnostics,
+) -> Vec<ListenerConfig> {
+    if sections.is_empty() {
+        diag.at(
+            None,
+            "listener",
+            "no [[listener]] is defined; the gateway would serve nothing",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut listeners = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let path = format!("listener[{i}]");
+        let name = section.name.get_ref();
+        check_name(name, span(&section.name), &format!("{path}.name"), diag);
+        if !names.insert(name.clone()) {
+            diag.at(
+                span(&section.name),
+                format!("{path}.name"),
+                format!("duplicate listener name {name:?}"),
+            );
+        }
+        let protocol = section
+            .protocol
+            .as_ref()
+            .map(|p| p.get_ref().as_str())
+            .unwrap_or("grpc");
+        if protocol != "grpc" {
+            let p = section
+                .protocol
+                .as_ref()
+                .expect("non-default protocol was written");
+            diag.at(
+                span(p),
+                format!("{path}.protocol"),
+                format!(
+                    "unsupported protocol {protocol:?}; this version serves \"grpc\" listeners"
+                ),
+            );
+        }
+        let listen = match section.listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(other) = addresses.insert(addr, name.clone()) {
+                    diag.at(
+                        span(&section.listen),
+                        format!("{path}.listen"),
+                        format!("address {addr} is already used by listener {other:?}"),
+                    );
+                }
+                addr
+            }
+            Err(_) => {
+                diag.at(
+                    span(&section.listen),
+                    format!("{path}.listen"),
+                    format!("{:?} is not an IP:port address", section.listen.get_ref()),
+                );
+                continue;
+            }
+        };
+        let tls = section.tls.as_ref().map(|tls| {
+            let cert = resolve(base_dir, tls.cert.get_ref());
+            let key = resolve(base_dir, tls.key.get_ref());
+            if let Err(e) = tls_files::check_certificates(&cert) {
+                diag.at(span(&tls.cert), format!("{path}.tls.cert"), e);
+            }
+            if let Err(e) = tls_files::check_private_key(&key) {
+                diag.at(span(&tls.key), format!("{path}.tls.key"), e);
+            }
+            ListenerTls { cert, key }
+        });
+        listeners.push(ListenerConfig {
+            name: name.clone(),
+            listen,
+            tls,
+        });
+    }
+    listeners
+}
+
+fn validate_upstreams(
+    sections: &[UpstreamSection],
+    base_dir: &Path,
+    diag: &mut Diagnostics,
+) -> Vec<UpstreamConfig> {
+    let mut names = HashSet::new();
+    let mut upstreams = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let path = format!("upstream[{i}]");
+        let name = section.name.get_ref();
+        check_name(name, span(&section.name), &format!("{path}.name"), diag);
+        if !names.insert(name.clone()) {
+            diag.at(
+                span(&section.name),
+                format!("{path}.name"),
+                format!("duplicate upstream name {name:?}"),
+            );
+        }
+        if let Some(discovery) = &section.discovery {
+            if discovery.get_ref() != "static" {
+                diag.at(
+                    span(discovery),
+                    format!("{path}.discovery"),
+                    format!(
+                        "unsupported discovery {:?}; this version supports \"static\"",
+                        discovery.get_ref()
+                    ),
+                );
+            }
+        }
+        if section.endpoints.is_empty() {
+            diag.at(
+                span(&section.name),
+                format!("{path}.endpoints"),
+                "a static upstream needs at least one endpoint",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut endpoints = Vec::new();
+        for (j, endpoint) in section.endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{j}]");
+            let e = endpoint.get_ref();
+            let addr = match e.addr.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    diag.at(
+                        span(&e.addr),
+                        format!("{epath}.addr"),
+                        format!("{:?} is not an IP:port address", e.addr.get_ref()),
+                    );
+                    continue;
+                }
+            };
+            if !seen.insert(addr) {
+                diag.at(
+                    span(&e.addr),
+                    format!("{epath}.addr"),
+                    format!("endpoint {addr} is listed twice"),
+                );
+            }
+            let weight = match &e.weight {
+                None => DEFAULT_WEIGHT,
+                Some(w) if (0..=MAX_WEIGHT).contains(w.get_ref()) => *w.get_ref() as u32,
+                Some(w) => {
+                    diag.at(
+                        span(w),
+                        format!("{epath}.weight"),
+                        format!(
+                            "weight must be between 0 and {MAX_WEIGHT}, got {}",
+                            w.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            endpoints.push(StaticEndpoint {
+                addr,
+                weight,
+                region: e.region.clone().filter(|r| !r.is_empty()),
+            });
+        }
+        let max_attempts = match &section.max_attempts {
+            None => DEFAULT_MAX_ATTEMPTS,
+            Some(n) if (1..=10).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                diag.at(
+                    span(n),
+                    format!("{path}.max_attempts"),
+                    format!("must be between 1 and 10, got {}", n.get_ref()),
+                );
+                DEFAULT_MAX_ATTEMPTS
+            }
+        };
+        let connect_timeout = section
+            .connect_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            diag.at(
+                span(&section.name),
+                format!("{path}.connect_timeout"),
+                "must be greater than 0",
+            );
+        }
+        let tls = section.tls.as_ref().map(|tls| {
+            let ca = tls.ca.as_ref().map(|ca| {
+                let resolved = resolve(base_dir, ca.get_ref());
+                if let Err(e) = tls_files::check_certificates(&resolved) {
+                    diag.at(span(ca), format!("{path}.tls.ca"), e);
+                }
+                resolved
+            });
+            let server_name = tls.server_name.clone().unwrap_or_else(|| {
+                endpoints
+                    .first()
+                    .map(|e| e.addr.ip().to_string())
+                    .unwrap_or_default()
+            });
+            UpstreamTls { ca, server_name }
+        });
+        upstreams.push(UpstreamConfig {
+            name: name.clone(),
+            endpoints,
+            connect_timeout,
+            max_attempts,
+            tls,
+        });
+    }
+    upstreams
+}
+
+fn validate_routes(
+    sections: &[RouteSection],
+    listeners: &[ListenerConfig],
+    upstreams: &[UpstreamConfig],
+    diag: &mut Diagnostics,
+) -> Vec<RouteConfig> {
+    let listener_names: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let upstream_names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let mut seen = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let path = format!("route[{i}]");
+        let listener = section.listener.get_ref();
+        if !listener_names.contains(listener.as_str()) {
+            diag.at(
+                span(&section.listener),
+                format!("{path}.listener"),
+                format!("no listener named {listener:?}"),
+            );
+        }
+        let upstream = section.upstream.get_ref();
+        if !upstream_names.contains(upstream.as_str()) {
+            diag.at(
+                span(&section.upstream),
+                format!("{path}.upstream"),
+                format!("no upstream named {upstream:?}"),
+            );
+        }
+        let service_text = section.service.get_ref();
+        let service = if service_text == "*" {
+            ServiceMatch::Any
+        } else {
+            if !is_grpc_identifier_path(service_text) {
+                diag.at(
+                    span(&section.service),
+                    format!("{path}.service"),
+                    format!(
+                        "{service_text:?} is not a gRPC service name (like \"package.Service\") or \"*\""
+                    ),
+                );
+            }
+            ServiceMatch::Exact(service_text.clone())
+        };
+        let method = section.method.as_ref().map(|m| {
+            if service == ServiceMatch::Any {
+                diag.at(
+                    span(m),
+                    format!("{path}.method"),
+                    "a method needs a named service, not \"*\"",
+                );
+            }
+            if !is_grpc_identifier_path(m.get_ref()) || m.get_ref().contains('.') {
+                diag.at(
+                    span(m),
+                    format!("{path}.method"),
+                    format!("{:?} is not a gRPC method name", m.get_ref()),
+                );
+            }
+            m.get_ref().clone()
+        });
+        if !seen.insert((listener.clone(), service.clone(), method.clone())) {
+            diag.at(
+                span(&section.service),
+                path.clone(),
+                "another route on this listener already matches the same service and method",
+            );
+        }
+        routes.push(RouteConfig {
+            listener: listener.clone(),
+            service,
+            method,
+            upstream: upstream.clone(),
+            timeout: section.timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+        });
+    }
+    routes
+}
+
+/// Names of listeners and upstreams end up in logs and metric labels: keep them plain.
+fn check_name(
+    name: &str,
+    span: Option<std::ops::Range<usize>>,
+    path: &str,
+    diag: &mut Diagnostics,
+) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        diag.at(
+            span,
+            path,
+            format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+}
+
+fn is_grpc_identifier_path(text: &str) -> bool {
+    !text.is_empty()
+        && text.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}

@@ -1,0 +1,94 @@
+//! How to reach one endpoint: pingora's `HttpPeer`, prepared once per snapshot.
+//!
+//! pingora's defaults silently break gRPC, so every setting that matters is set here on purpose.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+
+/// Concurrent streams we open on one upstream connection. pingora's default is 1, which means
+/// one TCP connection per call; the backend's own SETTINGS_MAX_CONCURRENT_STREAMS still caps it.
+const MAX_STREAMS_PER_CONNECTION: usize = 1000;
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 PING on idle upstream connections, so a dead peer is noticed before a call needs it.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTemplateError {
+    #[error("cannot read CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+}
+
+/// A ready-made peer; each call clones it and sets its own read timeout (the deadline).
+#[derive(Debug, Clone)]
+pub struct PeerTemplate {
+    peer: HttpPeer,
+}
+
+impl PeerTemplate {
+    pub fn new(addr: SocketAddr, upstream: &UpstreamConfig) -> Result<Self, PeerTemplateError> {
+        let mut peer = match &upstream.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.server_name.clone());
+                if let Some(ca_path) = &tls.ca {
+                    peer.options.ca = Some(load_ca(ca_path)?);
+                }
+                peer
+            }
+        };
+        let options = &mut peer.options;
+        // Plaintext + H2 means h2c with prior knowledge; over TLS it offers only "h2".
+        options.alpn = ALPN::H2;
+        options.max_h2_streams = MAX_STREAMS_PER_CONNECTION;
+        options.connection_timeout = Some(upstream.connect_timeout);
+        options.total_connection_timeout = Some(upstream.connect_timeout * 2);
+        // No per-read timer by default: it would cut healthy quiet streams. The call's deadline,
+        // when there is one, is set per call.
+        options.read_timeout = None;
+        options.write_timeout = None;
+        options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        options.h2_ping_interval = Some(H2_PING_INTERVAL);
+        Ok(Self { peer })
+    }
+
+    /// A peer for one attempt, cut off when the call's remaining budget runs out.
+    pub fn for_attempt(&self, remaining: Option<Duration>) -> Box<HttpPeer> {
+        let mut peer = Box::new(self.peer.clone());
+        peer.options.read_timeout = remaining;
+        peer
+    }
+}
+
+fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, PeerTemplateError> {
+    let err = |reason: String| PeerTemplateError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in file".into()));
+    }
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for cert in certs {
+        let der = cert.as_ref().to_vec();
+        // pingora's parser panics on bad DER; check first so a bad file is an error, not a crash.
+        if x509_parser::parse_x509_certificate(&der).is_err() {
+            return Err(err("a certificate is not valid DER".into()));
+        }
+        wrapped.push(WrappedX509::new(der, pingora::utils::tls::parse_x509));
+    }
+    Ok(wrapped.into())
+}

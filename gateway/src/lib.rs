@@ -1,0 +1,13 @@
+//! Strait: a gRPC edge gateway on pingora.
+//!
+//! Data flows one way through the modules:
+//! `config` -> `discovery` -> `routing` (immutable snapshot) -> `balancer` -> `proxy`,
+//! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
+
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+pub mod proxy;
+pub mod routing;
+pub mod server;

@@ -1,0 +1,77 @@
+//! `strait`: run, check, or print the version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for an invalid configuration (distinct from a runtime failure).
+const EXIT_BAD_CONFIG: u8 = 2;
+const EXIT_START_FAILED: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "strait", version, about = "A gRPC edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and report every problem; start nothing.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("STRAIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    match cli.command {
+        Command::Check { config } => match strait::config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: ok ({} listener(s), {} route(s), {} upstream(s))",
+                    config.display(),
+                    loaded.listeners.len(),
+                    loaded.routes.len(),
+                    loaded.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match strait::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match strait::server::run(loaded) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("strait: {e}");
+                    ExitCode::from(EXIT_START_FAILED)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Reading pingora's errors: what went wrong in words, and whether a retry is safe.
+
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// A short, human reason for an attempt's failure, used in the caller's `grpc-message`.
+pub fn describe(e: &Error) -> String {
+    let reason = match e.etype() {
+        ErrorType::ConnectRefused => "connection refused",
+        ErrorType::ConnectTimedout => "connect timed out",
+        ErrorType::ConnectNoRoute => "no route to host",
+        ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => "TLS handshake failed",
+        ErrorType::TLSHandshakeTimedout => "TLS handshake timed out",
+        ErrorType::InvalidCert => "invalid certificate",
+        ErrorType::ReadTimedout => "timed out waiting for the backend",
+        ErrorType::ConnectionClosed => "connection closed",
+        ErrorType::ReadError | ErrorType::WriteError => "connection error",
+        ErrorType::H2Error => {
+            if let Some(h2e) = h2_cause(e) {
+                if h2e.is_go_away() {
+                    return "backend sent GOAWAY".into();
+                }
+                if let Some(reason) = h2e.reason() {
+                    return format!("backend reset the stream ({reason:?})");
+                }
+            }
+            "HTTP/2 error"
+        }
+        ErrorType::InvalidH2 | ErrorType::H2Downgrade => "backend does not speak HTTP/2",
+        _ => return e.etype().as_str().to_string(),
+    };
+    reason.to_string()
+}
+
+/// True when the backend certainly did not process the request: it refused the stream, or the
+/// stream was above the last id of a GOAWAY. Only then may a non-idempotent gRPC call be retried.
+pub fn certainly_unprocessed(e: &Error) -> bool {
+    if *e.esource() != ErrorSource::Upstream {
+        return false;
+    }
+    h2_cause(e)
+        .is_some_and(|h2e| h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// True when the error came from the caller's side (it cancelled or went away).
+pub fn caused_by_caller(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+}
+
+fn h2_cause(e: &Error) -> Option<&h2::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            return Some(h2e);
+        }
+        current = err.source();
+    }
+    // pingora keeps the cause outside the std `source()` chain; look there too.
+    e.root_cause().downcast_ref::<h2::Error>()
+}

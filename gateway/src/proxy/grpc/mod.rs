@@ -1,0 +1,476 @@
+//! The L7 gRPC proxy: pingora's phase hooks, each doing one step of a call.
+//!
+//! request_filter      -> parse `:path`, find the route, fix the deadline and preferred region
+//! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried)
+//! upstream_request    -> forward the remaining budget as `grpc-timeout`
+//! fail_to_connect /
+//! error_while_proxy   -> decide whether another endpoint may be tried
+//! response filters    -> note `grpc-status` (headers, trailers-only or trailers), enforce deadline
+//! fail_to_proxy       -> answer the gateway's own errors the gRPC way
+//! logging             -> one line per call
+
+mod ctx;
+mod deadline;
+mod failure;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, Method, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorType, Result};
+use tracing::{debug, info};
+
+pub use ctx::CallCtx;
+pub use deadline::{format_grpc_timeout, parse_grpc_timeout};
+pub use status::{encode_grpc_message, Code, LocalStatus};
+
+use crate::proxy::InFlightCalls;
+use crate::routing::{parse_grpc_path, Routing};
+use ctx::Attempt;
+
+/// Settings every gRPC listener shares.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    pub region: Option<String>,
+    pub region_header: Option<HeaderName>,
+}
+
+/// One gRPC listener's proxy logic.
+pub struct GrpcProxy {
+    listener: String,
+    routing: Arc<Routing>,
+    settings: Arc<CallSettings>,
+    calls: InFlightCalls,
+}
+
+impl GrpcProxy {
+    pub fn new(
+        listener: String,
+        routing: Arc<Routing>,
+        settings: Arc<CallSettings>,
+        calls: InFlightCalls,
+    ) -> Self {
+        Self {
+            listener,
+            routing,
+            settings,
+            calls,
+        }
+    }
+
+    /// The caller's stated region if it sent one, else the gateway's own.
+    fn preferred_region(&self, req: &RequestHeader) -> Option<String> {
+        let stated = self.settings.region_header.as_ref().and_then(|name| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= 64)
+        });
+        stated
+            .map(str::to_string)
+            .or_else(|| self.settings.region.clone())
+    }
+
+    /// Routes the call or explains why not. `Err` carries the status to answer with.
+    fn admit(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut CallCtx,
+    ) -> std::result::Result<(), LocalStatus> {
+        let path = req.uri.path();
+        let grpc_path = parse_grpc_path(path).ok_or_else(|| {
+            LocalStatus::new(Code::Unimplemented, format!("malformed gRPC path {path:?}"))
+        })?;
+        let snapshot = self.routing.load();
+        let target = snapshot
+            .routes(&self.listener)
+            .and_then(|table| table.find(grpc_path.service, grpc_path.method))
+            .ok_or_else(|| {
+                LocalStatus::new(
+                    Code::Unimplemented,
+                    format!("no route for {path} on listener {:?}", self.listener),
+                )
+            })?;
+        let budget = match req.headers.get("grpc-timeout") {
+            Some(value) => Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
+                LocalStatus::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "malformed grpc-timeout header {:?}",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ),
+                )
+            })?),
+            None => target.timeout,
+        };
+        ctx.deadline = budget.map(|b| ctx.started + b);
+        ctx.region = self.preferred_region(req);
+        ctx.target = Some(target.clone());
+        Ok(())
+    }
+
+    fn deadline_status(ctx: &CallCtx) -> LocalStatus {
+        LocalStatus::new(
+            Code::DeadlineExceeded,
+            format!(
+                "deadline exceeded after {} ms waiting for upstream {:?}",
+                ctx.started.elapsed().as_millis(),
+                ctx.upstream_name()
+            ),
+        )
+    }
+
+    /// Why no endpoint could take the call, in words an operator can act on.
+    fn no_endpoint_status(ctx: &CallCtx) -> LocalStatus {
+        let upstream = ctx.upstream_name();
+        let message = match &ctx.last_failure {
+            Some(last) => format!(
+                "upstream {upstream:?}: no endpoint could take the call after {} attempt{}; last error: {last}",
+                ctx.tried.len(),
+                if ctx.tried.len() == 1 { "" } else { "s" }
+            ),
+            None => {
+                let total = ctx.target.as_ref().map(|t| t.upstream.endpoints.len()).unwrap_or(0);
+                format!("upstream {upstream:?}: no usable endpoint ({total} configured, none with weight > 0)")
+            }
+        };
+        LocalStatus::new(Code::Unavailable, message)
+    }
+
+    fn no_endpoint_error() -> Box<Error> {
+        Error::new(ErrorType::Custom("no usable endpoint"))
+    }
+
+    /// Ends the current attempt and remembers why it failed.
+    fn attempt_failed(ctx: &mut CallCtx, peer: &HttpPeer, e: &Error) {
+        ctx.attempt = None;
+        ctx.last_failure = Some(format!("{}: {}", peer.address(), failure::describe(e)));
+    }
+
+    fn may_try_again(ctx: &CallCtx) -> bool {
+        let max = ctx
+            .target
+            .as_ref()
+            .map(|t| t.upstream.max_attempts)
+            .unwrap_or(1);
+        (ctx.tried.len() as u32) < max && !ctx.deadline_passed()
+    }
+}
+
+async fn write_local_status(session: &mut Session, status: &LocalStatus) -> Result<bool> {
+    if session.response_written().is_none() {
+        let head = status.trailers_only_response();
+        session
+            .write_response_tasks(vec![HttpTask::Header(Box::new(head), true)])
+            .await
+    } else {
+        session
+            .write_response_tasks(vec![HttpTask::Trailer(Some(Box::new(status.trailers())))])
+            .await
+    }
+}
+
+/// A plain HTTP error for requests that are not gRPC at all (HTTP/1.x, wrong content type).
+async fn reject_non_grpc(session: &mut Session, status: u16, message: &str) -> Result<()> {
+    let body = Bytes::from(format!("{message}\n"));
+    let mut head = ResponseHeader::build(status, Some(3))?;
+    head.insert_header("content-type", "text/plain; charset=utf-8")?;
+    head.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for GrpcProxy {
+    type CTX = CallCtx;
+
+    fn new_ctx(&self) -> CallCtx {
+        CallCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
+        ctx.call_guard = Some(self.calls.enter());
+        let req = session.req_header();
+        if req.version != Version::HTTP_2 {
+            reject_non_grpc(
+                session,
+                505,
+                "this listener serves gRPC over HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2)",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let is_grpc = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !is_grpc {
+            reject_non_grpc(session, 415, "content-type must be application/grpc").await?;
+            return Ok(true);
+        }
+        if req.method != Method::POST {
+            reject_non_grpc(session, 405, "gRPC calls use POST").await?;
+            return Ok(true);
+        }
+        let req = session.req_header().clone();
+        if let Err(status) = self.admit(&req, ctx) {
+            write_local_status(session, &status).await?;
+            ctx.local_status = Some(status);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut CallCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(target) = ctx.target.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "call reached upstream_peer unrouted",
+            ));
+        };
+        if ctx.deadline_passed() {
+            ctx.local_status = Some(Self::deadline_status(ctx));
+            return Err(Error::new(ErrorType::Custom("deadline exceeded")));
+        }
+        let upstream = &target.upstream;
+        if (ctx.tried.len() as u32) >= upstream.max_attempts {
+            ctx.local_status = Some(Self::no_endpoint_status(ctx));
+            return Err(Self::no_endpoint_error());
+        }
+        let Some(index) = upstream.pick(ctx.region.as_deref(), &ctx.tried) else {
+            ctx.local_status = Some(Self::no_endpoint_status(ctx));
+            return Err(Self::no_endpoint_error());
+        };
+        let endpoint = &upstream.endpoints[index];
+        ctx.tried.push(index);
+        ctx.attempt = Some(Attempt::new(index, endpoint.state.start_attempt()));
+        Ok(endpoint.peer.for_attempt(ctx.remaining()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(remaining) = ctx.remaining() {
+            // The backend gets what is left of the budget, not the caller's original value.
+            upstream_request.insert_header("grpc-timeout", format_grpc_timeout(remaining))?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        check_deadline(ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut CallCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        Self::attempt_failed(ctx, peer, &e);
+        // Nothing reached the backend: another endpoint may take the call.
+        e.set_retry(Self::may_try_again(ctx));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut CallCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        Self::attempt_failed(ctx, peer, &e);
+        // gRPC calls are not idempotent: retry only when the backend provably did not see it,
+        // nothing came back yet, and the whole request body is still buffered for a resend.
+        let retry = !ctx.response_started
+            && failure::certainly_unprocessed(&e)
+            && !session.as_ref().retry_buffer_truncated()
+            && Self::may_try_again(ctx);
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let Some(value) = upstream_response.headers.get("grpc-status") {
+            // Trailers-only response: the status rides in the headers and stays there.
+            let code = Code::from_header(value.as_bytes());
+            ctx.upstream_status = Some(code);
+            if let Some(status) = expired_budget_status(ctx, code) {
+                upstream_response.insert_header("grpc-status", status.code as u8 as u16)?;
+                upstream_response
+                    .insert_header("grpc-message", encode_grpc_message(&status.message))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<Option<Duration>> {
+        check_deadline(ctx)?;
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(value) = upstream_trailers.get("grpc-status") {
+            let code = Code::from_header(value.as_bytes());
+            ctx.upstream_status = Some(code);
+            if let Some(status) = expired_budget_status(ctx, code) {
+                let trailers = status.trailers();
+                upstream_trailers.extend(trailers);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut CallCtx,
+    ) -> FailToProxy {
+        let nothing_to_write = FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+        if ctx.upstream_status.is_some() {
+            // The backend's status already went out; what failed afterwards (typically the
+            // caller resetting its half of a finished stream) must not add a second ending.
+            return nothing_to_write;
+        }
+        let status = if let Some(status) = ctx.local_status.clone() {
+            status
+        } else if ctx.deadline_passed() {
+            Self::deadline_status(ctx)
+        } else if failure::caused_by_caller(e) {
+            // The caller cancelled or went away: nobody is left to answer.
+            ctx.local_status = Some(LocalStatus::new(Code::Cancelled, "cancelled by the caller"));
+            return nothing_to_write;
+        } else if ctx.response_started {
+            LocalStatus::new(
+                Code::Unavailable,
+                format!(
+                    "upstream {:?} failed mid-call: {}",
+                    ctx.upstream_name(),
+                    ctx.last_failure
+                        .as_deref()
+                        .unwrap_or("stream ended without trailers")
+                ),
+            )
+        } else {
+            Self::no_endpoint_status(ctx)
+        };
+        if let Err(write_error) = write_local_status(session, &status).await {
+            debug!(error = %write_error, "could not deliver the gateway's status to the caller");
+        }
+        ctx.local_status = Some(status);
+        FailToProxy {
+            error_code: 200,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
+        ctx.attempt = None;
+        let code = ctx
+            .final_code()
+            .unwrap_or(if e.is_some() { Code::Unknown } else { Code::Ok });
+        let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        let path = session.req_header().uri.path();
+        if let Some(status) = ctx
+            .local_status
+            .as_ref()
+            .filter(|s| s.code != Code::Cancelled)
+        {
+            info!(
+                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
+                attempts = ctx.tried.len(), elapsed_ms, message = %status.message,
+                "call answered by the gateway"
+            );
+        } else {
+            debug!(
+                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
+                attempts = ctx.tried.len(), elapsed_ms, "call finished"
+            );
+        }
+        ctx.call_guard = None;
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, error: &Error) -> bool {
+        // Callers cancelling and finished streams being reset are normal gRPC life, not errors.
+        failure::caused_by_caller(error) || ctx.upstream_status.is_some()
+    }
+}
+
+/// How close to the deadline a backend's CANCELLED counts as "the forwarded budget ran out".
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// The backend gets the remaining budget as `grpc-timeout` and its timer races the gateway's.
+/// When the backend wins, some servers (tonic) answer CANCELLED; the caller's deadline is what
+/// expired, so the caller is told DEADLINE_EXCEEDED either way.
+fn expired_budget_status(ctx: &mut CallCtx, code: Code) -> Option<LocalStatus> {
+    let remaining = ctx.remaining()?;
+    if code != Code::Cancelled || remaining > DEADLINE_SLACK {
+        return None;
+    }
+    let status = GrpcProxy::deadline_status(ctx);
+    ctx.upstream_status = Some(status.code);
+    Some(status)
+}
+
+/// Ends the call with DEADLINE_EXCEEDED once its budget is spent. pingora has no per-call timer,
+/// so this runs on every message in either direction; a silent backend is cut by the per-attempt
+/// read timeout, which is set to the remaining budget (see `PeerTemplate::for_attempt`).
+fn check_deadline(ctx: &mut CallCtx) -> Result<()> {
+    if ctx.deadline_passed() {
+        if ctx.local_status.is_none() {
+            ctx.local_status = Some(GrpcProxy::deadline_status(ctx));
+        }
+        return Err(Error::explain(
+            ErrorType::Custom("deadline exceeded"),
+            "call deadline passed",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! gRPC status codes and the gateway's own gRPC-shaped answers.
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderValue};
+use pingora::http::ResponseHeader;
+
+/// gRPC status codes (grpc/doc/statuscodes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<Code> {
+        Code::ALL.get(usize::from(value)).copied()
+    }
+
+    /// Parses a `grpc-status` header value. Anything unparsable is UNKNOWN, as the gRPC spec
+    /// asks clients to treat it.
+    pub fn from_header(value: &[u8]) -> Code {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .and_then(Code::from_u8)
+            .unwrap_or(Code::Unknown)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from(self as u8 as u16)
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status the gateway itself decided on, with the message the caller will read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalStatus {
+    pub code: Code,
+    pub message: String,
+}
+
+impl LocalStatus {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The response head of a trailers-only answer: HTTP 200 carrying the status, sent with
+    /// END_STREAM. gRPC clients depend on this exact shape (e.g. for transparent retries).
+    pub fn trailers_only_response(&self) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(200, Some(3)).expect("static status line is valid");
+        resp.insert_header("content-type", "application/grpc")
+            .expect("static header is valid");
+        resp.insert_header("grpc-status", self.code.header_value())
+            .expect("numeric header is valid");
+        resp.insert_header("grpc-message", encode_grpc_message(&self.message))
+            .expect("percent-encoded header is valid");
+        resp
+    }
+
+    /// Trailers that end a stream whose response headers were already sent.
+    pub fn trailers(&self) -> HeaderMap {
+        let mut trailers = HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", self.code.header_value());
+        trailers.insert("grpc-message", encode_grpc_message(&self.message));
+        trailers
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires: printable ASCII except
+/// `%` goes as is, everything else (UTF-8 bytes) as `%XX`.
+pub fn encode_grpc_message(message: &str) -> HeaderValue {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).expect("only visible ASCII remains after encoding")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_headers() {
+        for code in Code::ALL {
+            let value = code.header_value();
+            assert_eq!(Code::from_header(value.as_bytes()), code);
+        }
+        assert_eq!(Code::from_header(b"17"), Code::Unknown);
+        assert_eq!(Code::from_header(b"abc"), Code::Unknown);
+        assert_eq!(Code::from_header(b" 14 "), Code::Unavailable);
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(
+            encode_grpc_message("plain text").to_str().unwrap(),
+            "plain text"
+        );
+        assert_eq!(encode_grpc_message("100%").to_str().unwrap(), "100%25");
+        assert_eq!(encode_grpc_message("é\n").to_str().unwrap(), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn trailers_only_has_grpc_shape() {
+        let resp = LocalStatus::new(Code::Unavailable, "no endpoint").trailers_only_response();
+        assert_eq!(resp.status.as_u16(), 200);
+        assert_eq!(resp.headers["content-type"], "application/grpc");
+        assert_eq!(resp.headers["grpc-status"], "14");
+        assert_eq!(resp.headers["grpc-message"], "no endpoint");
+    }
+}

@@ -1,0 +1,10 @@
+//! The routing snapshot: an immutable picture of routes, upstreams and their endpoints, swapped
+//! atomically whenever it changes. The call path loads it once per call and never locks.
+
+mod grpc_path;
+mod snapshot;
+
+pub use grpc_path::{parse_grpc_path, GrpcPath};
+pub use snapshot::{
+    Endpoint, RouteTable, RouteTarget, Routing, RoutingSnapshot, SnapshotError, UpstreamSet,
+};

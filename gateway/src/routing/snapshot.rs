@@ -1,0 +1,210 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::balancer::{self, Candidate, SmoothWrr};
+use crate::config::{Config, RouteConfig, ServiceMatch, UpstreamConfig};
+use crate::discovery::EndpointSpec;
+use crate::endpoint::{EndpointRegistry, EndpointState};
+use crate::endpoint::{PeerTemplate, PeerTemplateError};
+
+/// One endpoint as the call path sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub region: Option<String>,
+    pub state: Arc<EndpointState>,
+    /// Connection settings, prepared once per snapshot instead of once per call.
+    pub peer: PeerTemplate,
+}
+
+impl Candidate for Endpoint {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    fn is_usable(&self) -> bool {
+        true
+    }
+}
+
+/// An upstream's endpoints with their shared balancing sequence.
+#[derive(Debug)]
+pub struct UpstreamSet {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub max_attempts: u32,
+    wrr: SmoothWrr,
+}
+
+impl UpstreamSet {
+    pub fn new(name: String, endpoints: Vec<Endpoint>, max_attempts: u32) -> Self {
+        let wrr = SmoothWrr::new(endpoints.len());
+        Self {
+            name,
+            endpoints,
+            max_attempts,
+            wrr,
+        }
+    }
+
+    /// Picks the next endpoint for a call, preferring `region`, never one in `excluded`.
+    pub fn pick(&self, region: Option<&str>, excluded: &[usize]) -> Option<usize> {
+        balancer::pick(&self.wrr, &self.endpoints, region, excluded)
+    }
+}
+
+/// Where a matched call goes.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub upstream: Arc<UpstreamSet>,
+    pub timeout: Option<Duration>,
+}
+
+/// The routes of one listener. Most specific wins: service+method, then service, then "*".
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: HashMap<String, ServiceRoutes>,
+    any: Option<RouteTarget>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceRoutes {
+    methods: HashMap<String, RouteTarget>,
+    whole_service: Option<RouteTarget>,
+}
+
+impl RouteTable {
+    pub fn find(&self, service: &str, method: &str) -> Option<&RouteTarget> {
+        let by_service = self.services.get(service);
+        by_service
+            .and_then(|s| s.methods.get(method).or(s.whole_service.as_ref()))
+            .or(self.any.as_ref())
+    }
+
+    fn insert(&mut self, route: &RouteConfig, target: RouteTarget) {
+        match (&route.service, &route.method) {
+            (ServiceMatch::Exact(s), Some(m)) => {
+                let entry = self.services.entry(s.clone()).or_default();
+                entry.methods.insert(m.clone(), target);
+            }
+            (ServiceMatch::Exact(s), None) => {
+                self.services.entry(s.clone()).or_default().whole_service = Some(target);
+            }
+            (ServiceMatch::Any, _) => self.any = Some(target),
+        }
+    }
+}
+
+/// Everything a call needs to be routed, frozen at one moment.
+#[derive(Debug, Default)]
+pub struct RoutingSnapshot {
+    listeners: HashMap<String, RouteTable>,
+    upstreams: HashMap<String, Arc<UpstreamSet>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("upstream {upstream:?}: {source}")]
+    Peer {
+        upstream: String,
+        source: PeerTemplateError,
+    },
+}
+
+impl RoutingSnapshot {
+    /// Builds a snapshot from the config and each upstream's current endpoints.
+    pub fn build(
+        config: &Config,
+        endpoints_of: impl Fn(&UpstreamConfig) -> Vec<EndpointSpec>,
+        registry: &EndpointRegistry,
+    ) -> Result<Self, SnapshotError> {
+        let mut upstreams = HashMap::new();
+        for upstream in &config.upstreams {
+            let mut endpoints = Vec::new();
+            for spec in endpoints_of(upstream) {
+                let peer = PeerTemplate::new(spec.addr, upstream).map_err(|source| {
+                    SnapshotError::Peer {
+                        upstream: upstream.name.clone(),
+                        source,
+                    }
+                })?;
+                endpoints.push(Endpoint {
+                    addr: spec.addr,
+                    weight: spec.weight,
+                    region: spec.region,
+                    state: registry.state_for(&upstream.name, spec.addr),
+                    peer,
+                });
+            }
+            upstreams.insert(
+                upstream.name.clone(),
+                Arc::new(UpstreamSet::new(
+                    upstream.name.clone(),
+                    endpoints,
+                    upstream.max_attempts,
+                )),
+            );
+        }
+        let mut listeners: HashMap<String, RouteTable> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), RouteTable::default()))
+            .collect();
+        for route in &config.routes {
+            let (Some(table), Some(upstream)) = (
+                listeners.get_mut(&route.listener),
+                upstreams.get(&route.upstream),
+            ) else {
+                continue; // validation already refused dangling references
+            };
+            table.insert(
+                route,
+                RouteTarget {
+                    upstream: upstream.clone(),
+                    timeout: route.timeout,
+                },
+            );
+        }
+        Ok(Self {
+            listeners,
+            upstreams,
+        })
+    }
+
+    pub fn routes(&self, listener: &str) -> Option<&RouteTable> {
+        self.listeners.get(listener)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
+        self.upstreams.get(name)
+    }
+}
+
+/// The handle through which everyone reads the current snapshot and writers replace it.
+#[derive(Debug)]
+pub struct Routing {
+    current: ArcSwap<RoutingSnapshot>,
+}
+
+impl Routing {
+    pub fn new(snapshot: RoutingSnapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingSnapshot>> {
+        self.current.load()
+    }
+
+    pub fn store(&self, snapshot: RoutingSnapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}

@@ -1,0 +1,84 @@
+//! The process: builds the routing snapshot, one pingora service per listener, and runs until a
+//! signal says stop. SIGTERM drains (stop accepting, GOAWAY, wait for calls up to
+//! `shutdown_grace`); SIGINT stops at once.
+
+mod drain;
+mod listeners;
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use tracing::info;
+
+use crate::config::Config;
+use crate::discovery::static_endpoints;
+use crate::endpoint::EndpointRegistry;
+use crate::proxy::grpc::CallSettings;
+use crate::proxy::InFlightCalls;
+use crate::routing::{Routing, RoutingSnapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind listener {listener:?} on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {listener:?}: TLS setup failed: {reason}")]
+    Tls { listener: String, reason: String },
+    #[error(transparent)]
+    Snapshot(#[from] crate::routing::SnapshotError),
+}
+
+/// Runs the gateway until it is told to stop. Returns only on a start-up error or after a
+/// shutdown that did not end the process itself.
+pub fn run(config: Config) -> Result<(), StartError> {
+    listeners::check_bindable(&config)?;
+    let registry = EndpointRegistry::default();
+    let snapshot = RoutingSnapshot::build(&config, static_endpoints, &registry)?;
+    let routing = Arc::new(Routing::new(snapshot));
+    let calls = InFlightCalls::default();
+    let settings = Arc::new(CallSettings {
+        region: config.gateway.region.clone(),
+        region_header: config.gateway.region_header.clone(),
+    });
+
+    let grace = config.gateway.shutdown_grace;
+    let mut server_conf = ServerConf {
+        threads: config.gateway.threads,
+        // pingora sleeps the whole grace period; `drain` ends the process as soon as the last
+        // call finishes, so this is only the upper bound.
+        grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    // Attempts are bounded per upstream by `max_attempts`; this only stops runaway loops.
+    server_conf.max_retries = 16;
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    for listener in &config.listeners {
+        let service = listeners::grpc_service(
+            &server.configuration,
+            listener,
+            routing.clone(),
+            settings.clone(),
+            calls.clone(),
+        )?;
+        server.add_service(service);
+        info!(listener = %listener.name, addr = %listener.listen,
+              tls = listener.tls.is_some(), "gRPC listener ready");
+    }
+
+    drain::exit_when_drained(server.watch_execution_phase(), calls, grace);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        threads = config.gateway.threads,
+        region = config.gateway.region.as_deref().unwrap_or("-"),
+        "strait started"
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! The four call kinds, message sizes, metadata, trailers and every status code pass through.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use strait_tests::pb::EchoRequest;
+use strait_tests::raw;
+use tokio_stream::StreamExt;
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::{Code, Request};
+
+use crate::fixture::{req, Setup};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_call_is_forwarded() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let reply = client
+        .unary(req(b"hello"))
+        .await
+        .expect("unary ok")
+        .into_inner();
+    assert_eq!(reply.payload, b"hello");
+    assert_eq!(reply.served_by, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_streaming_call_is_forwarded() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let messages: Vec<EchoRequest> = (0..25u8).map(|i| req(&[i; 100])).collect();
+    let reply = client
+        .client_stream(tokio_stream::iter(messages))
+        .await
+        .expect("client stream ok")
+        .into_inner();
+    assert_eq!(reply.received, 25);
+    assert_eq!(reply.payload, vec![24u8; 100]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_streaming_call_is_forwarded() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let request = EchoRequest {
+        payload: b"s".to_vec(),
+        reply_count: 40,
+        ..Default::default()
+    };
+    let mut stream = client
+        .server_stream(request)
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut seqs = Vec::new();
+    while let Some(reply) = stream.next().await {
+        seqs.push(reply.expect("stream item").seq);
+    }
+    assert_eq!(seqs, (0..40).collect::<Vec<_>>());
+}
+
+/// Each side waits for the other: only a truly full-duplex proxy gets through this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidi_ping_pong_is_full_duplex() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+    tx.send(req(b"ping-0")).await.unwrap();
+    let mut replies = client
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("bidi starts")
+        .into_inner();
+    for round in 0..20 {
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("reply arrives while the request stream is still open")
+            .expect("stream not ended")
+            .expect("reply ok");
+        assert_eq!(reply.payload, format!("ping-{round}").into_bytes());
+        if round < 19 {
+            tx.send(req(format!("ping-{}", round + 1).as_bytes()))
+                .await
+                .unwrap();
+        }
+    }
+    drop(tx);
+    assert!(
+        replies.next().await.is_none(),
+        "stream ends after the client half-closes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_four_mebibyte_messages_pass() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let empty = client.unary(req(b"")).await.expect("empty ok").into_inner();
+    assert!(empty.payload.is_empty());
+
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = client
+        .unary(req(&big))
+        .await
+        .expect("4 MiB unary ok")
+        .into_inner();
+    assert_eq!(reply.payload.len(), big.len());
+    assert!(reply.payload == big, "payload arrives byte for byte");
+
+    let stream = tokio_stream::iter(vec![req(&big), req(&big)]);
+    let mut replies = client.bidi(stream).await.expect("bidi starts").into_inner();
+    let mut count = 0;
+    while let Some(reply) = replies.next().await {
+        assert!(reply.expect("reply ok").payload == big);
+        count += 1;
+    }
+    assert_eq!(count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_trailers_pass_both_ways() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+
+    // Request metadata (ASCII and -bin) reaches the backend and comes back in response headers.
+    let mut request = Request::new(req(b"m"));
+    request
+        .metadata_mut()
+        .insert("x-echo-color", MetadataValue::from_static("blue"));
+    request.metadata_mut().insert_bin(
+        "x-echo-blob-bin",
+        BinaryMetadataValue::from_bytes(&[0, 159, 255, 10]),
+    );
+    let response = client.unary(request).await.expect("unary ok");
+    assert_eq!(response.metadata().get("x-echo-color").unwrap(), "blue");
+    assert_eq!(
+        response
+            .metadata()
+            .get_bin("x-echo-blob-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0, 159, 255, 10]
+    );
+
+    // Trailers after a streamed response: status, message, details and custom trailers.
+    let mut request = Request::new(EchoRequest {
+        reply_count: 3,
+        fail_code: Code::Aborted as i32,
+        fail_message: "stopped after three".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-echo-trace", MetadataValue::from_static("t-42"));
+    let mut stream = client
+        .server_stream(request)
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut replies = 0;
+    let status = loop {
+        match stream.next().await {
+            Some(Ok(_)) => replies += 1,
+            Some(Err(status)) => break status,
+            None => panic!("stream ended without the error status"),
+        }
+    };
+    assert_eq!(replies, 3);
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.message(), "stopped after three");
+    assert_eq!(status.details(), b"details-for-10");
+    assert_eq!(
+        status.metadata().get("x-trailer-custom").unwrap(),
+        "present"
+    );
+    assert_eq!(status.metadata().get("x-trailer-trace").unwrap(), "t-42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_code_arrives_with_its_message() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    for code in 1..=16 {
+        let message = format!("failure {code}: naïve ünïcode % done");
+        let status = client
+            .unary(EchoRequest {
+                fail_code: code,
+                fail_message: message.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("backend fails the call");
+        assert_eq!(status.code() as i32, code, "code {code}");
+        assert_eq!(status.message(), message, "message of code {code}");
+        assert_eq!(status.details(), format!("details-for-{code}").as_bytes());
+    }
+}
+
+/// A backend's trailers-only answer reaches the caller as one HEADERS frame with END_STREAM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_only_response_stays_trailers_only() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let body = raw::grpc_frame(&prost::Message::encode_to_vec(&EchoRequest {
+        fail_code: Code::NotFound as i32,
+        fail_message: "nothing here".into(),
+        ..Default::default()
+    }));
+    let response = raw::call(setup.addr, "/bench.Echo/Unary", &[], body)
+        .await
+        .expect("h2 call");
+    assert_eq!(response.status, 200);
+    assert!(
+        response.headers_ended_stream,
+        "response must be trailers-only"
+    );
+    assert_eq!(response.headers.get("grpc-status").unwrap(), "5");
+    assert_eq!(
+        response.headers.get("grpc-message").unwrap(),
+        "nothing%20here"
+    ); // tonic's encoding
+    assert!(response.body.is_empty());
+}
+
+/// 200 calls at once over one client connection all succeed, and the gateway multiplexes them
+/// over its pooled upstream connection instead of opening one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_calls_on_one_connection() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    // One call first puts a connection in the pool. (A cold burst dials in parallel until the
+    // first handshake completes; see docs/architecture.md.)
+    client.unary(req(b"warm-up")).await.expect("warm-up call");
+    let warm_connections = setup.backend("a").connections();
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .unary(EchoRequest {
+                    payload: i.to_be_bytes().to_vec(),
+                    delay_ms: 300,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().payload)
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let payload = call.await.unwrap().expect("call succeeds");
+        assert_eq!(payload, (i as u32).to_be_bytes().to_vec());
+    }
+    let backend = setup.backend("a");
+    assert_eq!(backend.calls(), 201);
+    assert_eq!(warm_connections, 1);
+    // pingora pops a connection from its pool while it opens a stream on it, so a burst can dial
+    // a few extra connections; one connection per call would be 200.
+    assert!(
+        backend.connections() <= 10,
+        "{} upstream connections for 200 concurrent calls",
+        backend.connections()
+    );
+}
+
+/// When the caller cancels a stream, the backend's side of it is cancelled too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancellation_frees_the_upstream_stream() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let request = EchoRequest {
+        reply_count: 10_000,
+        delay_ms: 20,
+        ..Default::default()
+    };
+    let mut stream = client
+        .server_stream(request)
+        .await
+        .expect("stream starts")
+        .into_inner();
+    for _ in 0..3 {
+        stream.next().await.expect("item").expect("ok");
+    }
+    let backend = setup.backend("a");
+    assert_eq!(backend.active(), 1);
+    drop(stream);
+    let mut freed = false;
+    for _ in 0..100 {
+        if backend.active() == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        freed,
+        "backend stream still active after the caller cancelled"
+    );
+}
+
+/// Raw bytes helper use: a zero-length gRPC frame is a valid empty message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_h2_unary_has_normal_shape() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let response = raw::call(setup.addr, "/bench.Echo/Unary", &[], raw::grpc_frame(&[]))
+        .await
+        .expect("h2 call");
+    assert_eq!(response.status, 200);
+    assert!(!response.headers_ended_stream);
+    assert!(response.body.len() >= 5, "one framed reply");
+    assert_eq!(response.grpc_status().as_deref(), Some("0"));
+    let _ = Bytes::new();
+}

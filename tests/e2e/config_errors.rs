@@ -1,0 +1,152 @@
+//! A bad config never starts: `check` and `run` exit 2 and name the line and key.
+
+use std::process::Command;
+
+use strait_tests::gateway::{check_config, strait_bin};
+
+const GOOD: &str = r#"
+[[listener]]
+name = "public"
+listen = "127.0.0.1:18080"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+endpoints = [{ addr = "127.0.0.1:50051", weight = 100, region = "eu-west" }]
+"#;
+
+/// Asserts that `check` and `run` refuse `config`, pointing at the line that contains
+/// `bad_line` and printing every `expected` text.
+fn assert_rejected(config: &str, bad_line: &str, expected: &[&str]) {
+    let expected_line = config
+        .lines()
+        .position(|l| l.contains(bad_line))
+        .expect("the bad line is in the config")
+        + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 2, "check must exit 2; output:\n{output}");
+    let location = format!("bad.toml:{expected_line}:");
+    assert!(
+        output.contains(&location),
+        "expected {location} in:\n{output}"
+    );
+    for needle in expected {
+        assert!(output.contains(needle), "expected {needle:?} in:\n{output}");
+    }
+    // `run` refuses the same file the same way, without starting anything.
+    let run = Command::new(strait_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains(&location));
+}
+
+#[test]
+fn the_good_config_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+}
+
+#[test]
+fn the_shipped_demo_config_passes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/strait.toml");
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let config = GOOD.replace("name = \"echo\"", "name = \"echo\"\nretries = 4");
+    assert_rejected(
+        &config,
+        "retries = 4",
+        &["upstream[0].retries", "unknown field"],
+    );
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    let config = GOOD.replace(
+        "upstream = \"echo\"",
+        "upstream = \"echo\"\ntimeout = \"30 seconds\"",
+    );
+    assert_rejected(
+        &config,
+        "30 seconds",
+        &["route[0].timeout", "invalid duration"],
+    );
+}
+
+#[test]
+fn missing_upstream_is_rejected() {
+    let config = GOOD.replace("upstream = \"echo\"", "upstream = \"nowhere\"");
+    assert_rejected(
+        &config,
+        "nowhere",
+        &["route[0].upstream", "no upstream named \"nowhere\""],
+    );
+}
+
+#[test]
+fn duplicate_listen_address_is_rejected() {
+    let config =
+        format!("{GOOD}\n[[listener]]\nname = \"second\"\nlisten = \"127.0.0.1:18080\" # again\n");
+    assert_rejected(
+        &config,
+        "# again",
+        &["listener[1].listen", "already used by listener \"public\""],
+    );
+}
+
+#[test]
+fn weight_out_of_range_is_rejected() {
+    let config = GOOD.replace("weight = 100", "weight = 250");
+    assert_rejected(
+        &config,
+        "weight = 250",
+        &["upstream[0].endpoints[0].weight", "between 0 and 100"],
+    );
+}
+
+#[test]
+fn unreadable_certificate_is_rejected() {
+    let config = GOOD.replace(
+        "listen = \"127.0.0.1:18080\"",
+        "listen = \"127.0.0.1:18080\"\ntls = { cert = \"missing/server.crt\", key = \"missing/server.key\" }",
+    );
+    assert_rejected(
+        &config,
+        "missing/server.crt",
+        &["listener[0].tls.cert", "cannot read", "listener[0].tls.key"],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let config = GOOD
+        .replace("upstream = \"echo\"", "upstream = \"nowhere\"")
+        .replace("weight = 100", "weight = -1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 2);
+    assert!(output.contains("2 problems"), "{output}");
+    assert!(
+        output.contains("no upstream named") && output.contains("weight must be"),
+        "{output}"
+    );
+}

@@ -1,0 +1,133 @@
+//! Shared set-up: backends, a gateway in front of them, and a client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use strait_tests::net::free_addr;
+use strait_tests::pb::echo_client::EchoClient;
+use strait_tests::pb::EchoRequest;
+use strait_tests::{Backend, BackendOptions, Gateway, MAX_MESSAGE};
+use tonic::transport::Channel;
+
+/// One endpoint line of an upstream.
+pub struct Ep {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub region: &'static str,
+}
+
+/// Renders a config with one h2c listener routing `bench.Echo` to upstream "echo".
+pub fn config(
+    listen: SocketAddr,
+    endpoints: &[Ep],
+    extra_gateway: &str,
+    extra_route: &str,
+) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "{{ addr = \"{}\", weight = {}, region = \"{}\" }}",
+                e.addr, e.weight, e.region
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[gateway]
+region = "eu-west"
+region_header = "x-strait-region"
+threads = 2
+shutdown_grace = "10s"
+{extra_gateway}
+
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+{extra_route}
+
+[[upstream]]
+name = "echo"
+endpoints = [{}]
+connect_timeout = "500ms"
+max_attempts = 3
+"#,
+        eps.join(", ")
+    )
+}
+
+pub struct Setup {
+    pub backends: Vec<Backend>,
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+}
+
+impl Setup {
+    /// Starts one backend per (name, weight, region) and a gateway in front of them.
+    pub async fn start(specs: &[(&str, u32, &'static str)]) -> Setup {
+        Self::start_with(specs, "", "").await
+    }
+
+    pub async fn start_with(
+        specs: &[(&str, u32, &'static str)],
+        extra_gateway: &str,
+        extra_route: &str,
+    ) -> Setup {
+        let mut backends = Vec::new();
+        for (name, _, _) in specs {
+            backends.push(Backend::start(BackendOptions::named(name)).await);
+        }
+        let endpoints: Vec<Ep> = specs
+            .iter()
+            .zip(&backends)
+            .map(|((_, weight, region), b)| Ep {
+                addr: b.addr,
+                weight: *weight,
+                region,
+            })
+            .collect();
+        let addr = free_addr();
+        let text = config(addr, &endpoints, extra_gateway, extra_route);
+        let gateway = tokio::task::block_in_place(|| Gateway::start(&text, addr));
+        Setup {
+            backends,
+            gateway,
+            addr,
+        }
+    }
+
+    pub async fn client(&self) -> EchoClient<Channel> {
+        client(self.addr).await
+    }
+
+    pub fn backend(&self, name: &str) -> &Backend {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .expect("known backend")
+    }
+}
+
+pub async fn client(addr: SocketAddr) -> EchoClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connecting to the gateway");
+    EchoClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+pub fn req(payload: &[u8]) -> EchoRequest {
+    EchoRequest {
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,112 @@
+//! TLS, non-gRPC callers, and graceful shutdown.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use strait_tests::net::free_addr;
+use strait_tests::pb::echo_client::EchoClient;
+use strait_tests::pb::EchoRequest;
+use strait_tests::{tls, Backend, BackendOptions, Gateway};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use crate::fixture::{config, req, Ep, Setup};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_grpc_with_alpn_h2() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::generate(dir.path());
+    let listen = free_addr();
+    let text = config(
+        listen,
+        &[Ep {
+            addr: backend.addr,
+            weight: 100,
+            region: "eu-west",
+        }],
+        "",
+        "",
+    )
+    .replace(
+        &format!("listen = \"{listen}\""),
+        &format!("listen = \"{listen}\"\ntls = {{ cert = \"server.crt\", key = \"server.key\" }}"),
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{}", listen.port()))
+        .unwrap()
+        .tls_config(tls_config)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connect with ALPN h2");
+    let mut client = EchoClient::new(channel);
+    let reply = client
+        .unary(req(b"secure"))
+        .await
+        .expect("call over TLS")
+        .into_inner();
+    assert_eq!(reply.payload, b"secure");
+    assert_eq!(backend.calls(), 1);
+}
+
+/// HTTP/1.1 on the gRPC port: a clear HTTP error, and the listener keeps serving gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_gets_clear_error_and_listener_keeps_serving() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let addr = setup.addr;
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"POST /bench.Echo/Unary HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 505"), "{text}");
+    assert!(text.contains("gRPC over HTTP/2 only"), "{text}");
+    let mut client = setup.client().await;
+    client
+        .unary(req(b"still here"))
+        .await
+        .expect("gRPC still served");
+}
+
+/// SIGTERM: the call in flight finishes, new connections are refused, the process exits 0
+/// soon after the last call instead of sleeping the whole grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_calls_then_exits() {
+    let mut setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .unary(EchoRequest {
+                delay_ms: 1500,
+                payload: b"finish me".to_vec(),
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    setup.gateway.signal("TERM");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight call completes during drain");
+    assert_eq!(reply.into_inner().payload, b"finish me");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        std::net::TcpStream::connect_timeout(&setup.addr, Duration::from_millis(500)).is_err(),
+        "listener still accepts during drain"
+    );
+    let status = tokio::task::block_in_place(|| setup.gateway.wait_exit(Duration::from_secs(8)))
+        .expect("gateway exits before the 10 s grace period ends");
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+}

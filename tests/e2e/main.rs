@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `strait` binary between real tonic backends and clients.
+
+mod calls;
+mod config_errors;
+mod deadlines;
+mod fixture;
+mod lifecycle;
+mod routing;

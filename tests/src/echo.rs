@@ -1,0 +1,377 @@
+//! The echo backend: a real tonic server with the four call kinds and gRPC health.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+
+use crate::pb::echo_server::{Echo, EchoServer};
+use crate::pb::{EchoReply, EchoRequest};
+use crate::MAX_MESSAGE;
+
+/// Counters a test can read to see what reached the backend.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Calls that reached a handler.
+    pub calls: AtomicU64,
+    /// Calls whose handler or response stream is still alive.
+    pub active: AtomicI64,
+    /// The last `grpc-timeout` the backend received, in milliseconds (0 = none).
+    pub last_timeout_ms: AtomicU64,
+    /// TCP connections accepted: shows whether a proxy multiplexes calls or opens one per call.
+    pub connections: AtomicU64,
+}
+
+/// Decrements `active` when the call's work is dropped (finished or cancelled).
+struct ActiveGuard(Arc<BackendStats>);
+
+impl ActiveGuard {
+    fn new(stats: &Arc<BackendStats>) -> Self {
+        stats.calls.fetch_add(1, Ordering::SeqCst);
+        stats.active.fetch_add(1, Ordering::SeqCst);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+struct EchoService {
+    name: Arc<str>,
+    stats: Arc<BackendStats>,
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+/// Request metadata `x-echo-*` comes back in the response headers; on a failing status,
+/// `x-echo-*` also comes back in the trailers as `x-trailer-*`.
+fn echoed_headers(from: &MetadataMap) -> MetadataMap {
+    let mut out = MetadataMap::new();
+    for kv in from.iter() {
+        match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-echo-") => {
+                out.insert(k.clone(), v.clone());
+            }
+            tonic::metadata::KeyAndValueRef::Binary(k, v) if k.as_str().starts_with("x-echo-") => {
+                out.insert_bin(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn failing_status(req: &EchoRequest, metadata: &MetadataMap) -> Option<Status> {
+    if req.fail_code == 0 {
+        return None;
+    }
+    let mut trailers = MetadataMap::new();
+    for kv in metadata.iter() {
+        match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-echo-") => {
+                let name = format!("x-trailer-{}", &k.as_str()["x-echo-".len()..]);
+                if let Ok(key) = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()) {
+                    trailers.insert(key, v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    trailers.insert("x-trailer-custom", MetadataValue::from_static("present"));
+    Some(Status::with_details_and_metadata(
+        Code::from_i32(req.fail_code),
+        req.fail_message.clone(),
+        bytes::Bytes::from(format!("details-for-{}", req.fail_code)),
+        trailers,
+    ))
+}
+
+impl EchoService {
+    fn note_timeout(&self, metadata: &MetadataMap) {
+        let ms = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_timeout_ms)
+            .unwrap_or(0);
+        self.stats.last_timeout_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn reply(&self, payload: Vec<u8>, seq: u32, received: u32) -> EchoReply {
+        EchoReply {
+            payload,
+            served_by: self.name.to_string(),
+            seq,
+            received,
+        }
+    }
+}
+
+fn parse_timeout_ms(value: &str) -> Option<u64> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => n * 3_600_000,
+        "M" => n * 60_000,
+        "S" => n * 1000,
+        "m" => n,
+        "u" => n / 1000,
+        "n" => n / 1_000_000,
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let _active = ActiveGuard::new(&self.stats);
+        self.note_timeout(request.metadata());
+        let headers = echoed_headers(request.metadata());
+        let metadata = request.metadata().clone();
+        let req = request.into_inner();
+        if req.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(req.delay_ms))).await;
+        }
+        if let Some(status) = failing_status(&req, &metadata) {
+            return Err(status);
+        }
+        let mut response = Response::new(self.reply(req.payload, 0, 1));
+        *response.metadata_mut() = headers;
+        Ok(response)
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        let _active = ActiveGuard::new(&self.stats);
+        self.note_timeout(request.metadata());
+        let headers = echoed_headers(request.metadata());
+        let metadata = request.metadata().clone();
+        let mut stream = request.into_inner();
+        let mut received = 0;
+        let mut last = Vec::new();
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            received += 1;
+            if let Some(status) = failing_status(&message, &metadata) {
+                return Err(status);
+            }
+            last = message.payload;
+        }
+        let mut response = Response::new(self.reply(last, 0, received));
+        *response.metadata_mut() = headers;
+        Ok(response)
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let active = ActiveGuard::new(&self.stats);
+        self.note_timeout(request.metadata());
+        let headers = echoed_headers(request.metadata());
+        let metadata = request.metadata().clone();
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _active = active;
+            for seq in 0..req.reply_count {
+                if req.delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(req.delay_ms))).await;
+                }
+                if tx
+                    .send(Ok(service.reply(req.payload.clone(), seq, 0)))
+                    .await
+                    .is_err()
+                {
+                    return; // caller went away: stop working
+                }
+            }
+            if let Some(status) = failing_status(&req, &metadata) {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as ReplyStream);
+        *response.metadata_mut() = headers;
+        Ok(response)
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<Self::BidiStream>, Status> {
+        let active = ActiveGuard::new(&self.stats);
+        self.note_timeout(request.metadata());
+        let headers = echoed_headers(request.metadata());
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _active = active;
+            let mut seq = 0;
+            while let Some(message) = inbound.next().await {
+                let Ok(message) = message else { return };
+                if let Some(status) = failing_status(&message, &metadata) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                if message.delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(message.delay_ms))).await;
+                }
+                if tx
+                    .send(Ok(service.reply(message.payload, seq, 0)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                seq += 1;
+            }
+        });
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as ReplyStream);
+        *response.metadata_mut() = headers;
+        Ok(response)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    pub name: String,
+    pub addr: Option<SocketAddr>,
+}
+
+impl BackendOptions {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            addr: None,
+        }
+    }
+}
+
+/// A running echo backend; stops when dropped.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend on a free loopback port (or the given address) in the current runtime.
+    pub async fn start(options: BackendOptions) -> Backend {
+        let listener = tokio::net::TcpListener::bind(
+            options
+                .addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await
+        .expect("binding the echo backend");
+        let addr = listener.local_addr().expect("bound address");
+        let stats = Arc::new(BackendStats::default());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("", ServingStatus::Serving).await;
+        health.set_serving::<EchoServer<EchoService>>().await;
+        let service = EchoServer::new(EchoService {
+            name: options.name.clone().into(),
+            stats: stats.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let connection_stats = stats.clone();
+        let incoming = TcpListenerStream::new(listener).map(move |conn| {
+            connection_stats.connections.fetch_add(1, Ordering::SeqCst);
+            conn
+        });
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                eprintln!("echo backend stopped with an error: {e}");
+            }
+        });
+        Backend {
+            name: options.name,
+            addr,
+            stats,
+            health,
+            shutdown: Some(shutdown_tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn active(&self) -> i64 {
+        self.stats.active.load(Ordering::SeqCst)
+    }
+
+    pub async fn set_health(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+    }
+
+    /// Stops accepting and closes connections; returns when the server task has ended.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs a backend until the process is killed: used by the `strait-echo` binary.
+pub async fn serve_forever(name: String, addr: SocketAddr) {
+    let backend = Backend::start(BackendOptions {
+        name,
+        addr: Some(addr),
+    })
+    .await;
+    eprintln!(
+        "echo backend {} listening on {}",
+        backend.name, backend.addr
+    );
+    std::future::pending::<()>().await;
+}

@@ -1,0 +1,21 @@
+//! Test support for Strait: real gRPC backends, real clients, and the gateway as a real process.
+//!
+//! Everything here talks over loopback sockets; nothing is mocked.
+
+pub mod echo;
+pub mod gateway;
+pub mod net;
+pub mod raw;
+pub mod tls;
+
+/// Generated from `proto/echo.proto`.
+pub mod pb {
+    tonic::include_proto!("bench");
+}
+
+pub use echo::{Backend, BackendOptions};
+pub use gateway::Gateway;
+
+/// Largest message the test clients and backends accept (tonic's default is 4 MiB, which a
+/// 4 MiB payload plus framing would exceed).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
