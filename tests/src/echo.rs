@@ -302,7 +302,10 @@ impl Backend {
         let connection_stats = stats.clone();
         let incoming = TcpListenerStream::new(listener).map(move |conn| {
             connection_stats.connections.fetch_add(1, Ordering::SeqCst);
-            conn
+            // As any production gRPC server: small frames go out now, not after Nagle's delay.
+            conn.inspect(|c| {
+                let _ = c.set_nodelay(true);
+            })
         });
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()

@@ -20,6 +20,34 @@ pub struct FileConfig {
     pub routes: Vec<RouteSection>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamSection>,
+    pub etcd: Option<Spanned<EtcdSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub endpoints: Vec<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub dial_timeout: Option<ConfigDuration>,
+    pub username: Option<String>,
+    pub password_file: Option<Spanned<String>>,
+    pub tls: Option<EtcdTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTlsSection {
+    pub ca: Option<Spanned<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectSection {
+    pub version: Option<Spanned<String>>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +93,9 @@ pub struct UpstreamSection {
     pub discovery: Option<Spanned<String>>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<EndpointSection>>,
+    /// etcd discovery: instances are the keys under `{prefix}{service}/`.
+    pub service: Option<Spanned<String>>,
+    pub select: Option<Spanned<SelectSection>>,
     pub connect_timeout: Option<ConfigDuration>,
     pub max_attempts: Option<Spanned<i64>>,
     pub tls: Option<UpstreamTlsSection>,

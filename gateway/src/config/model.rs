@@ -12,6 +12,48 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Present when any upstream uses etcd discovery.
+    pub etcd: Option<EtcdConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Member URLs (`http://` or `https://`); the client fails over between them.
+    pub endpoints: Vec<String>,
+    /// Namespace root, always ending in `/`.
+    pub prefix: String,
+    pub dial_timeout: Duration,
+    pub auth: Option<EtcdAuth>,
+    pub tls: Option<EtcdTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, for etcd's client-cert authentication.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where an upstream's endpoints come from.
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// The `endpoints` list in the file.
+    Static,
+    /// Instances registered under `{etcd.prefix}{service}/`, optionally narrowed by `select`.
+    Etcd { service: String, select: Selector },
+}
+
+/// A subset of an etcd service's instances: a semver range and label equality.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub version: Option<semver::VersionReq>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +99,8 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    pub discovery: Discovery,
+    /// The static endpoints (empty for etcd upstreams).
     pub endpoints: Vec<StaticEndpoint>,
     pub connect_timeout: Duration,
     /// Total attempts per call (first try included) while nothing has been sent upstream.
@@ -75,7 +119,8 @@ pub struct StaticEndpoint {
 pub struct UpstreamTls {
     /// PEM bundle of trusted roots; `None` uses the system roots.
     pub ca: Option<PathBuf>,
-    /// Name checked against the backend certificate and sent as SNI.
+    /// Name checked against the backend certificate and sent as SNI; empty means each
+    /// endpoint's own IP address.
     pub server_name: String,
 }
 
@@ -84,3 +129,5 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;
 pub const DEFAULT_WEIGHT: u32 = 100;
+pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
+pub const DEFAULT_ETCD_DIAL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -44,12 +44,28 @@ pub fn validate(
     let listeners = validate_listeners(&file_config.listeners, base_dir, &mut diag);
     let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
     let routes = validate_routes(&file_config.routes, &listeners, &upstreams, &mut diag);
+    let etcd = file_config
+        .etcd
+        .as_ref()
+        .map(|section| validate_etcd(section, base_dir, &mut diag));
+    if etcd.is_none() {
+        for (i, (section, upstream)) in file_config.upstreams.iter().zip(&upstreams).enumerate() {
+            if matches!(upstream.discovery, Discovery::Etcd { .. }) {
+                diag.at(
+                    section.discovery.as_ref().map(|d| d.span()),
+                    format!("upstream[{i}].discovery"),
+                    "discovery = \"etcd\" needs an [etcd] section",
+                );
+            }
+        }
+    }
     if diag.is_empty() {
         Ok(Config {
             gateway,
             listeners,
             routes,
             upstreams,
+            etcd,
         })
     } else {
         Err(diag.into_error(file))
@@ -203,25 +219,39 @@ fn validate_upstreams(
                 format!("duplicate upstream name {name:?}"),
             );
         }
-        if let Some(discovery) = &section.discovery {
-            if discovery.get_ref() != "static" {
-                diag.at(
-                    span(discovery),
-                    format!("{path}.discovery"),
-                    format!(
-                        "unsupported discovery {:?}; this version supports \"static\"",
-                        discovery.get_ref()
-                    ),
-                );
+        let discovery = match section.discovery.as_ref().map(|d| d.get_ref().as_str()) {
+            None | Some("static") => {
+                if section.endpoints.is_empty() {
+                    diag.at(
+                        span(&section.name),
+                        format!("{path}.endpoints"),
+                        "a static upstream needs at least one endpoint",
+                    );
+                }
+                for (key, value) in [
+                    ("service", section.service.as_ref().map(|s| s.span())),
+                    ("select", section.select.as_ref().map(|s| s.span())),
+                ] {
+                    if value.is_some() {
+                        diag.at(
+                            value,
+                            format!("{path}.{key}"),
+                            format!("`{key}` belongs to etcd upstreams; this one is static"),
+                        );
+                    }
+                }
+                Discovery::Static
             }
-        }
-        if section.endpoints.is_empty() {
-            diag.at(
-                span(&section.name),
-                format!("{path}.endpoints"),
-                "a static upstream needs at least one endpoint",
-            );
-        }
+            Some("etcd") => validate_etcd_upstream(section, &path, diag),
+            Some(other) => {
+                diag.at(
+                    section.discovery.as_ref().map(|d| d.span()),
+                    format!("{path}.discovery"),
+                    format!("unknown discovery {other:?}; use \"static\" or \"etcd\""),
+                );
+                Discovery::Static
+            }
+        };
         let mut seen = HashSet::new();
         let mut endpoints = Vec::new();
         for (j, endpoint) in section.endpoints.iter().enumerate() {
@@ -297,16 +327,13 @@ fn validate_upstreams(
                 }
                 resolved
             });
-            let server_name = tls.server_name.clone().unwrap_or_else(|| {
-                endpoints
-                    .first()
-                    .map(|e| e.addr.ip().to_string())
-                    .unwrap_or_default()
-            });
+            // Empty: each endpoint is verified against its own IP address.
+            let server_name = tls.server_name.clone().unwrap_or_default();
             UpstreamTls { ca, server_name }
         });
         upstreams.push(UpstreamConfig {
             name: name.clone(),
+            discovery,
             endpoints,
             connect_timeout,
             max_attempts,
@@ -314,6 +341,167 @@ fn validate_upstreams(
         });
     }
     upstreams
+}
+
+fn validate_etcd_upstream(
+    section: &UpstreamSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> Discovery {
+    if let Some(first) = section.endpoints.first() {
+        diag.at(
+            Some(first.span()),
+            format!("{path}.endpoints"),
+            "an etcd upstream takes its endpoints from etcd; remove `endpoints`",
+        );
+    }
+    let service = match &section.service {
+        Some(s) if !s.get_ref().is_empty() && !s.get_ref().contains('/') => s.get_ref().clone(),
+        Some(s) => {
+            diag.at(
+                span(s),
+                format!("{path}.service"),
+                "must be a non-empty name without '/'",
+            );
+            String::new()
+        }
+        None => {
+            diag.at(
+                span(&section.name),
+                format!("{path}.service"),
+                "an etcd upstream needs `service` (instances live under {prefix}{service}/)",
+            );
+            String::new()
+        }
+    };
+    let mut select = Selector::default();
+    if let Some(sel) = &section.select {
+        let sel_ref = sel.get_ref();
+        if let Some(version) = &sel_ref.version {
+            match semver::VersionReq::parse(version.get_ref()) {
+                Ok(req) => select.version = Some(req),
+                Err(e) => diag.at(
+                    span(version),
+                    format!("{path}.select.version"),
+                    format!("{:?} is not a semver range: {e}", version.get_ref()),
+                ),
+            }
+        }
+        select.labels = sel_ref.labels.clone();
+    }
+    Discovery::Etcd { service, select }
+}
+
+fn validate_etcd(
+    section: &Spanned<super::file::EtcdSection>,
+    base_dir: &Path,
+    diag: &mut Diagnostics,
+) -> EtcdConfig {
+    let etcd = section.get_ref();
+    if etcd.endpoints.is_empty() {
+        diag.at(
+            span(section),
+            "etcd.endpoints",
+            "list at least one etcd member URL",
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in etcd.endpoints.iter().enumerate() {
+        let url = endpoint.get_ref();
+        let valid = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        if !valid {
+            diag.at(
+                span(endpoint),
+                format!("etcd.endpoints[{i}]"),
+                format!("{url:?} is not an etcd URL like \"http://127.0.0.1:2379\""),
+            );
+        }
+        endpoints.push(url.clone());
+    }
+    let prefix = match &etcd.prefix {
+        None => DEFAULT_ETCD_PREFIX.to_string(),
+        Some(p) if p.get_ref().starts_with('/') => {
+            let mut prefix = p.get_ref().clone();
+            if !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            prefix
+        }
+        Some(p) => {
+            diag.at(
+                span(p),
+                "etcd.prefix",
+                "must start with '/' (e.g. \"/services/\")",
+            );
+            DEFAULT_ETCD_PREFIX.to_string()
+        }
+    };
+    let auth = match (&etcd.username, &etcd.password_file) {
+        (None, None) => None,
+        (Some(username), Some(file)) => {
+            let password_file = resolve(base_dir, file.get_ref());
+            if let Err(e) = std::fs::read_to_string(&password_file) {
+                diag.at(
+                    span(file),
+                    "etcd.password_file",
+                    format!("cannot read {}: {e}", password_file.display()),
+                );
+            }
+            Some(EtcdAuth {
+                username: username.clone(),
+                password_file,
+            })
+        }
+        _ => {
+            diag.at(
+                span(section),
+                "etcd",
+                "username and password_file go together",
+            );
+            None
+        }
+    };
+    let tls = etcd.tls.as_ref().map(|tls| {
+        let ca = tls.ca.as_ref().map(|ca| {
+            let path = resolve(base_dir, ca.get_ref());
+            if let Err(e) = tls_files::check_certificates(&path) {
+                diag.at(span(ca), "etcd.tls.ca", e);
+            }
+            path
+        });
+        let identity = match (&tls.cert, &tls.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert_path = resolve(base_dir, cert.get_ref());
+                let key_path = resolve(base_dir, key.get_ref());
+                if let Err(e) = tls_files::check_certificates(&cert_path) {
+                    diag.at(span(cert), "etcd.tls.cert", e);
+                }
+                if let Err(e) = tls_files::check_private_key(&key_path) {
+                    diag.at(span(key), "etcd.tls.key", e);
+                }
+                Some((cert_path, key_path))
+            }
+            _ => {
+                diag.at(span(section), "etcd.tls", "cert and key go together");
+                None
+            }
+        };
+        EtcdTls { ca, identity }
+    });
+    EtcdConfig {
+        endpoints,
+        prefix,
+        dial_timeout: etcd
+            .dial_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_ETCD_DIAL_TIMEOUT),
+        auth,
+        tls,
+    }
 }
 
 fn validate_routes(

@@ -1,8 +1,13 @@
-//! Where endpoints come from. Today: the static list in the config file.
+//! Where endpoints come from: the static list in the config file, or instances registered in
+//! etcd. Both produce the same `EndpointSpec`s; the routing snapshot does not care which.
+
+pub mod etcd;
+pub mod instance;
 
 use std::net::SocketAddr;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Discovery, UpstreamConfig};
+use etcd::EtcdView;
 
 /// One endpoint as a discovery source reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,17 +15,83 @@ pub struct EndpointSpec {
     pub addr: SocketAddr,
     pub weight: u32,
     pub region: Option<String>,
+    pub source: EndpointSource,
 }
 
-/// The endpoints written in the config file for a static upstream.
-pub fn static_endpoints(upstream: &UpstreamConfig) -> Vec<EndpointSpec> {
-    upstream
-        .endpoints
-        .iter()
-        .map(|e| EndpointSpec {
-            addr: e.addr,
-            weight: e.weight,
-            region: e.region.clone(),
-        })
-        .collect()
+/// Where an endpoint came from, for operators reading `/upstreams` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSource {
+    Static,
+    Etcd { key: String, mod_revision: i64 },
+}
+
+/// An upstream's endpoints right now, or why it has none.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub specs: Vec<EndpointSpec>,
+    /// Said to callers when `specs` is empty.
+    pub empty_reason: Option<String>,
+}
+
+/// The endpoints of `upstream`, given the latest etcd view (`None` before the first sync).
+pub fn endpoints_for(upstream: &UpstreamConfig, etcd: Option<&EtcdView>) -> Endpoints {
+    match &upstream.discovery {
+        Discovery::Static => Endpoints {
+            specs: upstream
+                .endpoints
+                .iter()
+                .map(|e| EndpointSpec {
+                    addr: e.addr,
+                    weight: e.weight,
+                    region: e.region.clone(),
+                    source: EndpointSource::Static,
+                })
+                .collect(),
+            empty_reason: None,
+        },
+        Discovery::Etcd { service, select } => {
+            let Some(view) = etcd else {
+                return Endpoints {
+                    specs: Vec::new(),
+                    empty_reason: Some("waiting for the first sync from etcd".into()),
+                };
+            };
+            let mut specs: Vec<EndpointSpec> = Vec::new();
+            let mut registered = 0;
+            for (key, entry) in view.service(service) {
+                registered += 1;
+                let instance = &entry.instance;
+                if !instance.matches(select) {
+                    continue;
+                }
+                // Two keys with one address would double its share; the first key wins.
+                if specs.iter().any(|s| s.addr == instance.addr) {
+                    continue;
+                }
+                specs.push(EndpointSpec {
+                    addr: instance.addr,
+                    weight: instance.weight,
+                    region: instance.region().map(str::to_string),
+                    source: EndpointSource::Etcd {
+                        key: key.to_string(),
+                        mod_revision: entry.mod_revision,
+                    },
+                });
+            }
+            let empty_reason = specs.is_empty().then(|| {
+                if registered == 0 {
+                    format!("no instance registered under {}{service}/", view.prefix)
+                } else {
+                    format!(
+                        "none of the {registered} instances under {}{service}/ matches `select`",
+                        view.prefix
+                    )
+                }
+            });
+            Endpoints {
+                specs,
+                empty_reason,
+            }
+        }
+    }
 }

@@ -39,7 +39,12 @@ impl PeerTemplate {
         let mut peer = match &upstream.tls {
             None => HttpPeer::new(addr, false, String::new()),
             Some(tls) => {
-                let mut peer = HttpPeer::new(addr, true, tls.server_name.clone());
+                let server_name = if tls.server_name.is_empty() {
+                    addr.ip().to_string()
+                } else {
+                    tls.server_name.clone()
+                };
+                let mut peer = HttpPeer::new(addr, true, server_name);
                 if let Some(ca_path) = &tls.ca {
                     peer.options.ca = Some(load_ca(ca_path)?);
                 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Candidate, SmoothWrr};
-use crate::config::{Config, RouteConfig, ServiceMatch, UpstreamConfig};
-use crate::discovery::EndpointSpec;
+use crate::config::{Config, RouteConfig, ServiceMatch};
+use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSource};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError};
 
@@ -17,6 +17,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     pub region: Option<String>,
+    pub source: EndpointSource,
     pub state: Arc<EndpointState>,
     /// Connection settings, prepared once per snapshot instead of once per call.
     pub peer: PeerTemplate,
@@ -40,16 +41,24 @@ pub struct UpstreamSet {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub max_attempts: u32,
+    /// Why there are no endpoints, when there are none (e.g. waiting for etcd).
+    pub empty_reason: Option<String>,
     wrr: SmoothWrr,
 }
 
 impl UpstreamSet {
-    pub fn new(name: String, endpoints: Vec<Endpoint>, max_attempts: u32) -> Self {
+    pub fn new(
+        name: String,
+        endpoints: Vec<Endpoint>,
+        max_attempts: u32,
+        empty_reason: Option<String>,
+    ) -> Self {
         let wrr = SmoothWrr::new(endpoints.len());
         Self {
             name,
             endpoints,
             max_attempts,
+            empty_reason,
             wrr,
         }
     }
@@ -119,16 +128,17 @@ pub enum SnapshotError {
 }
 
 impl RoutingSnapshot {
-    /// Builds a snapshot from the config and each upstream's current endpoints.
+    /// Builds a snapshot from the config and the latest etcd view (`None` before the first sync).
     pub fn build(
         config: &Config,
-        endpoints_of: impl Fn(&UpstreamConfig) -> Vec<EndpointSpec>,
+        etcd: Option<&EtcdView>,
         registry: &EndpointRegistry,
     ) -> Result<Self, SnapshotError> {
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
-            let mut endpoints = Vec::new();
-            for spec in endpoints_of(upstream) {
+            let found = endpoints_for(upstream, etcd);
+            let mut endpoints = Vec::with_capacity(found.specs.len());
+            for spec in found.specs {
                 let peer = PeerTemplate::new(spec.addr, upstream).map_err(|source| {
                     SnapshotError::Peer {
                         upstream: upstream.name.clone(),
@@ -139,6 +149,7 @@ impl RoutingSnapshot {
                     addr: spec.addr,
                     weight: spec.weight,
                     region: spec.region,
+                    source: spec.source,
                     state: registry.state_for(&upstream.name, spec.addr),
                     peer,
                 });
@@ -149,6 +160,7 @@ impl RoutingSnapshot {
                     upstream.name.clone(),
                     endpoints,
                     upstream.max_attempts,
+                    found.empty_reason,
                 )),
             );
         }

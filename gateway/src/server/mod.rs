@@ -12,7 +12,7 @@ use pingora::server::{RunArgs, Server};
 use tracing::info;
 
 use crate::config::Config;
-use crate::discovery::static_endpoints;
+use crate::discovery::etcd::{self, DiscoveryStatus};
 use crate::endpoint::EndpointRegistry;
 use crate::proxy::grpc::CallSettings;
 use crate::proxy::InFlightCalls;
@@ -32,13 +32,40 @@ pub enum StartError {
     Snapshot(#[from] crate::routing::SnapshotError),
 }
 
+/// Watches etcd and swaps in a new routing snapshot for every change.
+fn start_discovery(
+    etcd_config: crate::config::EtcdConfig,
+    config: Arc<Config>,
+    routing: Arc<Routing>,
+    registry: Arc<EndpointRegistry>,
+) -> Arc<DiscoveryStatus> {
+    let status = Arc::new(DiscoveryStatus::default());
+    info!(endpoints = ?etcd_config.endpoints, prefix = %etcd_config.prefix, "starting etcd discovery");
+    etcd::spawn(etcd_config, status.clone(), move |view| {
+        match RoutingSnapshot::build(&config, Some(&view), &registry) {
+            Ok(snapshot) => routing.store(snapshot),
+            // Only a CA file that vanished since start-up can fail here: keep the last snapshot.
+            Err(e) => tracing::error!(error = %e, "could not rebuild the routing snapshot"),
+        }
+    });
+    status
+}
+
 /// Runs the gateway until it is told to stop. Returns only on a start-up error or after a
 /// shutdown that did not end the process itself.
 pub fn run(config: Config) -> Result<(), StartError> {
     listeners::check_bindable(&config)?;
-    let registry = EndpointRegistry::default();
-    let snapshot = RoutingSnapshot::build(&config, static_endpoints, &registry)?;
+    let registry = Arc::new(EndpointRegistry::default());
+    let snapshot = RoutingSnapshot::build(&config, None, &registry)?;
     let routing = Arc::new(Routing::new(snapshot));
+    if let Some(etcd_config) = config.etcd.clone() {
+        start_discovery(
+            etcd_config,
+            Arc::new(config.clone()),
+            routing.clone(),
+            registry.clone(),
+        );
+    }
     let calls = InFlightCalls::default();
     let settings = Arc::new(CallSettings {
         region: config.gateway.region.clone(),

@@ -137,10 +137,17 @@ impl GrpcProxy {
                 ctx.tried.len(),
                 if ctx.tried.len() == 1 { "" } else { "s" }
             ),
-            None => {
-                let total = ctx.target.as_ref().map(|t| t.upstream.endpoints.len()).unwrap_or(0);
-                format!("upstream {upstream:?}: no usable endpoint ({total} configured, none with weight > 0)")
-            }
+            None => match ctx.target.as_ref().map(|t| &t.upstream) {
+                Some(set) if set.endpoints.is_empty() => format!(
+                    "upstream {upstream:?} has no endpoints: {}",
+                    set.empty_reason.as_deref().unwrap_or("none configured")
+                ),
+                Some(set) => format!(
+                    "upstream {upstream:?}: no usable endpoint ({} known, none with weight > 0)",
+                    set.endpoints.len()
+                ),
+                None => format!("upstream {upstream:?}: no usable endpoint"),
+            },
         };
         LocalStatus::new(Code::Unavailable, message)
     }
@@ -221,8 +228,7 @@ impl ProxyHttp for GrpcProxy {
             reject_non_grpc(session, 405, "gRPC calls use POST").await?;
             return Ok(true);
         }
-        let req = session.req_header().clone();
-        if let Err(status) = self.admit(&req, ctx) {
+        if let Err(status) = self.admit(session.req_header(), ctx) {
             write_local_status(session, &status).await?;
             ctx.local_status = Some(status);
             return Ok(true);
