@@ -131,3 +131,79 @@ pub fn req(payload: &[u8]) -> EchoRequest {
         ..Default::default()
     }
 }
+
+/// A gateway config whose upstream "echo" is discovered from etcd.
+pub fn etcd_config(listen: SocketAddr, etcd_urls: &[String], extra_upstream: &str) -> String {
+    let urls: Vec<String> = etcd_urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        r#"
+[gateway]
+region = "eu-west"
+threads = 2
+shutdown_grace = "2s"
+
+[etcd]
+endpoints = [{}]
+prefix = "/services/"
+dial_timeout = "1s"
+
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+discovery = "etcd"
+service = "echo"
+connect_timeout = "500ms"
+{extra_upstream}
+"#,
+        urls.join(", ")
+    )
+}
+
+/// Makes calls until `done` holds for the backend that served one, or `timeout` passes.
+/// Returns how many calls it took, panicking on timeout.
+pub async fn call_until(
+    client: &mut EchoClient<Channel>,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&str) -> bool,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        if let Ok(reply) = client.unary(req(b"")).await {
+            if done(&reply.into_inner().served_by) {
+                return calls;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {calls} calls waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Who served each of `n` calls (all must succeed).
+pub async fn served_by(client: &mut EchoClient<Channel>, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let reply = client
+            .unary(req(b""))
+            .await
+            .unwrap_or_else(|s| panic!("call {i} failed: {s:?}"));
+        out.push(reply.into_inner().served_by);
+    }
+    out
+}
+
+pub fn count(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}

@@ -3,6 +3,7 @@
 mod calls;
 mod config_errors;
 mod deadlines;
+mod discovery;
 mod fixture;
 mod lifecycle;
 mod routing;

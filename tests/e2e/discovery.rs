@@ -1,0 +1,420 @@
+//! Discovery from a real etcd: leases, watches, weights, subsets, malformed values, and every
+//! etcd fault the gateway must ride through on its last known good view.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions, PutOptions};
+use strait_tests::etcd::{self, instance_value, Etcd};
+use strait_tests::net::{free_addr, free_port};
+use strait_tests::{Backend, BackendOptions, Gateway};
+use tonic::Code;
+
+use crate::fixture::{call_until, client, count, etcd_config, req, served_by};
+
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+struct World {
+    _dir: tempfile::TempDir,
+    etcd: Vec<Etcd>,
+    backends: Vec<Backend>,
+    gateway: Gateway,
+    listen: std::net::SocketAddr,
+}
+
+impl World {
+    /// One etcd member (or a cluster), `n` backends named b0..bn, and a gateway on etcd.
+    async fn start(members: usize, backends: usize, extra_upstream: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = tokio::task::block_in_place(|| {
+            if members == 1 {
+                vec![Etcd::single(dir.path())]
+            } else {
+                Etcd::cluster(dir.path(), members)
+            }
+        });
+        let mut started = Vec::new();
+        for i in 0..backends {
+            started.push(Backend::start(BackendOptions::named(&format!("b{i}"))).await);
+        }
+        let listen = free_addr();
+        let urls: Vec<String> = etcd.iter().map(Etcd::url).collect();
+        let text = etcd_config(listen, &urls, extra_upstream);
+        let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        World {
+            _dir: dir,
+            etcd,
+            backends: started,
+            gateway,
+            listen,
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.etcd.iter().filter(|e| e.is_running()).map(Etcd::url).collect()
+    }
+
+    async fn etcd_client(&self) -> Client {
+        etcd::client(&self.urls()).await
+    }
+
+    fn addr(&self, i: usize) -> std::net::SocketAddr {
+        self.backends[i].addr
+    }
+}
+
+async fn put(c: &mut Client, id: &str, value: String, lease: Option<i64>) {
+    let options = lease.map(|l| PutOptions::new().with_lease(l));
+    c.put(format!("/services/echo/{id}"), value, options).await.expect("etcd put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() {
+    let w = World::start(1, 3, "").await;
+    let mut etcd = w.etcd_client().await;
+    let long = etcd.lease_grant(60, None).await.unwrap().id();
+    let short = etcd.lease_grant(2, None).await.unwrap().id();
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), Some(long)).await;
+    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]), Some(short)).await;
+    let mut c = client(w.listen).await;
+    let mut seen = std::collections::HashSet::new();
+    call_until(&mut c, PROPAGATION, "all three instances serve", |b| {
+        seen.insert(b.to_string());
+        seen.len() == 3
+    })
+    .await;
+
+    // Revoke b0's lease: its key goes, and so do its calls.
+    etcd.lease_revoke(long).await.unwrap();
+    // b2's 2 s lease is never kept alive: it expires.
+    let mut clean = 0;
+    call_until(&mut c, PROPAGATION, "b0 and b2 gone", |b| {
+        clean = if b == "b1" { clean + 1 } else { 0 };
+        clean >= 20
+    })
+    .await;
+    let names = served_by(&mut c, 60).await;
+    assert_eq!(count(&names, "b1"), 60, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_change_changes_the_split() {
+    let w = World::start(1, 2, "").await;
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut c = client(w.listen).await;
+    let mut seen = std::collections::HashSet::new();
+    call_until(&mut c, PROPAGATION, "both serve", |b| {
+        seen.insert(b.to_string());
+        seen.len() == 2
+    })
+    .await;
+    let even = served_by(&mut c, 100).await;
+    assert_eq!(count(&even, "b0"), 50);
+
+    put(&mut etcd, "b1", instance_value(w.addr(1), 25, "eu-west", "v1.0.0", &[]), None).await;
+    // Once applied, every window of 5 calls holds exactly four b0 and one b1 (weights 100:25).
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    loop {
+        let window = served_by(&mut c, 10).await;
+        if count(&window, "b0") == 8 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "weight change never applied");
+    }
+    let names = served_by(&mut c, 500).await;
+    assert_eq!((count(&names, "b0"), count(&names, "b1")), (400, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_keeps_only_matching_versions_and_labels() {
+    let w = World::start(1, 3, "select = { version = \"^2.2\", labels = { env = \"prod\" } }").await;
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v2.3.0", &[("env", "prod")]), None).await;
+    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.9.0", &[("env", "prod")]), None).await;
+    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v2.4.1", &[("env", "staging")]), None).await;
+    let mut c = client(w.listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let names = served_by(&mut c, 50).await;
+    assert_eq!(count(&names, "b0"), 50, "{names:?}");
+    assert_eq!(w.backends[1].calls() + w.backends[2].calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_values_are_skipped_and_never_disturb_others() {
+    let w = World::start(1, 2, "").await;
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut c = client(w.listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+
+    put(&mut etcd, "garbage", "{not json".into(), None).await;
+    put(&mut etcd, "no-addr", r#"{"weight": 5}"#.into(), None).await;
+    put(&mut etcd, "heavy", format!(r#"{{"addr": "{}", "weight": 1000}}"#, w.addr(1)), None).await;
+    put(&mut etcd, "typed", format!(r#"{{"addr": "{}", "weight": "ten"}}"#, w.addr(1)), None).await;
+    // A malformed update of a live instance keeps its last valid value.
+    put(&mut etcd, "b0", r#"{"addr": 12}"#.into(), None).await;
+    // A valid instance added after all that still arrives.
+    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut seen = std::collections::HashSet::new();
+    call_until(&mut c, PROPAGATION, "b1 added after the bad values", |b| {
+        seen.insert(b.to_string());
+        seen.len() == 2
+    })
+    .await;
+    let names = served_by(&mut c, 40).await;
+    assert_eq!((count(&names, "b0"), count(&names, "b1")), (20, 20));
+    let logs = w.gateway.logs().join("\n");
+    for key in ["garbage", "no-addr", "heavy", "typed"] {
+        assert!(logs.contains(&format!("/services/echo/{key}")), "no log line for {key}:\n{logs}");
+    }
+    assert!(logs.contains("bad_json") && logs.contains("missing_addr") && logs.contains("weight_out_of_range"));
+    assert!(logs.contains("kept_previous=true"), "{logs}");
+}
+
+/// Steady calls while etcd is killed and restarted on the same data dir: none fails, and a
+/// change made after the restart is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
+    let mut w = World::start(1, 3, "").await;
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut c = client(w.listen).await;
+    let mut seen = std::collections::HashSet::new();
+    call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
+        seen.insert(b.to_string());
+        seen.len() == 2
+    })
+    .await;
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (failures, calls, stop) = (failures.clone(), calls.clone(), stop.clone());
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if c.unary(req(b"")).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    drop(etcd);
+    tokio::task::block_in_place(|| w.etcd[0].kill());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| {
+        w.etcd[0].start();
+        w.etcd[0].wait_ready();
+    });
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]), None).await;
+    call_until(&mut c, Duration::from_secs(20), "b2 registered after the restart", |b| b == "b2").await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(calls.load(Ordering::Relaxed) > 200, "load ran during the outage");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while etcd was down");
+}
+
+/// A three-member cluster loses its leader: updates keep arriving through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_leader_loss_does_not_stop_updates() {
+    let mut w = World::start(3, 2, "").await;
+    let mut etcd = w.etcd_client().await;
+    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut c = client(w.listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+
+    let leader_id = etcd.status().await.unwrap().leader();
+    let members = etcd.member_list().await.unwrap();
+    let leader_name = members
+        .members()
+        .iter()
+        .find(|m| m.id() == leader_id)
+        .map(|m| m.name().to_string())
+        .expect("leader is a member");
+    drop(etcd);
+    let leader = w.etcd.iter_mut().find(|e| e.name == leader_name).unwrap();
+    tokio::task::block_in_place(|| leader.kill());
+
+    let mut etcd = w.etcd_client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // The put itself may fail while a new leader is elected.
+        let value = instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]);
+        if etcd.put("/services/echo/b1", value, None).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cluster never accepted the put");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    call_until(&mut c, Duration::from_secs(20), "b1 added after the leader died", |b| b == "b1").await;
+}
+
+/// The gateway knows only member A. While A is down, instances change through member B and
+/// the history is compacted past the gateway's watch revision. When A returns, the gateway
+/// resyncs and routes to exactly the live set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_after_compaction_routes_to_exactly_the_live_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = tokio::task::block_in_place(|| Etcd::cluster(dir.path(), 3));
+    let mut backends = Vec::new();
+    for i in 0..3 {
+        backends.push(Backend::start(BackendOptions::named(&format!("b{i}"))).await);
+    }
+    let listen = free_addr();
+    let text = etcd_config(listen, &[members[0].url()], "");
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut etcd = etcd::client(&[members[1].url(), members[2].url()]).await;
+    put(&mut etcd, "b0", instance_value(backends[0].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(&mut etcd, "b1", instance_value(backends[1].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    let mut c = client(listen).await;
+    let mut seen = std::collections::HashSet::new();
+    call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
+        seen.insert(b.to_string());
+        seen.len() == 2
+    })
+    .await;
+
+    tokio::task::block_in_place(|| members[0].kill());
+    etcd.delete("/services/echo/b0", None).await.unwrap();
+    put(&mut etcd, "b2", instance_value(backends[2].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    for i in 0..20 {
+        etcd.put("/unrelated/churn", format!("{i}"), None).await.unwrap();
+    }
+    let revision = etcd.get("/unrelated/churn", None).await.unwrap().header().unwrap().revision();
+    etcd.compact(revision, Some(CompactionOptions::new().with_physical())).await.unwrap();
+    // During the outage the gateway still serves its last view (b0 and b1 are both alive).
+    let during = served_by(&mut c, 20).await;
+    assert_eq!(count(&during, "b2"), 0);
+
+    tokio::task::block_in_place(|| {
+        members[0].start();
+        members[0].wait_ready();
+    });
+    let mut clean = 0;
+    call_until(&mut c, Duration::from_secs(30), "only b1 and b2 after resync", |b| {
+        clean = if b == "b0" { 0 } else { clean + 1 };
+        clean >= 40
+    })
+    .await;
+    let names = served_by(&mut c, 100).await;
+    assert_eq!((count(&names, "b0"), count(&names, "b1"), count(&names, "b2")), (0, 50, 50));
+}
+
+/// Before the first sync, calls to an etcd upstream fail fast with a clear UNAVAILABLE; once
+/// etcd comes up they are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_until_the_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd_member = Etcd::unstarted_on(dir.path(), free_port());
+    let backend = Backend::start(BackendOptions::named("b0")).await;
+    let listen = free_addr();
+    let text = etcd_config(listen, &[etcd_member.url()], "");
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    let status = c.unary(req(b"")).await.expect_err("no etcd yet");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("waiting for the first sync from etcd"), "{}", status.message());
+
+    tokio::task::block_in_place(|| {
+        etcd_member.start();
+        etcd_member.wait_ready();
+    });
+    let mut etcd = etcd::client(&[etcd_member.url()]).await;
+    put(&mut etcd, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    call_until(&mut c, Duration::from_secs(20), "served after etcd came up", |b| b == "b0").await;
+}
+
+/// An etcd upstream with nothing registered says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_service_is_unavailable_with_reason() {
+    let w = World::start(1, 0, "").await;
+    let mut c = client(w.listen).await;
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    loop {
+        let status = c.unary(req(b"")).await.expect_err("nothing registered");
+        assert_eq!(status.code(), Code::Unavailable);
+        if status.message().contains("no instance registered under /services/echo/") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", status.message());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// etcd with authentication on: the gateway logs in with username and password file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_authentication_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = tokio::task::block_in_place(|| Etcd::single(dir.path()));
+    let backend = Backend::start(BackendOptions::named("b0")).await;
+    let mut admin = etcd::client(&[member.url()]).await;
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("reader").await.unwrap();
+    admin
+        .role_grant_permission(
+            "reader",
+            etcd_client::Permission::read("/services/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("strait", "s3cret", None).await.unwrap();
+    admin.user_grant_role("strait", "reader").await.unwrap();
+    put(&mut admin, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    admin.auth_enable().await.unwrap();
+
+    let password_file = dir.path().join("etcd-pass");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let listen = free_addr();
+    let text = etcd_config(listen, &[member.url()], "").replace(
+        "dial_timeout = \"1s\"",
+        &format!("dial_timeout = \"1s\"\nusername = \"strait\"\npassword_file = \"{}\"", password_file.display()),
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    call_until(&mut c, PROPAGATION, "served through an authenticated watch", |b| b == "b0").await;
+}
+
+/// etcd's client port over TLS: the gateway verifies it with the configured CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let member = tokio::task::block_in_place(|| {
+        Etcd::single_with(
+            dir.path(),
+            Some(etcd::EtcdTls {
+                cert: pki.server_cert.clone(),
+                key: pki.server_key.clone(),
+            }),
+        )
+    });
+    let backend = Backend::start(BackendOptions::named("b0")).await;
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(pki.ca_pem.clone()));
+    let mut admin = etcd_client::Client::connect(
+        [member.url()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap();
+    put(&mut admin, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+
+    let listen = free_addr();
+    let text = etcd_config(listen, &[member.url()], "").replace(
+        "dial_timeout = \"1s\"",
+        &format!("dial_timeout = \"1s\"\ntls = {{ ca = \"{}\" }}", pki.ca_cert.display()),
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    call_until(&mut c, PROPAGATION, "served through a TLS watch", |b| b == "b0").await;
+}
