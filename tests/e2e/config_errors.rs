@@ -68,6 +68,34 @@ fn the_shipped_demo_config_passes() {
 }
 
 #[test]
+fn the_shipped_etcd_example_passes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/strait-etcd.toml");
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+}
+
+#[test]
+fn etcd_upstream_without_etcd_section_is_rejected() {
+    let config = GOOD.replace(
+        "endpoints = [{ addr = \"127.0.0.1:50051\", weight = 100, region = \"eu-west\" }]",
+        "discovery = \"etcd\"\nservice = \"echo\"",
+    );
+    assert_rejected(&config, "discovery = \"etcd\"", &["upstream[0].discovery", "needs an [etcd] section"]);
+}
+
+#[test]
+fn bad_etcd_settings_are_rejected() {
+    let config = format!(
+        "{}\n[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nprefix = \"services\"\n",
+        GOOD.replace(
+            "endpoints = [{ addr = \"127.0.0.1:50051\", weight = 100, region = \"eu-west\" }]",
+            "discovery = \"etcd\"\nservice = \"echo\"\nselect = { version = \"not-a-range!\" }",
+        )
+    );
+    assert_rejected(&config, "not-a-range", &["select.version", "etcd.endpoints[0]", "etcd.prefix"]);
+}
+
+#[test]
 fn unknown_key_is_rejected() {
     let config = GOOD.replace("name = \"echo\"", "name = \"echo\"\nretries = 4");
     assert_rejected(

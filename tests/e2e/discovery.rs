@@ -52,7 +52,11 @@ impl World {
     }
 
     fn urls(&self) -> Vec<String> {
-        self.etcd.iter().filter(|e| e.is_running()).map(Etcd::url).collect()
+        self.etcd
+            .iter()
+            .filter(|e| e.is_running())
+            .map(Etcd::url)
+            .collect()
     }
 
     async fn etcd_client(&self) -> Client {
@@ -66,7 +70,9 @@ impl World {
 
 async fn put(c: &mut Client, id: &str, value: String, lease: Option<i64>) {
     let options = lease.map(|l| PutOptions::new().with_lease(l));
-    c.put(format!("/services/echo/{id}"), value, options).await.expect("etcd put");
+    c.put(format!("/services/echo/{id}"), value, options)
+        .await
+        .expect("etcd put");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,9 +81,27 @@ async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() 
     let mut etcd = w.etcd_client().await;
     let long = etcd.lease_grant(60, None).await.unwrap().id();
     let short = etcd.lease_grant(2, None).await.unwrap().id();
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), Some(long)).await;
-    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
-    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]), Some(short)).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
+        Some(long),
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b2",
+        instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]),
+        Some(short),
+    )
+    .await;
     let mut c = client(w.listen).await;
     let mut seen = std::collections::HashSet::new();
     call_until(&mut c, PROPAGATION, "all three instances serve", |b| {
@@ -103,8 +127,20 @@ async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() 
 async fn weight_change_changes_the_split() {
     let w = World::start(1, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
-    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut c = client(w.listen).await;
     let mut seen = std::collections::HashSet::new();
     call_until(&mut c, PROPAGATION, "both serve", |b| {
@@ -115,7 +151,13 @@ async fn weight_change_changes_the_split() {
     let even = served_by(&mut c, 100).await;
     assert_eq!(count(&even, "b0"), 50);
 
-    put(&mut etcd, "b1", instance_value(w.addr(1), 25, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 25, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     // Once applied, every window of 5 calls holds exactly four b0 and one b1 (weights 100:25).
     let deadline = tokio::time::Instant::now() + PROPAGATION;
     loop {
@@ -123,7 +165,10 @@ async fn weight_change_changes_the_split() {
         if count(&window, "b0") == 8 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "weight change never applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weight change never applied"
+        );
     }
     let names = served_by(&mut c, 500).await;
     assert_eq!((count(&names, "b0"), count(&names, "b1")), (400, 100));
@@ -131,11 +176,34 @@ async fn weight_change_changes_the_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select_keeps_only_matching_versions_and_labels() {
-    let w = World::start(1, 3, "select = { version = \"^2.2\", labels = { env = \"prod\" } }").await;
+    let w = World::start(
+        1,
+        3,
+        "select = { version = \"^2.2\", labels = { env = \"prod\" } }",
+    )
+    .await;
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v2.3.0", &[("env", "prod")]), None).await;
-    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.9.0", &[("env", "prod")]), None).await;
-    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v2.4.1", &[("env", "staging")]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v2.3.0", &[("env", "prod")]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 100, "eu-west", "v1.9.0", &[("env", "prod")]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b2",
+        instance_value(w.addr(2), 100, "eu-west", "v2.4.1", &[("env", "staging")]),
+        None,
+    )
+    .await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
     let names = served_by(&mut c, 50).await;
@@ -147,18 +215,42 @@ async fn select_keeps_only_matching_versions_and_labels() {
 async fn malformed_values_are_skipped_and_never_disturb_others() {
     let w = World::start(1, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
 
     put(&mut etcd, "garbage", "{not json".into(), None).await;
     put(&mut etcd, "no-addr", r#"{"weight": 5}"#.into(), None).await;
-    put(&mut etcd, "heavy", format!(r#"{{"addr": "{}", "weight": 1000}}"#, w.addr(1)), None).await;
-    put(&mut etcd, "typed", format!(r#"{{"addr": "{}", "weight": "ten"}}"#, w.addr(1)), None).await;
+    put(
+        &mut etcd,
+        "heavy",
+        format!(r#"{{"addr": "{}", "weight": 1000}}"#, w.addr(1)),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "typed",
+        format!(r#"{{"addr": "{}", "weight": "ten"}}"#, w.addr(1)),
+        None,
+    )
+    .await;
     // A malformed update of a live instance keeps its last valid value.
     put(&mut etcd, "b0", r#"{"addr": 12}"#.into(), None).await;
     // A valid instance added after all that still arrives.
-    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut seen = std::collections::HashSet::new();
     call_until(&mut c, PROPAGATION, "b1 added after the bad values", |b| {
         seen.insert(b.to_string());
@@ -169,9 +261,16 @@ async fn malformed_values_are_skipped_and_never_disturb_others() {
     assert_eq!((count(&names, "b0"), count(&names, "b1")), (20, 20));
     let logs = w.gateway.logs().join("\n");
     for key in ["garbage", "no-addr", "heavy", "typed"] {
-        assert!(logs.contains(&format!("/services/echo/{key}")), "no log line for {key}:\n{logs}");
+        assert!(
+            logs.contains(&format!("/services/echo/{key}")),
+            "no log line for {key}:\n{logs}"
+        );
     }
-    assert!(logs.contains("bad_json") && logs.contains("missing_addr") && logs.contains("weight_out_of_range"));
+    assert!(
+        logs.contains("bad_json")
+            && logs.contains("missing_addr")
+            && logs.contains("weight_out_of_range")
+    );
     assert!(logs.contains("kept_previous=true"), "{logs}");
 }
 
@@ -181,8 +280,20 @@ async fn malformed_values_are_skipped_and_never_disturb_others() {
 async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
     let mut w = World::start(1, 3, "").await;
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
-    put(&mut etcd, "b1", instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut c = client(w.listen).await;
     let mut seen = std::collections::HashSet::new();
     call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
@@ -215,12 +326,31 @@ async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
         w.etcd[0].wait_ready();
     });
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b2", instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]), None).await;
-    call_until(&mut c, Duration::from_secs(20), "b2 registered after the restart", |b| b == "b2").await;
+    put(
+        &mut etcd,
+        "b2",
+        instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    call_until(
+        &mut c,
+        Duration::from_secs(20),
+        "b2 registered after the restart",
+        |b| b == "b2",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    assert!(calls.load(Ordering::Relaxed) > 200, "load ran during the outage");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while etcd was down");
+    assert!(
+        calls.load(Ordering::Relaxed) > 200,
+        "load ran during the outage"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "calls failed while etcd was down"
+    );
 }
 
 /// A three-member cluster loses its leader: updates keep arriving through the others.
@@ -228,7 +358,13 @@ async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
 async fn cluster_leader_loss_does_not_stop_updates() {
     let mut w = World::start(3, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(&mut etcd, "b0", instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
 
@@ -252,10 +388,19 @@ async fn cluster_leader_loss_does_not_stop_updates() {
         if etcd.put("/services/echo/b1", value, None).await.is_ok() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "cluster never accepted the put");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster never accepted the put"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    call_until(&mut c, Duration::from_secs(20), "b1 added after the leader died", |b| b == "b1").await;
+    call_until(
+        &mut c,
+        Duration::from_secs(20),
+        "b1 added after the leader died",
+        |b| b == "b1",
+    )
+    .await;
 }
 
 /// The gateway knows only member A. While A is down, instances change through member B and
@@ -273,8 +418,20 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
     let text = etcd_config(listen, &[members[0].url()], "");
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
     let mut etcd = etcd::client(&[members[1].url(), members[2].url()]).await;
-    put(&mut etcd, "b0", instance_value(backends[0].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
-    put(&mut etcd, "b1", instance_value(backends[1].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(backends[0].addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    put(
+        &mut etcd,
+        "b1",
+        instance_value(backends[1].addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     let mut c = client(listen).await;
     let mut seen = std::collections::HashSet::new();
     call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
@@ -285,12 +442,28 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
 
     tokio::task::block_in_place(|| members[0].kill());
     etcd.delete("/services/echo/b0", None).await.unwrap();
-    put(&mut etcd, "b2", instance_value(backends[2].addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut etcd,
+        "b2",
+        instance_value(backends[2].addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     for i in 0..20 {
-        etcd.put("/unrelated/churn", format!("{i}"), None).await.unwrap();
+        etcd.put("/unrelated/churn", format!("{i}"), None)
+            .await
+            .unwrap();
     }
-    let revision = etcd.get("/unrelated/churn", None).await.unwrap().header().unwrap().revision();
-    etcd.compact(revision, Some(CompactionOptions::new().with_physical())).await.unwrap();
+    let revision = etcd
+        .get("/unrelated/churn", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
     // During the outage the gateway still serves its last view (b0 and b1 are both alive).
     let during = served_by(&mut c, 20).await;
     assert_eq!(count(&during, "b2"), 0);
@@ -300,13 +473,25 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
         members[0].wait_ready();
     });
     let mut clean = 0;
-    call_until(&mut c, Duration::from_secs(30), "only b1 and b2 after resync", |b| {
-        clean = if b == "b0" { 0 } else { clean + 1 };
-        clean >= 40
-    })
+    call_until(
+        &mut c,
+        Duration::from_secs(30),
+        "only b1 and b2 after resync",
+        |b| {
+            clean = if b == "b0" { 0 } else { clean + 1 };
+            clean >= 40
+        },
+    )
     .await;
     let names = served_by(&mut c, 100).await;
-    assert_eq!((count(&names, "b0"), count(&names, "b1"), count(&names, "b2")), (0, 50, 50));
+    assert_eq!(
+        (
+            count(&names, "b0"),
+            count(&names, "b1"),
+            count(&names, "b2")
+        ),
+        (0, 50, 50)
+    );
 }
 
 /// Before the first sync, calls to an etcd upstream fail fast with a clear UNAVAILABLE; once
@@ -322,15 +507,33 @@ async fn unavailable_until_the_first_sync() {
     let mut c = client(listen).await;
     let status = c.unary(req(b"")).await.expect_err("no etcd yet");
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("waiting for the first sync from etcd"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("waiting for the first sync from etcd"),
+        "{}",
+        status.message()
+    );
 
     tokio::task::block_in_place(|| {
         etcd_member.start();
         etcd_member.wait_ready();
     });
     let mut etcd = etcd::client(&[etcd_member.url()]).await;
-    put(&mut etcd, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
-    call_until(&mut c, Duration::from_secs(20), "served after etcd came up", |b| b == "b0").await;
+    put(
+        &mut etcd,
+        "b0",
+        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+    call_until(
+        &mut c,
+        Duration::from_secs(20),
+        "served after etcd came up",
+        |b| b == "b0",
+    )
+    .await;
 }
 
 /// An etcd upstream with nothing registered says so.
@@ -342,10 +545,17 @@ async fn empty_service_is_unavailable_with_reason() {
     loop {
         let status = c.unary(req(b"")).await.expect_err("nothing registered");
         assert_eq!(status.code(), Code::Unavailable);
-        if status.message().contains("no instance registered under /services/echo/") {
+        if status
+            .message()
+            .contains("no instance registered under /services/echo/")
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{}", status.message());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            status.message()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -369,7 +579,13 @@ async fn etcd_authentication_works() {
         .unwrap();
     admin.user_add("strait", "s3cret", None).await.unwrap();
     admin.user_grant_role("strait", "reader").await.unwrap();
-    put(&mut admin, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut admin,
+        "b0",
+        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
     admin.auth_enable().await.unwrap();
 
     let password_file = dir.path().join("etcd-pass");
@@ -377,11 +593,20 @@ async fn etcd_authentication_works() {
     let listen = free_addr();
     let text = etcd_config(listen, &[member.url()], "").replace(
         "dial_timeout = \"1s\"",
-        &format!("dial_timeout = \"1s\"\nusername = \"strait\"\npassword_file = \"{}\"", password_file.display()),
+        &format!(
+            "dial_timeout = \"1s\"\nusername = \"strait\"\npassword_file = \"{}\"",
+            password_file.display()
+        ),
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
     let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "served through an authenticated watch", |b| b == "b0").await;
+    call_until(
+        &mut c,
+        PROPAGATION,
+        "served through an authenticated watch",
+        |b| b == "b0",
+    )
+    .await;
 }
 
 /// etcd's client port over TLS: the gateway verifies it with the configured CA.
@@ -407,14 +632,26 @@ async fn etcd_over_tls_works() {
     )
     .await
     .unwrap();
-    put(&mut admin, "b0", instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]), None).await;
+    put(
+        &mut admin,
+        "b0",
+        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
 
     let listen = free_addr();
     let text = etcd_config(listen, &[member.url()], "").replace(
         "dial_timeout = \"1s\"",
-        &format!("dial_timeout = \"1s\"\ntls = {{ ca = \"{}\" }}", pki.ca_cert.display()),
+        &format!(
+            "dial_timeout = \"1s\"\ntls = {{ ca = \"{}\" }}",
+            pki.ca_cert.display()
+        ),
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
     let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "served through a TLS watch", |b| b == "b0").await;
+    call_until(&mut c, PROPAGATION, "served through a TLS watch", |b| {
+        b == "b0"
+    })
+    .await;
 }

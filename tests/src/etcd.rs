@@ -15,9 +15,16 @@ pub fn etcd_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("etcd")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("etcd"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    for candidate in candidates.into_iter().chain([PathBuf::from("/usr/bin/etcd")]) {
+    for candidate in candidates
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/etcd")])
+    {
         if candidate.is_file() {
             return candidate;
         }
@@ -149,7 +156,11 @@ impl Etcd {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(tls) = &self.tls {
-            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
         }
         self.child = Some(command.spawn().expect("spawning etcd"));
     }
@@ -186,7 +197,8 @@ impl Drop for Etcd {
 pub async fn client(urls: &[String]) -> etcd_client::Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+        let options =
+            etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
         match etcd_client::Client::connect(urls, Some(options)).await {
             Ok(mut c) => {
                 if c.status().await.is_ok() {
@@ -204,9 +216,19 @@ pub async fn client(urls: &[String]) -> etcd_client::Client {
 }
 
 /// The JSON value the registry contract defines.
-pub fn instance_value(addr: SocketAddr, weight: u32, region: &str, version: &str, extra_labels: &[(&str, &str)]) -> String {
+pub fn instance_value(
+    addr: SocketAddr,
+    weight: u32,
+    region: &str,
+    version: &str,
+    extra_labels: &[(&str, &str)],
+) -> String {
     let mut labels = vec![format!("\"region\": \"{region}\"")];
-    labels.extend(extra_labels.iter().map(|(k, v)| format!("\"{k}\": \"{v}\"")));
+    labels.extend(
+        extra_labels
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": \"{v}\"")),
+    );
     format!(
         r#"{{"addr": "{addr}", "version": "{version}", "weight": {weight}, "labels": {{{}}}}}"#,
         labels.join(", ")

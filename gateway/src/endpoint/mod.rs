@@ -58,9 +58,22 @@ impl EndpointRegistry {
         }
         let fresh = Arc::new(EndpointState::default());
         states.insert(key, Arc::downgrade(&fresh));
-        // Forget endpoints that no snapshot holds any more, so the map does not grow forever.
-        states.retain(|_, weak| weak.strong_count() > 0);
         fresh
+    }
+
+    /// Forgets endpoints that no snapshot holds any more, so the map does not grow forever.
+    /// Called once per snapshot build (not per endpoint: that would be quadratic).
+    pub fn prune(&self) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.retain(|_, weak| weak.strong_count() > 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -82,6 +95,20 @@ mod tests {
             !Arc::ptr_eq(&a, &other),
             "same address in another upstream is another endpoint"
         );
+    }
+
+    #[test]
+    fn prune_forgets_endpoints_no_snapshot_holds() {
+        let registry = EndpointRegistry::default();
+        let kept = registry.state_for("u", "127.0.0.1:1".parse().unwrap());
+        drop(registry.state_for("u", "127.0.0.1:2".parse().unwrap()));
+        assert_eq!(registry.len(), 2);
+        registry.prune();
+        assert_eq!(registry.len(), 1);
+        assert!(Arc::ptr_eq(
+            &kept,
+            &registry.state_for("u", "127.0.0.1:1".parse().unwrap())
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Candidate, SmoothWrr};
 use crate::config::{Config, RouteConfig, ServiceMatch};
-use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSource};
+use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSource, Endpoints};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError};
 
@@ -61,6 +61,18 @@ impl UpstreamSet {
             empty_reason,
             wrr,
         }
+    }
+
+    /// True when `found` describes exactly the endpoints this set already has.
+    fn same_endpoints(&self, found: &Endpoints) -> bool {
+        self.empty_reason == found.empty_reason
+            && self.endpoints.len() == found.specs.len()
+            && self.endpoints.iter().zip(&found.specs).all(|(e, s)| {
+                e.addr == s.addr
+                    && e.weight == s.weight
+                    && e.region == s.region
+                    && e.source == s.source
+            })
     }
 
     /// Picks the next endpoint for a call, preferring `region`, never one in `excluded`.
@@ -129,14 +141,27 @@ pub enum SnapshotError {
 
 impl RoutingSnapshot {
     /// Builds a snapshot from the config and the latest etcd view (`None` before the first sync).
+    ///
+    /// `previous` (built from the same config) lets upstreams whose endpoints did not change be
+    /// shared as they are: a change to one service of a large registry rebuilds only that
+    /// service, and untouched upstreams keep their balancing sequence.
     pub fn build(
         config: &Config,
         etcd: Option<&EtcdView>,
         registry: &EndpointRegistry,
+        previous: Option<&RoutingSnapshot>,
     ) -> Result<Self, SnapshotError> {
+        registry.prune();
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let found = endpoints_for(upstream, etcd);
+            if let Some(unchanged) = previous
+                .and_then(|p| p.upstreams.get(&upstream.name))
+                .filter(|prev| prev.same_endpoints(&found))
+            {
+                upstreams.insert(upstream.name.clone(), unchanged.clone());
+                continue;
+            }
             let mut endpoints = Vec::with_capacity(found.specs.len());
             for spec in found.specs {
                 let peer = PeerTemplate::new(spec.addr, upstream).map_err(|source| {
@@ -216,7 +241,86 @@ impl Routing {
         self.current.load()
     }
 
+    pub fn load_full(&self) -> Arc<RoutingSnapshot> {
+        self.current.load_full()
+    }
+
     pub fn store(&self, snapshot: RoutingSnapshot) {
         self.current.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:1"
+
+[[route]]
+listener = "l"
+service = "a.A"
+method = "M"
+upstream = "one"
+
+[[route]]
+listener = "l"
+service = "a.A"
+upstream = "two"
+
+[[route]]
+listener = "l"
+service = "*"
+upstream = "one"
+
+[[upstream]]
+name = "one"
+endpoints = [{ addr = "127.0.0.1:2" }]
+
+[[upstream]]
+name = "two"
+endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
+"#;
+
+    fn config() -> Config {
+        crate::config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let registry = EndpointRegistry::default();
+        let snap = RoutingSnapshot::build(&config(), None, &registry, None).unwrap();
+        let table = snap.routes("l").unwrap();
+        assert_eq!(table.find("a.A", "M").unwrap().upstream.name, "one");
+        assert_eq!(table.find("a.A", "Other").unwrap().upstream.name, "two");
+        assert_eq!(table.find("b.B", "M").unwrap().upstream.name, "one");
+        assert!(snap.routes("missing").is_none());
+    }
+
+    #[test]
+    fn unchanged_upstreams_are_shared_with_the_previous_snapshot() {
+        let registry = EndpointRegistry::default();
+        let config = config();
+        let first = RoutingSnapshot::build(&config, None, &registry, None).unwrap();
+        let second = RoutingSnapshot::build(&config, None, &registry, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(
+            first.upstream("one").unwrap(),
+            second.upstream("one").unwrap()
+        ));
+        let fresh = RoutingSnapshot::build(&config, None, &registry, None).unwrap();
+        assert!(!Arc::ptr_eq(
+            first.upstream("one").unwrap(),
+            fresh.upstream("one").unwrap()
+        ));
+        assert!(
+            Arc::ptr_eq(
+                &first.upstream("one").unwrap().endpoints[0].state,
+                &fresh.upstream("one").unwrap().endpoints[0].state
+            ),
+            "per-endpoint state survives a rebuild"
+        );
     }
 }

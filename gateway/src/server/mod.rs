@@ -42,8 +42,17 @@ fn start_discovery(
     let status = Arc::new(DiscoveryStatus::default());
     info!(endpoints = ?etcd_config.endpoints, prefix = %etcd_config.prefix, "starting etcd discovery");
     etcd::spawn(etcd_config, status.clone(), move |view| {
-        match RoutingSnapshot::build(&config, Some(&view), &registry) {
-            Ok(snapshot) => routing.store(snapshot),
+        let started = std::time::Instant::now();
+        let previous = routing.load_full();
+        match RoutingSnapshot::build(&config, Some(&view), &registry, Some(&previous)) {
+            Ok(snapshot) => {
+                routing.store(snapshot);
+                tracing::debug!(
+                    instances = view.len(),
+                    build_us = started.elapsed().as_micros() as u64,
+                    "routing snapshot rebuilt"
+                );
+            }
             // Only a CA file that vanished since start-up can fail here: keep the last snapshot.
             Err(e) => tracing::error!(error = %e, "could not rebuild the routing snapshot"),
         }
@@ -56,7 +65,7 @@ fn start_discovery(
 pub fn run(config: Config) -> Result<(), StartError> {
     listeners::check_bindable(&config)?;
     let registry = Arc::new(EndpointRegistry::default());
-    let snapshot = RoutingSnapshot::build(&config, None, &registry)?;
+    let snapshot = RoutingSnapshot::build(&config, None, &registry, None)?;
     let routing = Arc::new(Routing::new(snapshot));
     if let Some(etcd_config) = config.etcd.clone() {
         start_discovery(
