@@ -80,7 +80,11 @@ fn etcd_upstream_without_etcd_section_is_rejected() {
         "endpoints = [{ addr = \"127.0.0.1:50051\", weight = 100, region = \"eu-west\" }]",
         "discovery = \"etcd\"\nservice = \"echo\"",
     );
-    assert_rejected(&config, "discovery = \"etcd\"", &["upstream[0].discovery", "needs an [etcd] section"]);
+    assert_rejected(
+        &config,
+        "discovery = \"etcd\"",
+        &["upstream[0].discovery", "needs an [etcd] section"],
+    );
 }
 
 #[test]
@@ -92,7 +96,11 @@ fn bad_etcd_settings_are_rejected() {
             "discovery = \"etcd\"\nservice = \"echo\"\nselect = { version = \"not-a-range!\" }",
         )
     );
-    assert_rejected(&config, "not-a-range", &["select.version", "etcd.endpoints[0]", "etcd.prefix"]);
+    assert_rejected(
+        &config,
+        "not-a-range",
+        &["select.version", "etcd.endpoints[0]", "etcd.prefix"],
+    );
 }
 
 #[test]
