@@ -11,7 +11,7 @@ DEMO_DIR := build/demo
 run: deps build
 	@mkdir -p $(DEMO_DIR)
 	@set -euo pipefail; \
-	trap 'echo; echo "stopping demo"; kill $$(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
+	trap 'trap - EXIT; echo; echo "stopping demo"; kill $$(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
 	$(RELEASE_DIR)/strait-echo --listen 127.0.0.1:50051 --name echo-eu-west > $(DEMO_DIR)/echo-eu-west.log 2>&1 & \
 	$(RELEASE_DIR)/strait-echo --listen 127.0.0.1:50052 --name echo-us-east > $(DEMO_DIR)/echo-us-east.log 2>&1 & \
 	$(RELEASE_DIR)/strait run --config config/strait.toml & \

@@ -162,9 +162,13 @@ async fn connect(args: &Args) -> Vec<Caller> {
     let body = framed_request(args.payload);
     let mut callers = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let send = open_connection(args.target)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", args.target));
+        let send = match open_connection(args.target).await {
+            Ok(send) => send,
+            Err(e) => {
+                eprintln!("strait-loadgen: cannot connect to {}: {e}", args.target);
+                std::process::exit(2);
+            }
+        };
         callers.push(Caller {
             send,
             target: args.target,

@@ -52,6 +52,64 @@ async fn tls_listener_serves_grpc_with_alpn_h2() {
     assert_eq!(backend.calls(), 1);
 }
 
+/// Upstream TLS: the gateway speaks h2 over TLS to a backend, verifying it with the given CA
+/// and server name; with the wrong name the call fails with UNAVAILABLE naming TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_is_verified_with_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::generate(dir.path());
+    let cert = std::fs::read_to_string(&pki.server_cert).unwrap();
+    let key = std::fs::read_to_string(&pki.server_key).unwrap();
+    let backend = Backend::start(BackendOptions {
+        name: "tls-backend".into(),
+        addr: None,
+        tls: Some((cert, key)),
+    })
+    .await;
+    for (server_name, should_work) in [("localhost", true), ("wrong.example", false)] {
+        let listen = free_addr();
+        let text = config(
+            listen,
+            &[Ep {
+                addr: backend.addr,
+                weight: 100,
+                region: "eu-west",
+            }],
+            "",
+            "",
+        )
+        .replace(
+            "max_attempts = 3",
+            &format!(
+                "max_attempts = 1\ntls = {{ ca = \"{}\", server_name = \"{server_name}\" }}",
+                pki.ca_cert.display()
+            ),
+        );
+        let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        let mut client = crate::fixture::client(listen).await;
+        let result = client.unary(req(b"over tls")).await;
+        if should_work {
+            assert_eq!(
+                result
+                    .expect("call over upstream TLS")
+                    .into_inner()
+                    .served_by,
+                "tls-backend"
+            );
+        } else {
+            let status = result.expect_err("certificate name mismatch must fail");
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(
+                status.message().to_lowercase().contains("tls")
+                    || status.message().contains("certificate"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+    assert_eq!(backend.calls(), 1);
+}
+
 /// HTTP/1.1 on the gRPC port: a clear HTTP error, and the listener keeps serving gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_request_gets_clear_error_and_listener_keeps_serving() {

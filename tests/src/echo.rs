@@ -256,6 +256,8 @@ impl Echo for EchoService {
 pub struct BackendOptions {
     pub name: String,
     pub addr: Option<SocketAddr>,
+    /// PEM certificate chain and key: serve TLS (ALPN h2) instead of h2c.
+    pub tls: Option<(String, String)>,
 }
 
 impl BackendOptions {
@@ -263,6 +265,7 @@ impl BackendOptions {
         Self {
             name: name.to_string(),
             addr: None,
+            tls: None,
         }
     }
 }
@@ -307,8 +310,17 @@ impl Backend {
                 let _ = c.set_nodelay(true);
             })
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &options.tls {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                )
+                .expect("valid backend TLS config");
+        }
         let task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -370,6 +382,7 @@ pub async fn serve_forever(name: String, addr: SocketAddr) {
     let backend = Backend::start(BackendOptions {
         name,
         addr: Some(addr),
+        tls: None,
     })
     .await;
     eprintln!(
