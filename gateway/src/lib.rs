@@ -5,6 +5,9 @@
 //! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
 
 pub mod balancer;
+pub mod breaker;
+pub mod grpc;
+pub mod health;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;

@@ -28,6 +28,8 @@ pub struct BackendStats {
     pub last_timeout_ms: AtomicU64,
     /// TCP connections accepted: shows whether a proxy multiplexes calls or opens one per call.
     pub connections: AtomicU64,
+    /// When non-zero, every call ends with this gRPC status (after the replies, for streams).
+    pub forced_code: std::sync::atomic::AtomicI32,
 }
 
 /// Decrements `active` when the call's work is dropped (finished or cancelled).
@@ -99,6 +101,13 @@ fn failing_status(req: &EchoRequest, metadata: &MetadataMap) -> Option<Status> {
 }
 
 impl EchoService {
+    fn forced(&self) -> Option<Status> {
+        match self.stats.forced_code.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(Status::new(Code::from_i32(code), format!("forced by the test on {}", self.name))),
+        }
+    }
+
     fn note_timeout(&self, metadata: &MetadataMap) {
         let ms = metadata
             .get("grpc-timeout")
@@ -143,7 +152,7 @@ impl Echo for EchoService {
         if req.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(u64::from(req.delay_ms))).await;
         }
-        if let Some(status) = failing_status(&req, &metadata) {
+        if let Some(status) = failing_status(&req, &metadata).or_else(|| self.forced()) {
             return Err(status);
         }
         let mut response = Response::new(self.reply(req.payload, 0, 1));
@@ -202,7 +211,7 @@ impl Echo for EchoService {
                     return; // caller went away: stop working
                 }
             }
-            if let Some(status) = failing_status(&req, &metadata) {
+            if let Some(status) = failing_status(&req, &metadata).or_else(|| service.forced()) {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -343,6 +352,11 @@ impl Backend {
 
     pub fn calls(&self) -> u64 {
         self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes every following call end with `code` (`None`: answer normally again).
+    pub fn force_status(&self, code: Option<Code>) {
+        self.stats.forced_code.store(code.map(|c| c as i32).unwrap_or(0), Ordering::SeqCst);
     }
 
     pub fn connections(&self) -> u64 {

@@ -96,6 +96,8 @@ pub struct UpstreamSection {
     /// etcd discovery: instances are the keys under `{prefix}{service}/`.
     pub service: Option<Spanned<String>>,
     pub select: Option<Spanned<SelectSection>>,
+    pub health: Option<HealthSection>,
+    pub breaker: Option<BreakerSection>,
     pub connect_timeout: Option<ConfigDuration>,
     pub max_attempts: Option<Spanned<i64>>,
     pub tls: Option<UpstreamTlsSection>,
@@ -114,4 +116,29 @@ pub struct EndpointSection {
 pub struct UpstreamTlsSection {
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub service: Option<String>,
+    pub unhealthy_after: Option<Spanned<i64>>,
+    pub healthy_after: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub failure_rate: Option<Spanned<f64>>,
+    pub window: Option<Spanned<i64>>,
+    pub min_calls: Option<Spanned<i64>>,
+    pub open_for: Option<ConfigDuration>,
+    pub backoff: Option<Spanned<String>>,
+    pub max_open_for: Option<ConfigDuration>,
+    pub half_open_calls: Option<Spanned<i64>>,
+    pub failure_codes: Option<Vec<Spanned<String>>>,
+    pub max_ejected_percent: Option<Spanned<i64>>,
 }

@@ -106,6 +106,33 @@ pub struct UpstreamConfig {
     /// Total attempts per call (first try included) while nothing has been sent upstream.
     pub max_attempts: u32,
     pub tls: Option<UpstreamTls>,
+    /// Active gRPC health probes; none without `[upstream.health]`.
+    pub health: Option<HealthSettings>,
+    /// Always on; `[upstream.breaker]` only changes the defaults.
+    pub breaker: crate::breaker::BreakerSettings,
+}
+
+/// Active probing with grpc.health.v1.Health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Service name sent in HealthCheckRequest ("" = the server as a whole).
+    pub service: String,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            service: String::new(),
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

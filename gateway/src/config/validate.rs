@@ -331,6 +331,12 @@ fn validate_upstreams(
             let server_name = tls.server_name.clone().unwrap_or_default();
             UpstreamTls { ca, server_name }
         });
+        let health = section.health.as_ref().map(|h| validate_health(h, &path, diag));
+        let breaker = section
+            .breaker
+            .as_ref()
+            .map(|b| validate_breaker(b, &path, diag))
+            .unwrap_or_default();
         upstreams.push(UpstreamConfig {
             name: name.clone(),
             discovery,
@@ -338,9 +344,104 @@ fn validate_upstreams(
             connect_timeout,
             max_attempts,
             tls,
+            health,
+            breaker,
         });
     }
     upstreams
+}
+
+/// An integer setting within a range, or the default with a problem reported.
+fn int_in(value: &Option<Spanned<i64>>, range: std::ops::RangeInclusive<i64>, default: u32, key: String, diag: &mut Diagnostics) -> u32 {
+    match value {
+        None => default,
+        Some(v) if range.contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            diag.at(span(v), key, format!("must be between {} and {}, got {}", range.start(), range.end(), v.get_ref()));
+            default
+        }
+    }
+}
+
+fn validate_health(h: &super::file::HealthSection, path: &str, diag: &mut Diagnostics) -> HealthSettings {
+    let d = HealthSettings::default();
+    let settings = HealthSettings {
+        interval: h.interval.map(|v| v.0).unwrap_or(d.interval),
+        timeout: h.timeout.map(|v| v.0).unwrap_or(d.timeout),
+        service: h.service.clone().unwrap_or_default(),
+        unhealthy_after: int_in(&h.unhealthy_after, 1..=100, d.unhealthy_after, format!("{path}.health.unhealthy_after"), diag),
+        healthy_after: int_in(&h.healthy_after, 1..=100, d.healthy_after, format!("{path}.health.healthy_after"), diag),
+    };
+    if settings.interval < std::time::Duration::from_millis(100) {
+        diag.at(None, format!("{path}.health.interval"), "must be at least 100ms");
+    }
+    if settings.timeout.is_zero() || settings.timeout > settings.interval {
+        diag.at(None, format!("{path}.health.timeout"), "must be greater than 0 and at most the interval");
+    }
+    settings
+}
+
+fn validate_breaker(b: &super::file::BreakerSection, path: &str, diag: &mut Diagnostics) -> crate::breaker::BreakerSettings {
+    use crate::breaker::{Backoff, BreakerSettings};
+    let d = BreakerSettings::default();
+    let key = |k: &str| format!("{path}.breaker.{k}");
+    let failure_rate = match &b.failure_rate {
+        None => d.failure_rate,
+        Some(r) if *r.get_ref() > 0.0 && *r.get_ref() <= 1.0 => *r.get_ref(),
+        Some(r) => {
+            diag.at(span(r), key("failure_rate"), format!("must be in (0, 1], got {}", r.get_ref()));
+            d.failure_rate
+        }
+    };
+    let backoff = match b.backoff.as_ref().map(|v| v.get_ref().as_str()) {
+        None => d.backoff,
+        Some("fixed") => Backoff::Fixed,
+        Some("exponential") => Backoff::Exponential,
+        Some("jittered") => Backoff::Jittered,
+        Some(other) => {
+            diag.at(b.backoff.as_ref().map(|v| v.span()), key("backoff"), format!("unknown backoff {other:?}; use fixed, exponential or jittered"));
+            d.backoff
+        }
+    };
+    let failure_codes = match &b.failure_codes {
+        None => d.failure_codes.clone(),
+        Some(codes) => codes
+            .iter()
+            .filter_map(|c| match c.get_ref().parse::<crate::grpc::Code>() {
+                Ok(code) if code != crate::grpc::Code::Ok => Some(code),
+                Ok(_) => {
+                    diag.at(span(c), key("failure_codes"), "OK cannot be a failure");
+                    None
+                }
+                Err(e) => {
+                    diag.at(span(c), key("failure_codes"), e);
+                    None
+                }
+            })
+            .collect(),
+    };
+    let settings = BreakerSettings {
+        consecutive_failures: int_in(&b.consecutive_failures, 1..=1000, d.consecutive_failures, key("consecutive_failures"), diag),
+        failure_rate,
+        window: int_in(&b.window, 1..=10_000, d.window, key("window"), diag),
+        min_calls: int_in(&b.min_calls, 1..=10_000, d.min_calls, key("min_calls"), diag),
+        open_for: b.open_for.map(|v| v.0).unwrap_or(d.open_for),
+        backoff,
+        max_open_for: b.max_open_for.map(|v| v.0).unwrap_or(d.max_open_for),
+        half_open_calls: int_in(&b.half_open_calls, 1..=1000, d.half_open_calls, key("half_open_calls"), diag),
+        failure_codes,
+        max_ejected_percent: int_in(&b.max_ejected_percent, 0..=100, d.max_ejected_percent, key("max_ejected_percent"), diag),
+    };
+    if settings.open_for.is_zero() {
+        diag.at(None, key("open_for"), "must be greater than 0");
+    }
+    if settings.max_open_for < settings.open_for {
+        diag.at(None, key("max_open_for"), "must be at least open_for");
+    }
+    if settings.min_calls > settings.window {
+        diag.at(None, key("min_calls"), "cannot exceed window");
+    }
+    settings
 }
 
 fn validate_etcd_upstream(

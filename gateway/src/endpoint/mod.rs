@@ -11,16 +11,60 @@ pub use peer::{PeerTemplate, PeerTemplateError};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::breaker::{Admission, Breaker, BreakerSettings, Outcome, State, Transition};
+
+/// The last breaker transition, kept for operators (admin API, metrics).
+#[derive(Debug, Clone)]
+pub struct TransitionRecord {
+    pub transition: Transition,
+    pub at: SystemTime,
+}
 
 /// Live state of one endpoint, shared by every snapshot that contains it.
-#[derive(Debug, Default)]
+///
+/// The balancer reads `state_mirror` and `healthy` without locking; only endpoints whose
+/// breaker is not closed, and the recording of a call's result, touch the breaker's mutex
+/// (one per endpoint, never global).
+#[derive(Debug)]
 pub struct EndpointState {
+    pub upstream: String,
+    pub addr: SocketAddr,
     in_flight: AtomicU64,
+    healthy: AtomicBool,
+    state_mirror: AtomicU8,
+    breaker: Mutex<Breaker>,
+    last_transition: Mutex<Option<TransitionRecord>>,
+    transitions: AtomicU64,
+}
+
+fn mirror(state: State) -> u8 {
+    match state {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
 }
 
 impl EndpointState {
+    pub fn new(upstream: &str, addr: SocketAddr, settings: BreakerSettings) -> Self {
+        Self {
+            upstream: upstream.to_string(),
+            addr,
+            in_flight: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            state_mirror: AtomicU8::new(mirror(State::Closed)),
+            breaker: Mutex::new(Breaker::new(settings)),
+            last_transition: Mutex::new(None),
+            transitions: AtomicU64::new(0),
+        }
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -29,6 +73,103 @@ impl EndpointState {
     pub fn start_attempt(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(self.clone())
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn breaker_state(&self) -> State {
+        match self.state_mirror.load(Ordering::Acquire) {
+            0 => State::Closed,
+            1 => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+
+    /// Ejected: no ordinary calls go here (breaker not closed, or probes say unhealthy).
+    pub fn is_ejected(&self) -> bool {
+        !self.healthy() || self.breaker_state() != State::Closed
+    }
+
+    pub fn last_transition(&self) -> Option<TransitionRecord> {
+        self.last_transition.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Quick, lock-free for the common case: may this endpoint take a call now?
+    pub fn is_usable(&self, now: Instant) -> bool {
+        self.healthy() && (self.breaker_state() == State::Closed || self.lock().would_admit(now))
+    }
+
+    /// Claims a call (or a half-open trial) on this endpoint.
+    pub fn admit(&self, now: Instant) -> Admission {
+        if !self.healthy() {
+            return Admission::Rejected;
+        }
+        let mut breaker = self.lock();
+        let (admission, transition) = breaker.admit(now);
+        self.publish(&breaker, transition);
+        admission
+    }
+
+    /// Feeds a call's outcome to the breaker. `may_open` carries the upstream's ejection cap.
+    pub fn record(&self, outcome: Outcome, trial: bool, may_open: bool) {
+        let mut breaker = self.lock();
+        let transition = breaker.record(outcome, trial, Instant::now(), may_open);
+        self.publish(&breaker, transition);
+    }
+
+    /// A trial call ended without a verdict: give its half-open slot back.
+    pub fn release_trial(&self) {
+        self.lock().release_trial();
+    }
+
+    /// Probes decided the endpoint is unhealthy (`healthy = false`) or healthy again.
+    pub fn set_probe_health(&self, healthy: bool, may_open: bool) {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if was == healthy {
+            return;
+        }
+        let mut breaker = self.lock();
+        if healthy {
+            breaker.probe_healthy(Instant::now());
+            info!(upstream = %self.upstream, endpoint = %self.addr, "health probes pass again");
+        } else {
+            let transition = breaker.probe_unhealthy(Instant::now(), may_open);
+            if transition.is_none() && !may_open {
+                warn!(upstream = %self.upstream, endpoint = %self.addr,
+                      "health probes fail but the ejection cap keeps the endpoint in rotation");
+                // Capped: stays in rotation as far as health is concerned too.
+                self.healthy.store(true, Ordering::Release);
+            }
+            self.publish(&breaker, transition);
+        }
+    }
+
+    fn publish(&self, breaker: &Breaker, transition: Option<Transition>) {
+        self.state_mirror.store(mirror(breaker.state()), Ordering::Release);
+        let Some(t) = transition else { return };
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        *self.last_transition.lock().unwrap_or_else(|e| e.into_inner()) = Some(TransitionRecord {
+            transition: t,
+            at: SystemTime::now(),
+        });
+        let open_ms = t.open_for.map(|d| d.as_millis() as u64);
+        if t.to == State::Open {
+            warn!(upstream = %self.upstream, endpoint = %self.addr, from = %t.from, to = %t.to,
+                  reason = t.reason.as_str(), open_ms, "breaker transition");
+        } else {
+            info!(upstream = %self.upstream, endpoint = %self.addr, from = %t.from, to = %t.to,
+                  reason = t.reason.as_str(), "breaker transition");
+        }
     }
 }
 
@@ -50,13 +191,13 @@ pub struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
-    pub fn state_for(&self, upstream: &str, addr: SocketAddr) -> Arc<EndpointState> {
+    pub fn state_for(&self, upstream: &str, addr: SocketAddr, breaker: &BreakerSettings) -> Arc<EndpointState> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let key = (upstream.to_string(), addr);
         if let Some(existing) = states.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        let fresh = Arc::new(EndpointState::default());
+        let fresh = Arc::new(EndpointState::new(upstream, addr, breaker.clone()));
         states.insert(key, Arc::downgrade(&fresh));
         fresh
     }
@@ -85,12 +226,13 @@ mod tests {
     fn state_survives_while_held_and_is_shared() {
         let registry = EndpointRegistry::default();
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let a = registry.state_for("u", addr);
+        let settings = BreakerSettings::default();
+        let a = registry.state_for("u", addr, &settings);
         let _guard = a.start_attempt();
-        let b = registry.state_for("u", addr);
+        let b = registry.state_for("u", addr, &settings);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(b.in_flight(), 1);
-        let other = registry.state_for("v", addr);
+        let other = registry.state_for("v", addr, &settings);
         assert!(
             !Arc::ptr_eq(&a, &other),
             "same address in another upstream is another endpoint"
@@ -100,20 +242,21 @@ mod tests {
     #[test]
     fn prune_forgets_endpoints_no_snapshot_holds() {
         let registry = EndpointRegistry::default();
-        let kept = registry.state_for("u", "127.0.0.1:1".parse().unwrap());
-        drop(registry.state_for("u", "127.0.0.1:2".parse().unwrap()));
+        let s = BreakerSettings::default();
+        let kept = registry.state_for("u", "127.0.0.1:1".parse().unwrap(), &s);
+        drop(registry.state_for("u", "127.0.0.1:2".parse().unwrap(), &s));
         assert_eq!(registry.len(), 2);
         registry.prune();
         assert_eq!(registry.len(), 1);
         assert!(Arc::ptr_eq(
             &kept,
-            &registry.state_for("u", "127.0.0.1:1".parse().unwrap())
+            &registry.state_for("u", "127.0.0.1:1".parse().unwrap(), &s)
         ));
     }
 
     #[test]
     fn guard_decrements_on_drop() {
-        let state = Arc::new(EndpointState::default());
+        let state = Arc::new(EndpointState::new("u", "127.0.0.1:1".parse().unwrap(), BreakerSettings::default()));
         let g1 = state.start_attempt();
         let g2 = state.start_attempt();
         assert_eq!(state.in_flight(), 2);

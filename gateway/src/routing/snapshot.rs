@@ -31,7 +31,7 @@ impl Candidate for Endpoint {
         self.region.as_deref()
     }
     fn is_usable(&self) -> bool {
-        true
+        self.state.is_usable(std::time::Instant::now())
     }
 }
 
@@ -43,24 +43,50 @@ pub struct UpstreamSet {
     pub max_attempts: u32,
     /// Why there are no endpoints, when there are none (e.g. waiting for etcd).
     pub empty_reason: Option<String>,
+    pub breaker: crate::breaker::BreakerSettings,
+    pub health: Option<crate::config::HealthSettings>,
+    pub tls: Option<crate::config::UpstreamTls>,
+    /// Serialises "may another endpoint be ejected?" with the ejection itself.
+    ejection: std::sync::Mutex<()>,
     wrr: SmoothWrr,
 }
 
 impl UpstreamSet {
-    pub fn new(
-        name: String,
-        endpoints: Vec<Endpoint>,
-        max_attempts: u32,
-        empty_reason: Option<String>,
-    ) -> Self {
+    pub fn new(config: &crate::config::UpstreamConfig, endpoints: Vec<Endpoint>, empty_reason: Option<String>) -> Self {
         let wrr = SmoothWrr::new(endpoints.len());
         Self {
-            name,
+            name: config.name.clone(),
             endpoints,
-            max_attempts,
+            max_attempts: config.max_attempts,
             empty_reason,
+            breaker: config.breaker.clone(),
+            health: config.health.clone(),
+            tls: config.tls.clone(),
+            ejection: std::sync::Mutex::new(()),
             wrr,
         }
+    }
+
+    /// Runs `eject` with whether the ejection cap allows one more endpoint out.
+    pub fn with_ejection_cap<R>(&self, eject: impl FnOnce(bool) -> R) -> R {
+        let _serial = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
+        let ejected = self.endpoints.iter().filter(|e| e.state.is_ejected()).count();
+        eject(ejected < self.breaker.max_ejected(self.endpoints.len()))
+    }
+
+    /// Counts for "why is nothing usable": (open or half-open, unhealthy, drained).
+    pub fn unusable_counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for e in &self.endpoints {
+            if e.weight == 0 {
+                counts.2 += 1;
+            } else if !e.state.healthy() {
+                counts.1 += 1;
+            } else if e.state.breaker_state() != crate::breaker::State::Closed {
+                counts.0 += 1;
+            }
+        }
+        counts
     }
 
     /// True when `found` describes exactly the endpoints this set already has.
@@ -175,18 +201,13 @@ impl RoutingSnapshot {
                     weight: spec.weight,
                     region: spec.region,
                     source: spec.source,
-                    state: registry.state_for(&upstream.name, spec.addr),
+                    state: registry.state_for(&upstream.name, spec.addr, &upstream.breaker),
                     peer,
                 });
             }
             upstreams.insert(
                 upstream.name.clone(),
-                Arc::new(UpstreamSet::new(
-                    upstream.name.clone(),
-                    endpoints,
-                    upstream.max_attempts,
-                    found.empty_reason,
-                )),
+                Arc::new(UpstreamSet::new(upstream, endpoints, found.empty_reason)),
             );
         }
         let mut listeners: HashMap<String, RouteTable> = config
@@ -219,6 +240,10 @@ impl RoutingSnapshot {
         self.listeners.get(listener)
     }
 
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamSet>> {
+        self.upstreams.values()
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.upstreams.get(name)
     }
@@ -228,13 +253,21 @@ impl RoutingSnapshot {
 #[derive(Debug)]
 pub struct Routing {
     current: ArcSwap<RoutingSnapshot>,
+    /// Bumped on every store, for background work that follows the snapshot (health probes).
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Routing {
     pub fn new(snapshot: RoutingSnapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            version: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Notified after every snapshot swap.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<RoutingSnapshot>> {
@@ -247,6 +280,7 @@ impl Routing {
 
     pub fn store(&self, snapshot: RoutingSnapshot) {
         self.current.store(Arc::new(snapshot));
+        self.version.send_modify(|v| *v += 1);
     }
 }
 

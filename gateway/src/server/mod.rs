@@ -75,6 +75,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             registry.clone(),
         );
     }
+    crate::health::spawn(routing.clone());
     let calls = InFlightCalls::default();
     let settings = Arc::new(CallSettings {
         region: config.gateway.region.clone(),

@@ -1,8 +1,10 @@
 //! What one call carries from hook to hook.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::endpoint::InFlightGuard;
+use crate::breaker::Outcome;
+use crate::endpoint::{EndpointState, InFlightGuard};
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
 
@@ -11,14 +13,18 @@ use super::status::{Code, LocalStatus};
 /// The endpoint currently being tried; dropping it ends the endpoint's in-flight count.
 #[derive(Debug)]
 pub struct Attempt {
-    pub endpoint: usize,
+    pub endpoint: Arc<EndpointState>,
+    /// Admitted as a half-open trial: its result decides the breaker.
+    pub trial: bool,
     _in_flight: InFlightGuard,
 }
 
 impl Attempt {
-    pub fn new(endpoint: usize, in_flight: InFlightGuard) -> Self {
+    pub fn new(endpoint: Arc<EndpointState>, trial: bool) -> Self {
+        let in_flight = endpoint.start_attempt();
         Self {
             endpoint,
+            trial,
             _in_flight: in_flight,
         }
     }
@@ -30,6 +36,8 @@ pub struct CallCtx {
     pub target: Option<RouteTarget>,
     /// Absolute deadline: the caller's `grpc-timeout`, else the route's timeout.
     pub deadline: Option<Instant>,
+    /// The deadline is the caller's own (not the route's): running out of it is nobody's fault.
+    pub caller_deadline: bool,
     /// Region whose endpoints are preferred for this call.
     pub region: Option<String>,
     /// Endpoint indices already tried for this call; retries go elsewhere.
@@ -52,6 +60,7 @@ impl CallCtx {
             started: Instant::now(),
             target: None,
             deadline: None,
+            caller_deadline: false,
             region: None,
             tried: Vec::new(),
             attempt: None,
@@ -79,6 +88,20 @@ impl CallCtx {
             .as_ref()
             .map(|s| s.code)
             .or(self.upstream_status)
+    }
+
+    /// Ends the current attempt, feeding its outcome (`None`: no verdict) to the endpoint's
+    /// breaker under the upstream's ejection cap.
+    pub fn finish_attempt(&mut self, outcome: Option<Outcome>) {
+        let Some(attempt) = self.attempt.take() else { return };
+        match (outcome, &self.target) {
+            (Some(Outcome::Failure), Some(target)) => target
+                .upstream
+                .with_ejection_cap(|may_open| attempt.endpoint.record(Outcome::Failure, attempt.trial, may_open)),
+            (Some(outcome), _) => attempt.endpoint.record(outcome, attempt.trial, true),
+            (None, _) if attempt.trial => attempt.endpoint.release_trial(),
+            (None, _) => {}
+        }
     }
 
     pub fn upstream_name(&self) -> &str {

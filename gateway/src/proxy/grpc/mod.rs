@@ -31,6 +31,7 @@ pub use ctx::CallCtx;
 pub use deadline::{format_grpc_timeout, parse_grpc_timeout};
 pub use status::{encode_grpc_message, Code, LocalStatus};
 
+use crate::breaker::{Admission, Outcome};
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -112,6 +113,7 @@ impl GrpcProxy {
             None => target.timeout,
         };
         ctx.deadline = budget.map(|b| ctx.started + b);
+        ctx.caller_deadline = req.headers.contains_key("grpc-timeout");
         ctx.region = self.preferred_region(req);
         ctx.target = Some(target.clone());
         Ok(())
@@ -142,10 +144,20 @@ impl GrpcProxy {
                     "upstream {upstream:?} has no endpoints: {}",
                     set.empty_reason.as_deref().unwrap_or("none configured")
                 ),
-                Some(set) => format!(
-                    "upstream {upstream:?}: no usable endpoint ({} known, none with weight > 0)",
-                    set.endpoints.len()
-                ),
+                Some(set) => {
+                    let total = set.endpoints.len();
+                    let (open, unhealthy, drained) = set.unusable_counts();
+                    if open == total {
+                        format!("upstream {upstream:?}: all {total} endpoints open")
+                    } else {
+                        let parts: Vec<String> = [(open, "open"), (unhealthy, "unhealthy"), (drained, "drained")]
+                            .into_iter()
+                            .filter(|(n, _)| *n > 0)
+                            .map(|(n, what)| format!("{n} {what}"))
+                            .collect();
+                        format!("upstream {upstream:?}: no usable endpoint ({} of {total})", parts.join(", "))
+                    }
+                }
                 None => format!("upstream {upstream:?}: no usable endpoint"),
             },
         };
@@ -156,10 +168,31 @@ impl GrpcProxy {
         Error::new(ErrorType::Custom("no usable endpoint"))
     }
 
-    /// Ends the current attempt and remembers why it failed.
+    /// Ends the current attempt, remembers why it failed and tells the breaker (unless the
+    /// caller, not the endpoint, is why it ended).
     fn attempt_failed(ctx: &mut CallCtx, peer: &HttpPeer, e: &Error) {
-        ctx.attempt = None;
+        let endpoints_fault = !failure::caused_by_caller(e) && !(ctx.caller_deadline && ctx.deadline_passed());
+        ctx.finish_attempt(endpoints_fault.then_some(Outcome::Failure));
         ctx.last_failure = Some(format!("{}: {}", peer.address(), failure::describe(e)));
+    }
+
+    /// How a finished attempt went, from the status the backend sent.
+    fn classify_response(ctx: &CallCtx, e: Option<&Error>) -> Option<Outcome> {
+        let failure_codes = &ctx.target.as_ref()?.upstream.breaker.failure_codes;
+        match ctx.upstream_status {
+            // The caller's own deadline ran out (the backend saw the forwarded budget expire).
+            Some(Code::DeadlineExceeded | Code::Cancelled)
+                if ctx.caller_deadline && ctx.remaining().is_some_and(|r| r <= DEADLINE_SLACK) =>
+            {
+                None
+            }
+            Some(code) if failure_codes.contains(&code) => Some(Outcome::Failure),
+            Some(_) => Some(Outcome::Success),
+            // A response that ended without any grpc-status is broken (clients see INTERNAL),
+            // unless something else already explains the end.
+            None if e.is_none() => Some(Outcome::Failure),
+            None => None,
+        }
     }
 
     fn may_try_again(ctx: &CallCtx) -> bool {
@@ -256,13 +289,23 @@ impl ProxyHttp for GrpcProxy {
             ctx.local_status = Some(Self::no_endpoint_status(ctx));
             return Err(Self::no_endpoint_error());
         }
-        let Some(index) = upstream.pick(ctx.region.as_deref(), &ctx.tried) else {
-            ctx.local_status = Some(Self::no_endpoint_status(ctx));
-            return Err(Self::no_endpoint_error());
+        // Pick, then claim: a breaker can refuse between the two (half-open quota used up by a
+        // concurrent call); then skip that endpoint for this pick and choose again.
+        let now = std::time::Instant::now();
+        let mut skip = ctx.tried.clone();
+        let (index, admission) = loop {
+            let Some(index) = upstream.pick(ctx.region.as_deref(), &skip) else {
+                ctx.local_status = Some(Self::no_endpoint_status(ctx));
+                return Err(Self::no_endpoint_error());
+            };
+            match upstream.endpoints[index].state.admit(now) {
+                Admission::Rejected => skip.push(index),
+                admission => break (index, admission),
+            }
         };
         let endpoint = &upstream.endpoints[index];
         ctx.tried.push(index);
-        ctx.attempt = Some(Attempt::new(index, endpoint.state.start_attempt()));
+        ctx.attempt = Some(Attempt::new(endpoint.state.clone(), admission == Admission::Trial));
         Ok(endpoint.peer.for_attempt(ctx.remaining()))
     }
 
@@ -418,7 +461,8 @@ impl ProxyHttp for GrpcProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
-        ctx.attempt = None;
+        let outcome = Self::classify_response(ctx, e);
+        ctx.finish_attempt(outcome);
         let code = ctx
             .final_code()
             .unwrap_or(if e.is_some() { Code::Unknown } else { Code::Ok });

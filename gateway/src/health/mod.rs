@@ -1,0 +1,70 @@
+//! Active health probing with the gRPC Health Checking Protocol v1, one task per endpoint of
+//! every upstream that has `[upstream.health]`.
+//!
+//! Each endpoint gets a `Check` poll every `interval` (bounded by `timeout`: this is what notices
+//! a hung process) and, where the backend implements it, a held `Watch` stream, so a switch to
+//! NOT_SERVING (a graceful drain) is acted on at once. Probes start as soon as an endpoint
+//! appears in a routing snapshot and stop when it leaves; their first probe is spread at random
+//! over one interval so a fleet is never probed in lockstep.
+
+mod probe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::routing::Routing;
+
+/// Runs the probes on their own thread for the life of the process.
+pub fn spawn(routing: Arc<Routing>) {
+    std::thread::Builder::new()
+        .name("strait-health".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the health runtime");
+            runtime.block_on(manage(routing));
+        })
+        .expect("spawning the health thread");
+}
+
+/// Keeps exactly one probe task per probed endpoint of the current snapshot.
+async fn manage(routing: Arc<Routing>) {
+    let mut changes = routing.subscribe();
+    let mut probes: HashMap<(String, SocketAddr), JoinHandle<()>> = HashMap::new();
+    loop {
+        let snapshot = routing.load_full();
+        let mut wanted = std::collections::HashSet::new();
+        for upstream in snapshot.upstreams() {
+            let Some(settings) = upstream.health.clone() else { continue };
+            for endpoint in &upstream.endpoints {
+                let key = (upstream.name.clone(), endpoint.addr);
+                wanted.insert(key.clone());
+                probes.entry(key).or_insert_with(|| {
+                    debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "starting health probe");
+                    tokio::spawn(probe::run(probe::Target {
+                        upstream: upstream.name.clone(),
+                        state: endpoint.state.clone(),
+                        settings: settings.clone(),
+                        tls: upstream.tls.clone(),
+                        routing: routing.clone(),
+                    }))
+                });
+            }
+        }
+        probes.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
