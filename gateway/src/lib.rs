@@ -6,11 +6,11 @@
 
 pub mod balancer;
 pub mod breaker;
-pub mod grpc;
-pub mod health;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+pub mod grpc;
+pub mod health;
 pub mod proxy;
 pub mod routing;
 pub mod server;

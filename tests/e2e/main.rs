@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `strait` binary between real tonic backends and clients.
 
+mod breakers;
 mod calls;
 mod config_errors;
 mod deadlines;

@@ -104,7 +104,10 @@ impl EchoService {
     fn forced(&self) -> Option<Status> {
         match self.stats.forced_code.load(Ordering::SeqCst) {
             0 => None,
-            code => Some(Status::new(Code::from_i32(code), format!("forced by the test on {}", self.name))),
+            code => Some(Status::new(
+                Code::from_i32(code),
+                format!("forced by the test on {}", self.name),
+            )),
         }
     }
 
@@ -319,7 +322,8 @@ impl Backend {
                 let _ = c.set_nodelay(true);
             })
         });
-        let mut builder = tonic::transport::Server::builder();
+        // Above hyper's default of 200, so 200 concurrent calls fit one connection.
+        let mut builder = tonic::transport::Server::builder().max_concurrent_streams(Some(1000));
         if let Some((cert, key)) = &options.tls {
             builder = builder
                 .tls_config(
@@ -356,7 +360,9 @@ impl Backend {
 
     /// Makes every following call end with `code` (`None`: answer normally again).
     pub fn force_status(&self, code: Option<Code>) {
-        self.stats.forced_code.store(code.map(|c| c as i32).unwrap_or(0), Ordering::SeqCst);
+        self.stats
+            .forced_code
+            .store(code.map(|c| c as i32).unwrap_or(0), Ordering::SeqCst);
     }
 
     pub fn connections(&self) -> u64 {

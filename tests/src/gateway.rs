@@ -15,6 +15,11 @@ pub fn strait_bin() -> PathBuf {
     if let Ok(path) = std::env::var("STRAIT_BIN") {
         return PathBuf::from(path);
     }
+    sibling_bin("strait")
+}
+
+/// A workspace binary next to the running executable (`cargo build --workspace --bins`).
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let mut dir = exe
         .parent()
@@ -23,13 +28,66 @@ pub fn strait_bin() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("strait");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} not found: build it first with `cargo build -p strait` (make test does this)",
+        "{} not found: build it first with `cargo build --workspace --bins` (make test does this)",
         bin.display()
     );
     bin
+}
+
+/// The echo backend as its own process, for tests that kill -9 or SIGSTOP it.
+pub struct EchoProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl EchoProcess {
+    pub fn start(name: &str, addr: SocketAddr) -> EchoProcess {
+        let child = Command::new(sibling_bin("strait-echo"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--name")
+            .arg(name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning strait-echo");
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "strait-echo {name} did not listen"
+        );
+        EchoProcess {
+            name: name.to_string(),
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
 }
 
 /// A running `strait run` process; killed when dropped.

@@ -151,7 +151,7 @@ impl Breaker {
                 if self.held_by_probe || self.open_until.is_some_and(|t| now < t) {
                     return (Admission::Rejected, None);
                 }
-                let transition = self.to_half_open();
+                let transition = self.half_open_now();
                 self.trials_admitted = 1;
                 (Admission::Trial, Some(transition))
             }
@@ -178,23 +178,39 @@ impl Breaker {
     /// Records how a call ended. `trial` says whether `admit` gave it as a trial; results of
     /// calls admitted before the breaker opened are ignored once it is open.
     /// `may_open` is false when the upstream's ejection cap forbids opening another breaker.
-    pub fn record(&mut self, outcome: Outcome, trial: bool, now: Instant, may_open: bool) -> Option<Transition> {
+    pub fn record(
+        &mut self,
+        outcome: Outcome,
+        trial: bool,
+        now: Instant,
+        may_open: bool,
+    ) -> Option<Transition> {
         match (self.state, trial) {
             (State::Closed, false) => self.record_closed(outcome, now, may_open),
             (State::HalfOpen, true) => match outcome {
-                Outcome::Failure => Some(self.to_open(Reason::TrialFailed, now)),
+                Outcome::Failure => Some(self.open_now(Reason::TrialFailed, now)),
                 Outcome::Success => {
                     self.trials_succeeded += 1;
-                    (self.trials_succeeded >= self.settings.half_open_calls).then(|| self.to_closed(Reason::TrialsSucceeded))
+                    (self.trials_succeeded >= self.settings.half_open_calls)
+                        .then(|| self.close_now(Reason::TrialsSucceeded))
                 }
             },
             _ => None,
         }
     }
 
-    fn record_closed(&mut self, outcome: Outcome, now: Instant, may_open: bool) -> Option<Transition> {
+    fn record_closed(
+        &mut self,
+        outcome: Outcome,
+        now: Instant,
+        may_open: bool,
+    ) -> Option<Transition> {
         let failed = outcome == Outcome::Failure;
-        self.consecutive_failures = if failed { self.consecutive_failures + 1 } else { 0 };
+        self.consecutive_failures = if failed {
+            self.consecutive_failures + 1
+        } else {
+            0
+        };
         self.window.push_back(failed);
         self.failures_in_window += u32::from(failed);
         while self.window.len() > self.settings.window as usize {
@@ -206,13 +222,13 @@ impl Breaker {
             return None;
         }
         if self.consecutive_failures >= self.settings.consecutive_failures {
-            return Some(self.to_open(Reason::ConsecutiveFailures, now));
+            return Some(self.open_now(Reason::ConsecutiveFailures, now));
         }
         let seen = self.window.len() as u32;
         if seen >= self.settings.min_calls
             && f64::from(self.failures_in_window) >= self.settings.failure_rate * f64::from(seen)
         {
-            return Some(self.to_open(Reason::FailureRate, now));
+            return Some(self.open_now(Reason::FailureRate, now));
         }
         None
     }
@@ -236,7 +252,7 @@ impl Breaker {
                 None
             }
             _ => {
-                let t = self.to_open(Reason::ProbeFailed, now);
+                let t = self.open_now(Reason::ProbeFailed, now);
                 self.held_by_probe = true;
                 Some(t)
             }
@@ -253,7 +269,7 @@ impl Breaker {
         }
     }
 
-    fn to_open(&mut self, reason: Reason, now: Instant) -> Transition {
+    fn open_now(&mut self, reason: Reason, now: Instant) -> Transition {
         let from = self.state;
         self.trips = self.trips.saturating_add(1);
         let open_for = self.settings.open_period(self.trips, rand::random::<f64>());
@@ -272,7 +288,7 @@ impl Breaker {
         }
     }
 
-    fn to_half_open(&mut self) -> Transition {
+    fn half_open_now(&mut self) -> Transition {
         self.state = State::HalfOpen;
         self.trials_admitted = 0;
         self.trials_succeeded = 0;
@@ -284,7 +300,7 @@ impl Breaker {
         }
     }
 
-    fn to_closed(&mut self, reason: Reason) -> Transition {
+    fn close_now(&mut self, reason: Reason) -> Transition {
         let from = self.state;
         self.state = State::Closed;
         self.trips = 0;

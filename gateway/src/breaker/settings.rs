@@ -40,9 +40,14 @@ impl Default for BreakerSettings {
             backoff: Backoff::Exponential,
             max_open_for: Duration::from_secs(60),
             half_open_calls: 3,
-            failure_codes: [Code::Unavailable, Code::Internal, Code::Unknown, Code::DeadlineExceeded]
-                .into_iter()
-                .collect(),
+            failure_codes: [
+                Code::Unavailable,
+                Code::Internal,
+                Code::Unknown,
+                Code::DeadlineExceeded,
+            ]
+            .into_iter()
+            .collect(),
             max_ejected_percent: 50,
         }
     }

@@ -26,7 +26,10 @@ fn consecutive_failures_open_the_breaker() {
     assert_eq!(fail(&mut b, now), None);
     assert_eq!(fail(&mut b, now), None);
     let t = fail(&mut b, now).expect("third failure trips");
-    assert_eq!((t.from, t.to, t.reason), (State::Closed, State::Open, Reason::ConsecutiveFailures));
+    assert_eq!(
+        (t.from, t.to, t.reason),
+        (State::Closed, State::Open, Reason::ConsecutiveFailures)
+    );
     assert_eq!(t.open_for, Some(Duration::from_secs(1)));
     assert_eq!(b.admit(now).0, Admission::Rejected);
 }
@@ -42,7 +45,11 @@ fn a_success_resets_the_consecutive_count() {
             b.record(Outcome::Success, false, now, true);
         }
     }
-    assert_eq!(b.state(), State::Closed, "two failures in a row, at most 40% of a window: no trip");
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "two failures in a row, at most 40% of a window: no trip"
+    );
 }
 
 #[test]
@@ -52,7 +59,11 @@ fn failure_rate_opens_once_min_calls_were_seen() {
     // Alternate: never 3 in a row, but half of the window fails.
     let mut tripped = None;
     for i in 0..6 {
-        let outcome = if i % 2 == 0 { Outcome::Failure } else { Outcome::Success };
+        let outcome = if i % 2 == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
         tripped = tripped.or(b.record(outcome, false, now, true));
     }
     // Six calls seen, three failed: 50% >= 0.5, but the last was a success.
@@ -75,8 +86,13 @@ fn half_open_admits_its_quota_and_closes_when_all_succeed() {
     assert_eq!(b.admit(later).0, Admission::Trial);
     assert_eq!(b.admit(later).0, Admission::Rejected, "quota of 2");
     assert_eq!(b.record(Outcome::Success, true, later, true), None);
-    let closed = b.record(Outcome::Success, true, later, true).expect("closes");
-    assert_eq!((closed.to, closed.reason), (State::Closed, Reason::TrialsSucceeded));
+    let closed = b
+        .record(Outcome::Success, true, later, true)
+        .expect("closes");
+    assert_eq!(
+        (closed.to, closed.reason),
+        (State::Closed, Reason::TrialsSucceeded)
+    );
     assert_eq!(b.admit(later).0, Admission::Call);
 }
 
@@ -97,7 +113,11 @@ fn a_failed_trial_reopens_with_a_longer_period_and_closing_resets_it() {
         periods.push(t.open_for.unwrap());
     }
     let secs: Vec<u64> = periods.iter().map(|d| d.as_secs()).collect();
-    assert_eq!(secs, vec![1, 2, 4, 8, 8], "doubling, capped at max_open_for");
+    assert_eq!(
+        secs,
+        vec![1, 2, 4, 8, 8],
+        "doubling, capped at max_open_for"
+    );
     now = b.open_until().unwrap();
     b.admit(now);
     b.admit(now);
@@ -107,7 +127,11 @@ fn a_failed_trial_reopens_with_a_longer_period_and_closing_resets_it() {
     for _ in 0..3 {
         fail(&mut b, now);
     }
-    assert_eq!(b.open_until().unwrap() - now, Duration::from_secs(1), "back-off reset after closing");
+    assert_eq!(
+        b.open_until().unwrap() - now,
+        Duration::from_secs(1),
+        "back-off reset after closing"
+    );
 }
 
 #[test]
@@ -129,10 +153,18 @@ fn probes_hold_the_breaker_open_until_they_recover() {
     let t = b.probe_unhealthy(now, true).unwrap();
     assert_eq!(t.reason, Reason::ProbeFailed);
     let much_later = now + Duration::from_secs(600);
-    assert_eq!(b.admit(much_later).0, Admission::Rejected, "held while probes fail");
+    assert_eq!(
+        b.admit(much_later).0,
+        Admission::Rejected,
+        "held while probes fail"
+    );
     b.probe_healthy(much_later);
     let (admission, t) = b.admit(much_later);
-    assert_eq!(admission, Admission::Trial, "recovery goes through half-open");
+    assert_eq!(
+        admission,
+        Admission::Trial,
+        "recovery goes through half-open"
+    );
     assert_eq!(t.unwrap().to, State::HalfOpen);
 }
 
@@ -156,7 +188,9 @@ fn backoff_kinds() {
     s.backoff = Backoff::Jittered;
     let low = s.open_period(2, 0.0);
     let high = s.open_period(2, 0.999);
-    assert!(low >= Duration::from_millis(1500) && high <= Duration::from_millis(2500) && low < high);
+    assert!(
+        low >= Duration::from_millis(1500) && high <= Duration::from_millis(2500) && low < high
+    );
     assert_eq!(s.max_ejected(4), 2);
     assert_eq!(s.max_ejected(1), 0);
 }

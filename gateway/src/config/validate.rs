@@ -331,7 +331,10 @@ fn validate_upstreams(
             let server_name = tls.server_name.clone().unwrap_or_default();
             UpstreamTls { ca, server_name }
         });
-        let health = section.health.as_ref().map(|h| validate_health(h, &path, diag));
+        let health = section
+            .health
+            .as_ref()
+            .map(|h| validate_health(h, &path, diag));
         let breaker = section
             .breaker
             .as_ref()
@@ -352,36 +355,79 @@ fn validate_upstreams(
 }
 
 /// An integer setting within a range, or the default with a problem reported.
-fn int_in(value: &Option<Spanned<i64>>, range: std::ops::RangeInclusive<i64>, default: u32, key: String, diag: &mut Diagnostics) -> u32 {
+fn int_in(
+    value: &Option<Spanned<i64>>,
+    range: std::ops::RangeInclusive<i64>,
+    default: u32,
+    key: String,
+    diag: &mut Diagnostics,
+) -> u32 {
     match value {
         None => default,
         Some(v) if range.contains(v.get_ref()) => *v.get_ref() as u32,
         Some(v) => {
-            diag.at(span(v), key, format!("must be between {} and {}, got {}", range.start(), range.end(), v.get_ref()));
+            diag.at(
+                span(v),
+                key,
+                format!(
+                    "must be between {} and {}, got {}",
+                    range.start(),
+                    range.end(),
+                    v.get_ref()
+                ),
+            );
             default
         }
     }
 }
 
-fn validate_health(h: &super::file::HealthSection, path: &str, diag: &mut Diagnostics) -> HealthSettings {
+fn validate_health(
+    h: &super::file::HealthSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> HealthSettings {
     let d = HealthSettings::default();
     let settings = HealthSettings {
         interval: h.interval.map(|v| v.0).unwrap_or(d.interval),
         timeout: h.timeout.map(|v| v.0).unwrap_or(d.timeout),
         service: h.service.clone().unwrap_or_default(),
-        unhealthy_after: int_in(&h.unhealthy_after, 1..=100, d.unhealthy_after, format!("{path}.health.unhealthy_after"), diag),
-        healthy_after: int_in(&h.healthy_after, 1..=100, d.healthy_after, format!("{path}.health.healthy_after"), diag),
+        unhealthy_after: int_in(
+            &h.unhealthy_after,
+            1..=100,
+            d.unhealthy_after,
+            format!("{path}.health.unhealthy_after"),
+            diag,
+        ),
+        healthy_after: int_in(
+            &h.healthy_after,
+            1..=100,
+            d.healthy_after,
+            format!("{path}.health.healthy_after"),
+            diag,
+        ),
     };
     if settings.interval < std::time::Duration::from_millis(100) {
-        diag.at(None, format!("{path}.health.interval"), "must be at least 100ms");
+        diag.at(
+            None,
+            format!("{path}.health.interval"),
+            "must be at least 100ms",
+        );
     }
     if settings.timeout.is_zero() || settings.timeout > settings.interval {
-        diag.at(None, format!("{path}.health.timeout"), "must be greater than 0 and at most the interval");
+        diag.at(
+            None,
+            format!("{path}.health.timeout"),
+            "must be greater than 0 and at most the interval",
+        );
     }
     settings
 }
 
-fn validate_breaker(b: &super::file::BreakerSection, path: &str, diag: &mut Diagnostics) -> crate::breaker::BreakerSettings {
+fn validate_breaker(
+    b: &super::file::BreakerSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> crate::breaker::BreakerSettings {
     use crate::breaker::{Backoff, BreakerSettings};
     let d = BreakerSettings::default();
     let key = |k: &str| format!("{path}.breaker.{k}");
@@ -389,7 +435,11 @@ fn validate_breaker(b: &super::file::BreakerSection, path: &str, diag: &mut Diag
         None => d.failure_rate,
         Some(r) if *r.get_ref() > 0.0 && *r.get_ref() <= 1.0 => *r.get_ref(),
         Some(r) => {
-            diag.at(span(r), key("failure_rate"), format!("must be in (0, 1], got {}", r.get_ref()));
+            diag.at(
+                span(r),
+                key("failure_rate"),
+                format!("must be in (0, 1], got {}", r.get_ref()),
+            );
             d.failure_rate
         }
     };
@@ -399,7 +449,11 @@ fn validate_breaker(b: &super::file::BreakerSection, path: &str, diag: &mut Diag
         Some("exponential") => Backoff::Exponential,
         Some("jittered") => Backoff::Jittered,
         Some(other) => {
-            diag.at(b.backoff.as_ref().map(|v| v.span()), key("backoff"), format!("unknown backoff {other:?}; use fixed, exponential or jittered"));
+            diag.at(
+                b.backoff.as_ref().map(|v| v.span()),
+                key("backoff"),
+                format!("unknown backoff {other:?}; use fixed, exponential or jittered"),
+            );
             d.backoff
         }
     };
@@ -421,16 +475,40 @@ fn validate_breaker(b: &super::file::BreakerSection, path: &str, diag: &mut Diag
             .collect(),
     };
     let settings = BreakerSettings {
-        consecutive_failures: int_in(&b.consecutive_failures, 1..=1000, d.consecutive_failures, key("consecutive_failures"), diag),
+        consecutive_failures: int_in(
+            &b.consecutive_failures,
+            1..=1000,
+            d.consecutive_failures,
+            key("consecutive_failures"),
+            diag,
+        ),
         failure_rate,
         window: int_in(&b.window, 1..=10_000, d.window, key("window"), diag),
-        min_calls: int_in(&b.min_calls, 1..=10_000, d.min_calls, key("min_calls"), diag),
+        min_calls: int_in(
+            &b.min_calls,
+            1..=10_000,
+            d.min_calls,
+            key("min_calls"),
+            diag,
+        ),
         open_for: b.open_for.map(|v| v.0).unwrap_or(d.open_for),
         backoff,
         max_open_for: b.max_open_for.map(|v| v.0).unwrap_or(d.max_open_for),
-        half_open_calls: int_in(&b.half_open_calls, 1..=1000, d.half_open_calls, key("half_open_calls"), diag),
+        half_open_calls: int_in(
+            &b.half_open_calls,
+            1..=1000,
+            d.half_open_calls,
+            key("half_open_calls"),
+            diag,
+        ),
         failure_codes,
-        max_ejected_percent: int_in(&b.max_ejected_percent, 0..=100, d.max_ejected_percent, key("max_ejected_percent"), diag),
+        max_ejected_percent: int_in(
+            &b.max_ejected_percent,
+            0..=100,
+            d.max_ejected_percent,
+            key("max_ejected_percent"),
+            diag,
+        ),
     };
     if settings.open_for.is_zero() {
         diag.at(None, key("open_for"), "must be greater than 0");

@@ -93,7 +93,10 @@ impl EndpointState {
     }
 
     pub fn last_transition(&self) -> Option<TransitionRecord> {
-        self.last_transition.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn transitions(&self) -> u64 {
@@ -155,10 +158,14 @@ impl EndpointState {
     }
 
     fn publish(&self, breaker: &Breaker, transition: Option<Transition>) {
-        self.state_mirror.store(mirror(breaker.state()), Ordering::Release);
+        self.state_mirror
+            .store(mirror(breaker.state()), Ordering::Release);
         let Some(t) = transition else { return };
         self.transitions.fetch_add(1, Ordering::Relaxed);
-        *self.last_transition.lock().unwrap_or_else(|e| e.into_inner()) = Some(TransitionRecord {
+        *self
+            .last_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(TransitionRecord {
             transition: t,
             at: SystemTime::now(),
         });
@@ -191,7 +198,12 @@ pub struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
-    pub fn state_for(&self, upstream: &str, addr: SocketAddr, breaker: &BreakerSettings) -> Arc<EndpointState> {
+    pub fn state_for(
+        &self,
+        upstream: &str,
+        addr: SocketAddr,
+        breaker: &BreakerSettings,
+    ) -> Arc<EndpointState> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let key = (upstream.to_string(), addr);
         if let Some(existing) = states.get(&key).and_then(Weak::upgrade) {
@@ -256,7 +268,11 @@ mod tests {
 
     #[test]
     fn guard_decrements_on_drop() {
-        let state = Arc::new(EndpointState::new("u", "127.0.0.1:1".parse().unwrap(), BreakerSettings::default()));
+        let state = Arc::new(EndpointState::new(
+            "u",
+            "127.0.0.1:1".parse().unwrap(),
+            BreakerSettings::default(),
+        ));
         let g1 = state.start_attempt();
         let g2 = state.start_attempt();
         assert_eq!(state.in_flight(), 2);

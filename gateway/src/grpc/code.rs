@@ -94,7 +94,6 @@ impl fmt::Display for Code {
     }
 }
 
-
 impl std::str::FromStr for Code {
     type Err = String;
 
@@ -103,6 +102,8 @@ impl std::str::FromStr for Code {
         Code::ALL
             .into_iter()
             .find(|c| c.as_str() == name)
-            .ok_or_else(|| format!("unknown gRPC status code {name:?} (use names like \"UNAVAILABLE\")"))
+            .ok_or_else(|| {
+                format!("unknown gRPC status code {name:?} (use names like \"UNAVAILABLE\")")
+            })
     }
 }

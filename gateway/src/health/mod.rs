@@ -40,7 +40,9 @@ async fn manage(routing: Arc<Routing>) {
         let snapshot = routing.load_full();
         let mut wanted = std::collections::HashSet::new();
         for upstream in snapshot.upstreams() {
-            let Some(settings) = upstream.health.clone() else { continue };
+            let Some(settings) = upstream.health.clone() else {
+                continue;
+            };
             for endpoint in &upstream.endpoints {
                 let key = (upstream.name.clone(), endpoint.addr);
                 wanted.insert(key.clone());

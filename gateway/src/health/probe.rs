@@ -97,13 +97,19 @@ fn observe(target: &Target, verdicts: &mut Verdicts, ok: bool, at_once: bool) {
               watch = at_once, "endpoint unhealthy");
         let snapshot = target.routing.load_full();
         match snapshot.upstream(&target.upstream) {
-            Some(upstream) => upstream.with_ejection_cap(|may_open| state.set_probe_health(false, may_open)),
+            Some(upstream) => {
+                upstream.with_ejection_cap(|may_open| state.set_probe_health(false, may_open))
+            }
             None => state.set_probe_health(false, true),
         }
     }
 }
 
-async fn check(client: &mut HealthClient<Channel>, request: &HealthCheckRequest, timeout: Duration) -> bool {
+async fn check(
+    client: &mut HealthClient<Channel>,
+    request: &HealthCheckRequest,
+    timeout: Duration,
+) -> bool {
     match tokio::time::timeout(timeout, client.check(request.clone())).await {
         Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
         _ => false,
@@ -124,7 +130,11 @@ async fn next_message(watch: &mut Option<tonic::Streaming<HealthCheckResponse>>)
 fn channel(target: &Target) -> Result<Channel, tonic::transport::Error> {
     let addr = target.state.addr;
     let settings = &target.settings;
-    let scheme = if target.tls.is_some() { "https" } else { "http" };
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(settings.timeout)
         .tcp_nodelay(true);

@@ -52,7 +52,11 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    pub fn new(config: &crate::config::UpstreamConfig, endpoints: Vec<Endpoint>, empty_reason: Option<String>) -> Self {
+    pub fn new(
+        config: &crate::config::UpstreamConfig,
+        endpoints: Vec<Endpoint>,
+        empty_reason: Option<String>,
+    ) -> Self {
         let wrr = SmoothWrr::new(endpoints.len());
         Self {
             name: config.name.clone(),
@@ -70,7 +74,11 @@ impl UpstreamSet {
     /// Runs `eject` with whether the ejection cap allows one more endpoint out.
     pub fn with_ejection_cap<R>(&self, eject: impl FnOnce(bool) -> R) -> R {
         let _serial = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
-        let ejected = self.endpoints.iter().filter(|e| e.state.is_ejected()).count();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected())
+            .count();
         eject(ejected < self.breaker.max_ejected(self.endpoints.len()))
     }
 

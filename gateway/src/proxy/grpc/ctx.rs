@@ -93,11 +93,17 @@ impl CallCtx {
     /// Ends the current attempt, feeding its outcome (`None`: no verdict) to the endpoint's
     /// breaker under the upstream's ejection cap.
     pub fn finish_attempt(&mut self, outcome: Option<Outcome>) {
-        let Some(attempt) = self.attempt.take() else { return };
+        let Some(attempt) = self.attempt.take() else {
+            return;
+        };
         match (outcome, &self.target) {
-            (Some(Outcome::Failure), Some(target)) => target
-                .upstream
-                .with_ejection_cap(|may_open| attempt.endpoint.record(Outcome::Failure, attempt.trial, may_open)),
+            (Some(Outcome::Failure), Some(target)) => {
+                target.upstream.with_ejection_cap(|may_open| {
+                    attempt
+                        .endpoint
+                        .record(Outcome::Failure, attempt.trial, may_open)
+                })
+            }
             (Some(outcome), _) => attempt.endpoint.record(outcome, attempt.trial, true),
             (None, _) if attempt.trial => attempt.endpoint.release_trial(),
             (None, _) => {}

@@ -171,7 +171,9 @@ impl GrpcProxy {
     /// Ends the current attempt, remembers why it failed and tells the breaker (unless the
     /// caller, not the endpoint, is why it ended).
     fn attempt_failed(ctx: &mut CallCtx, peer: &HttpPeer, e: &Error) {
-        let endpoints_fault = !failure::caused_by_caller(e) && !(ctx.caller_deadline && ctx.deadline_passed());
+        let callers_doing =
+            failure::caused_by_caller(e) || (ctx.caller_deadline && ctx.deadline_passed());
+        let endpoints_fault = !callers_doing;
         ctx.finish_attempt(endpoints_fault.then_some(Outcome::Failure));
         ctx.last_failure = Some(format!("{}: {}", peer.address(), failure::describe(e)));
     }
@@ -305,7 +307,10 @@ impl ProxyHttp for GrpcProxy {
         };
         let endpoint = &upstream.endpoints[index];
         ctx.tried.push(index);
-        ctx.attempt = Some(Attempt::new(endpoint.state.clone(), admission == Admission::Trial));
+        ctx.attempt = Some(Attempt::new(
+            endpoint.state.clone(),
+            admission == Admission::Trial,
+        ));
         Ok(endpoint.peer.for_attempt(ctx.remaining()))
     }
 
