@@ -413,3 +413,31 @@ async fn killed_backend_fails_only_its_in_flight_calls() {
     );
     assert!(calls.load(Ordering::Relaxed) > 100);
 }
+
+/// When every endpoint is open the call fails fast with UNAVAILABLE saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_endpoints_open_fails_fast_with_reason() {
+    let b = backends(&["a", "b"]).await;
+    let (_gateway, listen) = start_gateway(
+        &eps(&b, &["eu-west", "us-east"]),
+        "breaker = { consecutive_failures = 1, open_for = \"60s\", max_ejected_percent = 100 }",
+    );
+    let mut c = client(listen).await;
+    for backend in &b {
+        backend.force_status(Some(Code::Unavailable));
+    }
+    outcomes(&mut c, 2).await;
+    let before: u64 = b.iter().map(|x| x.calls()).sum();
+    let status = c.unary(req(b"")).await.expect_err("nothing usable");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("all 2 endpoints open"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        b.iter().map(|x| x.calls()).sum::<u64>(),
+        before,
+        "failed fast, no backend call"
+    );
+}
