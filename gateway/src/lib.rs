@@ -4,6 +4,7 @@
 //! `config` -> `discovery` -> `routing` (immutable snapshot) -> `balancer` -> `proxy`,
 //! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
 
+pub mod admin;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod grpc;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;

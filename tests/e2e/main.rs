@@ -7,4 +7,5 @@ mod deadlines;
 mod discovery;
 mod fixture;
 mod lifecycle;
+mod observability;
 mod routing;

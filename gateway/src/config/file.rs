@@ -21,6 +21,14 @@ pub struct FileConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamSection>,
     pub etcd: Option<Spanned<EtcdSection>>,
+    pub admin: Option<AdminSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Spanned<String>,
+    pub endpoint_labels: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

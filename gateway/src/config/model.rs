@@ -14,6 +14,15 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Present when any upstream uses etcd discovery.
     pub etcd: Option<EtcdConfig>,
+    /// The admin listener (metrics, health, status); none without `[admin]`.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Per-endpoint label on metrics; false for very large fleets.
+    pub endpoint_labels: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -59,6 +59,31 @@ pub fn validate(
             }
         }
     }
+    let admin = file_config.admin.as_ref().and_then(|section| {
+        match section.listen.get_ref().parse::<SocketAddr>() {
+            Ok(listen) => {
+                if let Some(l) = listeners.iter().find(|l| l.listen == listen) {
+                    diag.at(
+                        span(&section.listen),
+                        "admin.listen",
+                        format!("address {listen} is already used by listener {:?}", l.name),
+                    );
+                }
+                Some(AdminConfig {
+                    listen,
+                    endpoint_labels: section.endpoint_labels.unwrap_or(true),
+                })
+            }
+            Err(_) => {
+                diag.at(
+                    span(&section.listen),
+                    "admin.listen",
+                    format!("{:?} is not an IP:port address", section.listen.get_ref()),
+                );
+                None
+            }
+        }
+    });
     if diag.is_empty() {
         Ok(Config {
             gateway,
@@ -66,6 +91,7 @@ pub fn validate(
             routes,
             upstreams,
             etcd,
+            admin,
         })
     } else {
         Err(diag.into_error(file))

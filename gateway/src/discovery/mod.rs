@@ -15,6 +15,8 @@ pub struct EndpointSpec {
     pub addr: SocketAddr,
     pub weight: u32,
     pub region: Option<String>,
+    pub version: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
     pub source: EndpointSource,
 }
 
@@ -44,6 +46,8 @@ pub fn endpoints_for(upstream: &UpstreamConfig, etcd: Option<&EtcdView>) -> Endp
                     addr: e.addr,
                     weight: e.weight,
                     region: e.region.clone(),
+                    version: None,
+                    labels: Default::default(),
                     source: EndpointSource::Static,
                 })
                 .collect(),
@@ -72,6 +76,8 @@ pub fn endpoints_for(upstream: &UpstreamConfig, etcd: Option<&EtcdView>) -> Endp
                     addr: instance.addr,
                     weight: instance.weight,
                     region: instance.region().map(str::to_string),
+                    version: instance.version.clone(),
+                    labels: instance.labels.clone(),
                     source: EndpointSource::Etcd {
                         key: key.to_string(),
                         mod_revision: entry.mod_revision,

@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{info, warn};
 
 use crate::breaker::{Admission, Breaker, BreakerSettings, Outcome, State, Transition};
+use crate::metrics::{AttemptOutcome, EndpointMetrics, Metrics};
 
 /// The last breaker transition, kept for operators (admin API, metrics).
 #[derive(Debug, Clone)]
@@ -41,6 +42,7 @@ pub struct EndpointState {
     breaker: Mutex<Breaker>,
     last_transition: Mutex<Option<TransitionRecord>>,
     transitions: AtomicU64,
+    metrics: Option<EndpointMetrics>,
 }
 
 fn mirror(state: State) -> u8 {
@@ -52,7 +54,12 @@ fn mirror(state: State) -> u8 {
 }
 
 impl EndpointState {
-    pub fn new(upstream: &str, addr: SocketAddr, settings: BreakerSettings) -> Self {
+    pub fn new(
+        upstream: &str,
+        addr: SocketAddr,
+        settings: BreakerSettings,
+        metrics: Option<&Metrics>,
+    ) -> Self {
         Self {
             upstream: upstream.to_string(),
             addr,
@@ -62,6 +69,21 @@ impl EndpointState {
             breaker: Mutex::new(Breaker::new(settings)),
             last_transition: Mutex::new(None),
             transitions: AtomicU64::new(0),
+            metrics: metrics.map(|m| m.endpoint(upstream, addr)),
+        }
+    }
+
+    /// Counts how an attempt on this endpoint ended.
+    pub fn count_attempt(&self, outcome: AttemptOutcome) {
+        if let Some(m) = &self.metrics {
+            m.attempt(outcome);
+        }
+    }
+
+    /// Counts one health probe result.
+    pub fn count_probe(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.probe(ok);
         }
     }
 
@@ -117,6 +139,11 @@ impl EndpointState {
         if !self.healthy() {
             return Admission::Rejected;
         }
+        // Closed is the common case and admits every call: no lock. (A call admitted just as
+        // the breaker opens is one more call, exactly as if it had come a moment earlier.)
+        if self.breaker_state() == State::Closed {
+            return Admission::Call;
+        }
         let mut breaker = self.lock();
         let (admission, transition) = breaker.admit(now);
         self.publish(&breaker, transition);
@@ -162,6 +189,9 @@ impl EndpointState {
             .store(mirror(breaker.state()), Ordering::Release);
         let Some(t) = transition else { return };
         self.transitions.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.transition(&t);
+        }
         *self
             .last_transition
             .lock()
@@ -192,12 +222,32 @@ impl Drop for InFlightGuard {
 
 /// Hands out the state for an endpoint, reusing it while any snapshot still holds it.
 /// Only snapshot builders use this (never the call path), so a mutex is fine.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EndpointRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Weak<EndpointState>>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for EndpointRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRegistry")
+            .field("endpoints", &self.len())
+            .finish()
+    }
 }
 
 impl EndpointRegistry {
+    pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            states: Mutex::default(),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     pub fn state_for(
         &self,
         upstream: &str,
@@ -209,7 +259,12 @@ impl EndpointRegistry {
         if let Some(existing) = states.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        let fresh = Arc::new(EndpointState::new(upstream, addr, breaker.clone()));
+        let fresh = Arc::new(EndpointState::new(
+            upstream,
+            addr,
+            breaker.clone(),
+            self.metrics.as_deref(),
+        ));
         states.insert(key, Arc::downgrade(&fresh));
         fresh
     }
@@ -272,6 +327,7 @@ mod tests {
             "u",
             "127.0.0.1:1".parse().unwrap(),
             BreakerSettings::default(),
+            None,
         ));
         let g1 = state.start_attempt();
         let g2 = state.start_attempt();

@@ -80,6 +80,7 @@ pub async fn run(target: Target) {
 /// Applies one probe result; `at_once` (a Watch saying NOT_SERVING) skips the threshold.
 fn observe(target: &Target, verdicts: &mut Verdicts, ok: bool, at_once: bool) {
     let state = &target.state;
+    state.count_probe(ok);
     let settings = &target.settings;
     if ok {
         verdicts.good += 1;

@@ -17,6 +17,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     pub region: Option<String>,
+    pub version: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
     pub source: EndpointSource,
     pub state: Arc<EndpointState>,
     /// Connection settings, prepared once per snapshot instead of once per call.
@@ -45,6 +47,8 @@ pub struct UpstreamSet {
     pub empty_reason: Option<String>,
     pub breaker: crate::breaker::BreakerSettings,
     pub health: Option<crate::config::HealthSettings>,
+    /// True when the endpoints come from etcd.
+    pub from_etcd: bool,
     pub tls: Option<crate::config::UpstreamTls>,
     /// Serialises "may another endpoint be ejected?" with the ejection itself.
     ejection: std::sync::Mutex<()>,
@@ -65,6 +69,7 @@ impl UpstreamSet {
             empty_reason,
             breaker: config.breaker.clone(),
             health: config.health.clone(),
+            from_etcd: matches!(config.discovery, crate::config::Discovery::Etcd { .. }),
             tls: config.tls.clone(),
             ejection: std::sync::Mutex::new(()),
             wrr,
@@ -106,6 +111,8 @@ impl UpstreamSet {
                     && e.weight == s.weight
                     && e.region == s.region
                     && e.source == s.source
+                    && e.version == s.version
+                    && e.labels == s.labels
             })
     }
 
@@ -120,6 +127,8 @@ impl UpstreamSet {
 pub struct RouteTarget {
     pub upstream: Arc<UpstreamSet>,
     pub timeout: Option<Duration>,
+    /// Call counters for this route, resolved once per snapshot (none without `[admin]`).
+    pub metrics: Option<crate::metrics::RouteMetrics>,
 }
 
 /// The routes of one listener. Most specific wins: service+method, then service, then "*".
@@ -208,6 +217,8 @@ impl RoutingSnapshot {
                     addr: spec.addr,
                     weight: spec.weight,
                     region: spec.region,
+                    version: spec.version,
+                    labels: spec.labels,
                     source: spec.source,
                     state: registry.state_for(&upstream.name, spec.addr, &upstream.breaker),
                     peer,
@@ -230,11 +241,15 @@ impl RoutingSnapshot {
             ) else {
                 continue; // validation already refused dangling references
             };
+            let metrics = registry
+                .metrics()
+                .map(|m| m.route(&route.listener, &route_label(route), &route.upstream));
             table.insert(
                 route,
                 RouteTarget {
                     upstream: upstream.clone(),
                     timeout: route.timeout,
+                    metrics,
                 },
             );
         }
@@ -254,6 +269,15 @@ impl RoutingSnapshot {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.upstreams.get(name)
+    }
+}
+
+/// The `route` metric label: what the route matches, as written in the config.
+fn route_label(route: &RouteConfig) -> String {
+    match (&route.service, &route.method) {
+        (ServiceMatch::Any, _) => "*".into(),
+        (ServiceMatch::Exact(s), None) => s.clone(),
+        (ServiceMatch::Exact(s), Some(m)) => format!("{s}/{m}"),
     }
 }
 

@@ -4,6 +4,8 @@
 //! before stopping its runtimes. Waiting 15 s with no call in flight helps nobody (rolling
 //! deploys get slow), so this watches the in-flight count and exits once it is zero.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora::server::ExecutionPhase;
@@ -16,16 +18,20 @@ use crate::proxy::InFlightCalls;
 /// leave the socket buffers.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// Also raises `running` once pingora runs its services (the admin's readiness needs it).
 pub fn exit_when_drained(
     mut phases: broadcast::Receiver<ExecutionPhase>,
     calls: InFlightCalls,
     grace: Duration,
+    running: Arc<AtomicBool>,
 ) {
     std::thread::Builder::new()
         .name("strait-drain".into())
         .spawn(move || loop {
             match phases.blocking_recv() {
+                Ok(ExecutionPhase::Running) => running.store(true, Ordering::Release),
                 Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    running.store(false, Ordering::Release);
                     wait_for_calls(&calls, grace);
                     info!("drained, exiting");
                     std::process::exit(0);

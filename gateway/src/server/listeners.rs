@@ -24,10 +24,19 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 /// pingora panics inside a service runtime when a bind fails, leaving a gateway that runs without
 /// its listener. Try every address first so that case is a clean start-up error instead.
 pub fn check_bindable(config: &Config) -> Result<(), StartError> {
-    for listener in &config.listeners {
-        std::net::TcpListener::bind(listener.listen).map_err(|source| StartError::Bind {
-            listener: listener.name.clone(),
-            addr: listener.listen,
+    let admin = config
+        .admin
+        .as_ref()
+        .map(|a| ("admin".to_string(), a.listen));
+    let all = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen))
+        .chain(admin);
+    for (name, listen) in all {
+        std::net::TcpListener::bind(listen).map_err(|source| StartError::Bind {
+            listener: name.clone(),
+            addr: listen,
             source,
         })?;
     }
@@ -40,8 +49,9 @@ pub fn grpc_service(
     routing: Arc<Routing>,
     settings: Arc<CallSettings>,
     calls: InFlightCalls,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> Result<Service<HttpProxy<GrpcProxy>>, StartError> {
-    let app = GrpcProxy::new(listener.name.clone(), routing, settings, calls);
+    let app = GrpcProxy::new(listener.name.clone(), routing, settings, calls, metrics);
     let mut service = http_proxy_service_with_name(
         server_conf,
         app,

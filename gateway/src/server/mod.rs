@@ -5,15 +5,19 @@
 mod drain;
 mod listeners;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
 use tracing::info;
 
+use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::discovery::etcd::{self, DiscoveryStatus};
 use crate::endpoint::EndpointRegistry;
+use crate::metrics::Metrics;
 use crate::proxy::grpc::CallSettings;
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, RoutingSnapshot};
@@ -64,17 +68,24 @@ fn start_discovery(
 /// shutdown that did not end the process itself.
 pub fn run(config: Config) -> Result<(), StartError> {
     listeners::check_bindable(&config)?;
-    let registry = Arc::new(EndpointRegistry::default());
+    let metrics = config
+        .admin
+        .as_ref()
+        .map(|a| Metrics::new(a.endpoint_labels));
+    if let Some(m) = &metrics {
+        m.config_loaded(true);
+    }
+    let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
     let snapshot = RoutingSnapshot::build(&config, None, &registry, None)?;
     let routing = Arc::new(Routing::new(snapshot));
-    if let Some(etcd_config) = config.etcd.clone() {
+    let discovery = config.etcd.clone().map(|etcd_config| {
         start_discovery(
             etcd_config,
             Arc::new(config.clone()),
             routing.clone(),
             registry.clone(),
-        );
-    }
+        )
+    });
     crate::health::spawn(routing.clone());
     let calls = InFlightCalls::default();
     let settings = Arc::new(CallSettings {
@@ -103,13 +114,28 @@ pub fn run(config: Config) -> Result<(), StartError> {
             routing.clone(),
             settings.clone(),
             calls.clone(),
+            metrics.clone(),
         )?;
         server.add_service(service);
         info!(listener = %listener.name, addr = %listener.listen,
               tls = listener.tls.is_some(), "gRPC listener ready");
     }
 
-    drain::exit_when_drained(server.watch_execution_phase(), calls, grace);
+    let running = Arc::new(AtomicBool::new(false));
+    if let (Some(admin), Some(metrics)) = (&config.admin, &metrics) {
+        let app = AdminApp {
+            metrics: metrics.clone(),
+            routing: routing.clone(),
+            discovery,
+            running: running.clone(),
+        };
+        let mut service = Service::new("admin".to_string(), app);
+        service.add_tcp(&admin.listen.to_string());
+        service.threads = Some(1);
+        server.add_service(service);
+        info!(addr = %admin.listen, "admin listener ready");
+    }
+    drain::exit_when_drained(server.watch_execution_phase(), calls, grace, running);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         threads = config.gateway.threads,

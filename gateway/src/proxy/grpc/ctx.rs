@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::breaker::Outcome;
 use crate::endpoint::{EndpointState, InFlightGuard};
+use crate::metrics::AttemptOutcome;
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
 
@@ -52,6 +53,8 @@ pub struct CallCtx {
     /// A status the gateway decided on itself, written by `fail_to_proxy` or a filter.
     pub local_status: Option<LocalStatus>,
     pub call_guard: Option<CallGuard>,
+    /// The listener's in-flight gauge, decremented when the call is logged.
+    pub in_flight_gauge: Option<prometheus::IntGauge>,
 }
 
 impl CallCtx {
@@ -69,6 +72,7 @@ impl CallCtx {
             upstream_status: None,
             local_status: None,
             call_guard: None,
+            in_flight_gauge: None,
         }
     }
 
@@ -92,10 +96,13 @@ impl CallCtx {
 
     /// Ends the current attempt, feeding its outcome (`None`: no verdict) to the endpoint's
     /// breaker under the upstream's ejection cap.
-    pub fn finish_attempt(&mut self, outcome: Option<Outcome>) {
+    pub fn finish_attempt(&mut self, outcome: Option<Outcome>, counted_as: Option<AttemptOutcome>) {
         let Some(attempt) = self.attempt.take() else {
             return;
         };
+        if let Some(counted_as) = counted_as {
+            attempt.endpoint.count_attempt(counted_as);
+        }
         match (outcome, &self.target) {
             (Some(Outcome::Failure), Some(target)) => {
                 target.upstream.with_ejection_cap(|may_open| {

@@ -32,6 +32,7 @@ pub use deadline::{format_grpc_timeout, parse_grpc_timeout};
 pub use status::{encode_grpc_message, Code, LocalStatus};
 
 use crate::breaker::{Admission, Outcome};
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -49,6 +50,8 @@ pub struct GrpcProxy {
     routing: Arc<Routing>,
     settings: Arc<CallSettings>,
     calls: InFlightCalls,
+    metrics: Option<Arc<Metrics>>,
+    in_flight: Option<prometheus::IntGauge>,
 }
 
 impl GrpcProxy {
@@ -57,12 +60,16 @@ impl GrpcProxy {
         routing: Arc<Routing>,
         settings: Arc<CallSettings>,
         calls: InFlightCalls,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
+        let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
             listener,
             routing,
             settings,
             calls,
+            metrics,
+            in_flight,
         }
     }
 
@@ -170,11 +177,20 @@ impl GrpcProxy {
 
     /// Ends the current attempt, remembers why it failed and tells the breaker (unless the
     /// caller, not the endpoint, is why it ended).
-    fn attempt_failed(ctx: &mut CallCtx, peer: &HttpPeer, e: &Error) {
+    fn attempt_failed(ctx: &mut CallCtx, peer: &HttpPeer, e: &Error, connecting: bool) {
         let callers_doing =
             failure::caused_by_caller(e) || (ctx.caller_deadline && ctx.deadline_passed());
-        let endpoints_fault = !callers_doing;
-        ctx.finish_attempt(endpoints_fault.then_some(Outcome::Failure));
+        let counted_as = if connecting {
+            AttemptOutcome::ConnectError
+        } else if ctx.deadline_passed() || *e.etype() == ErrorType::ReadTimedout {
+            AttemptOutcome::Timeout
+        } else {
+            AttemptOutcome::Reset
+        };
+        ctx.finish_attempt(
+            (!callers_doing).then_some(Outcome::Failure),
+            (!callers_doing).then_some(counted_as),
+        );
         ctx.last_failure = Some(format!("{}: {}", peer.address(), failure::describe(e)));
     }
 
@@ -241,6 +257,10 @@ impl ProxyHttp for GrpcProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
         ctx.call_guard = Some(self.calls.enter());
+        if let Some(gauge) = &self.in_flight {
+            gauge.inc();
+            ctx.in_flight_gauge = Some(gauge.clone());
+        }
         let req = session.req_header();
         if req.version != Version::HTTP_2 {
             reject_non_grpc(
@@ -306,6 +326,11 @@ impl ProxyHttp for GrpcProxy {
             }
         };
         let endpoint = &upstream.endpoints[index];
+        if !ctx.tried.is_empty() {
+            if let Some(m) = &target.metrics {
+                m.retry();
+            }
+        }
         ctx.tried.push(index);
         ctx.attempt = Some(Attempt::new(
             endpoint.state.clone(),
@@ -344,7 +369,7 @@ impl ProxyHttp for GrpcProxy {
         ctx: &mut CallCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        Self::attempt_failed(ctx, peer, &e);
+        Self::attempt_failed(ctx, peer, &e, true);
         // Nothing reached the backend: another endpoint may take the call.
         e.set_retry(Self::may_try_again(ctx));
         e
@@ -359,7 +384,7 @@ impl ProxyHttp for GrpcProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        Self::attempt_failed(ctx, peer, &e);
+        Self::attempt_failed(ctx, peer, &e, false);
         // gRPC calls are not idempotent: retry only when the backend provably did not see it,
         // nothing came back yet, and the whole request body is still buffered for a resend.
         let retry = !ctx.response_started
@@ -467,7 +492,12 @@ impl ProxyHttp for GrpcProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
         let outcome = Self::classify_response(ctx, e);
-        ctx.finish_attempt(outcome);
+        let counted_as = match outcome {
+            Some(Outcome::Failure) => Some(AttemptOutcome::GrpcFailure),
+            Some(Outcome::Success) => Some(AttemptOutcome::Ok),
+            None => None,
+        };
+        ctx.finish_attempt(outcome, counted_as);
         let code = ctx
             .final_code()
             .unwrap_or(if e.is_some() { Code::Unknown } else { Code::Ok });
@@ -488,6 +518,18 @@ impl ProxyHttp for GrpcProxy {
                 listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
                 attempts = ctx.tried.len(), elapsed_ms, "call finished"
             );
+        }
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        match (
+            ctx.target.as_ref().and_then(|t| t.metrics.as_ref()),
+            &self.metrics,
+        ) {
+            (Some(route), _) => route.call_finished(code, seconds),
+            (None, Some(metrics)) => metrics.unrouted_call(&self.listener, code),
+            (None, None) => {}
+        }
+        if let Some(gauge) = ctx.in_flight_gauge.take() {
+            gauge.dec();
         }
         ctx.call_guard = None;
     }

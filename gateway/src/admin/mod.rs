@@ -1,0 +1,159 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` (JSON) and `/` (a
+//! self-contained status page). Served by pingora as its own service, apart from the data path.
+
+mod page;
+mod view;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::discovery::etcd::{DiscoveryStatus, RejectReason};
+use crate::metrics::{breaker_state_value, Metrics};
+use crate::routing::Routing;
+pub use view::{GatewayView, UpstreamView};
+
+pub struct AdminApp {
+    pub metrics: Arc<Metrics>,
+    pub routing: Arc<Routing>,
+    pub discovery: Option<Arc<DiscoveryStatus>>,
+    /// Set once pingora runs its services (listeners bound).
+    pub running: Arc<AtomicBool>,
+}
+
+impl AdminApp {
+    /// Why the gateway is not ready, or `None` when it is.
+    fn not_ready_reason(&self) -> Option<String> {
+        if !self.running.load(Ordering::Acquire) {
+            return Some("listeners are not running yet".into());
+        }
+        match &self.discovery {
+            Some(status) if !status.synced_once() => Some(format!(
+                "waiting for the first etcd sync{}",
+                status
+                    .last_error()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
+    fn view(&self) -> GatewayView {
+        view::gateway_view(
+            &self.routing.load_full(),
+            self.discovery.as_deref(),
+            self.not_ready_reason(),
+        )
+    }
+
+    /// Fills the gauges that describe state, right before a scrape.
+    fn refresh_gauges(&self, view: &GatewayView) {
+        let m = &self.metrics;
+        m.breaker_state.reset();
+        m.endpoints.reset();
+        m.staleness.reset();
+        for upstream in &view.upstreams {
+            let mut by_state = std::collections::BTreeMap::from([
+                ("usable", 0),
+                ("open", 0),
+                ("half_open", 0),
+                ("unhealthy", 0),
+                ("drained", 0),
+            ]);
+            for e in &upstream.endpoints {
+                *by_state.entry(e.summary_state()).or_default() += 1;
+                if let Ok(addr) = e.addr.parse() {
+                    m.breaker_state
+                        .with_label_values(&[&upstream.name, &m.endpoint_label(addr)])
+                        .set(breaker_state_value(e.breaker_state));
+                }
+            }
+            for (state, n) in by_state {
+                m.endpoints
+                    .with_label_values(&[&upstream.name, state])
+                    .set(n);
+            }
+            if let Some(stale) = upstream.staleness_seconds {
+                m.staleness.with_label_values(&[&upstream.name]).set(stale);
+            }
+        }
+        if let Some(status) = &self.discovery {
+            m.etcd_connected.set(i64::from(status.connected()));
+            let applied = m.discovery_events.with_label_values(&["applied"]);
+            applied.inc_by(status.applied().saturating_sub(applied.get()));
+            let mut rejected_total = 0;
+            for reason in RejectReason::ALL {
+                let n = status.rejected(reason);
+                rejected_total += n;
+                let c = m.discovery_rejected.with_label_values(&[reason.as_str()]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            let rejected = m.discovery_events.with_label_values(&["rejected"]);
+            rejected.inc_by(rejected_total.saturating_sub(rejected.get()));
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => {
+                let view = self.view();
+                self.refresh_gauges(&view);
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render().into_bytes(),
+                )
+            }
+            "/healthz" => respond(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                b"ok\n".to_vec(),
+            ),
+            "/readyz" => match self.not_ready_reason() {
+                None => respond(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    b"ready\n".to_vec(),
+                ),
+                Some(reason) => respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("not ready: {reason}\n").into_bytes(),
+                ),
+            },
+            "/upstreams" => {
+                let body = serde_json::to_vec_pretty(&self.view()).expect("the view serialises");
+                respond(StatusCode::OK, "application/json", body)
+            }
+            "/" => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(&self.view()).into_bytes(),
+            ),
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                b"not found: try /, /metrics, /healthz, /readyz, /upstreams\n".to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Prometheus metrics. One `Metrics` handle is created per process and passed to whoever
+//! records (no global registry). Label handles are resolved once per route and per endpoint
+//! (`RouteMetrics`, `EndpointMetrics`), so the call path only increments atomics. Label values
+//! come only from configured names, endpoint addresses and gRPC codes: the sets are bounded.
+//! Gauges that describe state (breakers, endpoints, discovery) are filled at scrape time.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::breaker::{State, Transition};
+use crate::grpc::Code;
+
+/// How an attempt on an endpoint ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Ok,
+    GrpcFailure,
+    ConnectError,
+    Reset,
+    Timeout,
+}
+
+impl AttemptOutcome {
+    const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Ok,
+        AttemptOutcome::GrpcFailure,
+        AttemptOutcome::ConnectError,
+        AttemptOutcome::Reset,
+        AttemptOutcome::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::GrpcFailure => "grpc_failure",
+            AttemptOutcome::ConnectError => "connect_error",
+            AttemptOutcome::Reset => "reset",
+            AttemptOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    endpoint_labels: bool,
+    calls: IntCounterVec,
+    duration: HistogramVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    in_flight: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    probes: IntCounterVec,
+    pub(crate) breaker_state: IntGaugeVec,
+    pub(crate) endpoints: IntGaugeVec,
+    pub(crate) discovery_events: IntCounterVec,
+    pub(crate) discovery_rejected: IntCounterVec,
+    pub(crate) etcd_connected: IntGauge,
+    pub(crate) staleness: prometheus::GaugeVec,
+    pub(crate) config_loads: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    pub fn new(endpoint_labels: bool) -> Arc<Metrics> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strait_call_duration_seconds",
+                "Call duration seen by the gateway, by upstream and final gRPC code.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["upstream", "code"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("registered once");
+        let staleness = prometheus::GaugeVec::new(
+            Opts::new("strait_discovery_staleness_seconds", "Seconds since the upstream's discovery view was last known current (0 while the etcd watch is live)."),
+            &["upstream"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(staleness.clone()))
+            .expect("registered once");
+        let etcd_connected =
+            IntGauge::new("strait_etcd_connected", "1 while the etcd watch is live.")
+                .expect("valid gauge");
+        registry
+            .register(Box::new(etcd_connected.clone()))
+            .expect("registered once");
+        Arc::new(Metrics {
+            endpoint_labels,
+            calls: counter(
+                &registry,
+                "strait_calls_total",
+                "Calls by listener, route, upstream and final gRPC code.",
+                &["listener", "route", "upstream", "code"],
+            ),
+            duration,
+            attempts: counter(
+                &registry,
+                "strait_upstream_attempts_total",
+                "Attempts on upstream endpoints by outcome.",
+                &["upstream", "endpoint", "outcome"],
+            ),
+            retries: counter(
+                &registry,
+                "strait_retries_total",
+                "Attempts after the first, by upstream.",
+                &["upstream"],
+            ),
+            in_flight: gauge(
+                &registry,
+                "strait_calls_in_flight",
+                "Calls being served, by listener.",
+                &["listener"],
+            ),
+            breaker_transitions: counter(
+                &registry,
+                "strait_breaker_transitions_total",
+                "Breaker transitions by endpoint, from, to and reason.",
+                &["upstream", "endpoint", "from", "to", "reason"],
+            ),
+            probes: counter(
+                &registry,
+                "strait_health_probes_total",
+                "Health probe results by endpoint.",
+                &["upstream", "endpoint", "result"],
+            ),
+            breaker_state: gauge(
+                &registry,
+                "strait_breaker_state",
+                "Breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
+                &["upstream", "endpoint"],
+            ),
+            endpoints: gauge(
+                &registry,
+                "strait_endpoints",
+                "Endpoints per upstream by state (usable, open, half_open, unhealthy, drained).",
+                &["upstream", "state"],
+            ),
+            discovery_events: counter(
+                &registry,
+                "strait_discovery_events_total",
+                "etcd events applied and rejected.",
+                &["result"],
+            ),
+            discovery_rejected: counter(
+                &registry,
+                "strait_discovery_rejected_total",
+                "etcd entries skipped, by reason.",
+                &["reason"],
+            ),
+            etcd_connected,
+            staleness,
+            config_loads: counter(
+                &registry,
+                "strait_config_loads_total",
+                "Config loads and reloads by result.",
+                &["result"],
+            ),
+            registry,
+        })
+    }
+
+    /// The endpoint label value: its address, or "-" when per-endpoint labels are off.
+    pub fn endpoint_label(&self, addr: std::net::SocketAddr) -> String {
+        if self.endpoint_labels {
+            addr.to_string()
+        } else {
+            "-".into()
+        }
+    }
+
+    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            calls: Code::ALL.map(|c| {
+                self.calls
+                    .with_label_values(&[listener, route, upstream, c.as_str()])
+            }),
+            duration: Code::ALL.map(|c| self.duration.with_label_values(&[upstream, c.as_str()])),
+            retries: self.retries.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Counter for calls that matched no route (answered by the gateway itself).
+    pub fn unrouted_call(&self, listener: &str, code: Code) {
+        self.calls
+            .with_label_values(&[listener, "-", "-", code.as_str()])
+            .inc();
+    }
+
+    pub fn endpoint(&self, upstream: &str, addr: std::net::SocketAddr) -> EndpointMetrics {
+        let endpoint = self.endpoint_label(addr);
+        EndpointMetrics {
+            attempts: AttemptOutcome::ALL.map(|o| {
+                self.attempts
+                    .with_label_values(&[upstream, &endpoint, o.as_str()])
+            }),
+            probe_ok: self.probes.with_label_values(&[upstream, &endpoint, "ok"]),
+            probe_failed: self
+                .probes
+                .with_label_values(&[upstream, &endpoint, "failed"]),
+            transitions: self.breaker_transitions.clone(),
+            upstream: upstream.to_string(),
+            endpoint,
+        }
+    }
+
+    pub fn in_flight(&self, listener: &str) -> IntGauge {
+        self.in_flight.with_label_values(&[listener])
+    }
+
+    pub fn config_loaded(&self, ok: bool) {
+        self.config_loads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// A route's call counters, one per gRPC code, resolved when the snapshot is built.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    calls: [IntCounter; 17],
+    duration: [Histogram; 17],
+    retries: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn call_finished(&self, code: Code, seconds: f64) {
+        self.calls[code as usize].inc();
+        self.duration[code as usize].observe(seconds);
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+}
+
+/// An endpoint's counters, resolved when its state is created.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    attempts: [IntCounter; 5],
+    probe_ok: IntCounter,
+    probe_failed: IntCounter,
+    transitions: IntCounterVec,
+    upstream: String,
+    endpoint: String,
+}
+
+impl EndpointMetrics {
+    pub fn attempt(&self, outcome: AttemptOutcome) {
+        self.attempts[outcome as usize].inc();
+    }
+
+    pub fn probe(&self, ok: bool) {
+        if ok {
+            &self.probe_ok
+        } else {
+            &self.probe_failed
+        }
+        .inc();
+    }
+
+    pub fn transition(&self, t: &Transition) {
+        self.transitions
+            .with_label_values(&[
+                &self.upstream,
+                &self.endpoint,
+                t.from.as_str(),
+                t.to.as_str(),
+                t.reason.as_str(),
+            ])
+            .inc();
+    }
+}
+
+pub fn breaker_state_value(state: State) -> i64 {
+    match state {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
+}

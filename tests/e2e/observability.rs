@@ -1,0 +1,330 @@
+//! Metrics, admin endpoints and the status page, scraped from a running gateway.
+
+use std::time::Duration;
+
+use strait_tests::etcd::{self, instance_value, Etcd};
+use strait_tests::net::{free_addr, free_port, http_get, metric};
+use strait_tests::pb::EchoRequest;
+use strait_tests::{raw, Backend, BackendOptions, Gateway};
+use tonic::Code;
+
+use crate::fixture::{call_until, client, etcd_config, req};
+
+fn with_admin(config: String, admin: std::net::SocketAddr) -> String {
+    format!("{config}\n[admin]\nlisten = \"{admin}\"\n")
+}
+
+/// A known mix of calls; the counters equal what was sent, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_equal_what_was_sent() {
+    let live = Backend::start(BackendOptions::named("live")).await;
+    let dead = free_addr();
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        r#"
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+method = "ClientStream"
+upstream = "dead"
+
+[[upstream]]
+name = "echo"
+endpoints = [{{ addr = "{}" }}]
+breaker = {{ consecutive_failures = 100 }}
+
+[[upstream]]
+name = "dead"
+endpoints = [{{ addr = "{dead}" }}]
+max_attempts = 1
+"#,
+        live.addr
+    );
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&with_admin(text, admin), listen));
+    let mut c = client(listen).await;
+    for _ in 0..7 {
+        c.unary(req(b"ok")).await.expect("ok call");
+    }
+    for (code, n) in [(Code::NotFound, 3), (Code::Unavailable, 2)] {
+        for _ in 0..n {
+            let status = c
+                .unary(EchoRequest {
+                    fail_code: code as i32,
+                    fail_message: "mix".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("failing call");
+            assert_eq!(status.code(), code);
+        }
+    }
+    for _ in 0..4 {
+        let status = c
+            .client_stream(tokio_stream::iter(vec![req(b"")]))
+            .await
+            .expect_err("dead upstream");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let response = raw::call(listen, "/nope.Service/Call", &[], raw::grpc_frame(&[]))
+        .await
+        .unwrap();
+    assert_eq!(response.grpc_status().as_deref(), Some("12"));
+
+    let (status, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    assert_eq!(status, 200);
+    let calls = |route: &str, upstream: &str, code: &str| {
+        metric(
+            &text,
+            "strait_calls_total",
+            &[
+                ("listener", "public"),
+                ("route", route),
+                ("upstream", upstream),
+                ("code", code),
+            ],
+        )
+    };
+    assert_eq!(calls("bench.Echo", "echo", "OK"), Some(7.0), "{text}");
+    assert_eq!(calls("bench.Echo", "echo", "NOT_FOUND"), Some(3.0));
+    assert_eq!(calls("bench.Echo", "echo", "UNAVAILABLE"), Some(2.0));
+    assert_eq!(calls("bench.Echo", "echo", "INTERNAL"), Some(0.0));
+    assert_eq!(
+        calls("bench.Echo/ClientStream", "dead", "UNAVAILABLE"),
+        Some(4.0)
+    );
+    assert_eq!(calls("-", "-", "UNIMPLEMENTED"), Some(1.0));
+    let live_addr = live.addr.to_string();
+    let attempts = |upstream: &str, endpoint: &str, outcome: &str| {
+        metric(
+            &text,
+            "strait_upstream_attempts_total",
+            &[
+                ("upstream", upstream),
+                ("endpoint", endpoint),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(
+        attempts("echo", &live_addr, "ok"),
+        Some(10.0),
+        "OK and NOT_FOUND are successes"
+    );
+    assert_eq!(attempts("echo", &live_addr, "grpc_failure"), Some(2.0));
+    assert_eq!(
+        attempts("dead", &dead.to_string(), "connect_error"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "strait_call_duration_seconds_count",
+            &[("upstream", "echo"), ("code", "OK")]
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        metric(&text, "strait_calls_in_flight", &[("listener", "public")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "strait_config_loads_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "strait_endpoints",
+            &[("upstream", "echo"), ("state", "usable")]
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&text, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    drop(gateway);
+}
+
+/// /upstreams and the breaker metrics show a breaker opening, with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_and_metrics_show_a_breaker_opening() {
+    let sick = Backend::start(BackendOptions::named("sick")).await;
+    let fine = Backend::start(BackendOptions::named("fine")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = crate::fixture::config(
+        listen,
+        &[
+            crate::fixture::Ep {
+                addr: sick.addr,
+                weight: 100,
+                region: "eu-west",
+            },
+            crate::fixture::Ep {
+                addr: fine.addr,
+                weight: 100,
+                region: "eu-west",
+            },
+        ],
+        "",
+        "",
+    )
+    .replace(
+        "max_attempts = 3",
+        "max_attempts = 3\nbreaker = { consecutive_failures = 2, open_for = \"60s\" }",
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&with_admin(text, admin), listen));
+    let mut c = client(listen).await;
+    sick.force_status(Some(Code::Unavailable));
+    for _ in 0..10 {
+        let _ = c.unary(req(b"")).await;
+    }
+    let (_, json) = tokio::task::block_in_place(|| http_get(admin, "/upstreams"));
+    let view: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let endpoints = view["upstreams"][0]["endpoints"].as_array().unwrap();
+    let sick_view = endpoints
+        .iter()
+        .find(|e| e["addr"] == sick.addr.to_string())
+        .unwrap();
+    assert_eq!(sick_view["breaker_state"], "open", "{json}");
+    assert_eq!(
+        sick_view["last_transition"]["reason"],
+        "consecutive_failures"
+    );
+    assert_eq!(sick_view["last_transition"]["open_ms"], 60000);
+    let fine_view = endpoints
+        .iter()
+        .find(|e| e["addr"] == fine.addr.to_string())
+        .unwrap();
+    assert_eq!(fine_view["breaker_state"], "closed");
+
+    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    let sick_addr = sick.addr.to_string();
+    assert_eq!(
+        metric(&text, "strait_breaker_state", &[("endpoint", &sick_addr)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "strait_breaker_transitions_total",
+            &[
+                ("endpoint", &sick_addr),
+                ("from", "closed"),
+                ("to", "open"),
+                ("reason", "consecutive_failures")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "strait_endpoints",
+            &[("upstream", "echo"), ("state", "open")]
+        ),
+        Some(1.0)
+    );
+
+    let (status, page) = tokio::task::block_in_place(|| http_get(admin, "/"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!(
+            "<tr class=\"endpoint\" data-addr=\"{sick_addr}\">"
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("class=\"open\">open</td>"),
+        "the open endpoint is marked open"
+    );
+    assert!(page.contains("consecutive_failures"));
+    assert!(
+        page.contains("http-equiv=\"refresh\""),
+        "the page refreshes itself"
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("src=\"http"),
+        "no external assets"
+    );
+    let (status, _) = tokio::task::block_in_place(|| http_get(admin, "/healthz"));
+    assert_eq!(status, 200);
+    let (status, _) = tokio::task::block_in_place(|| http_get(admin, "/nothing-here"));
+    assert_eq!(status, 404);
+}
+
+/// /readyz is 503 until the first etcd sync and 200 after; /upstreams follows etcd changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_etcd_and_upstreams_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut member = Etcd::unstarted_on(dir.path(), free_port());
+    let backend = Backend::start(BackendOptions::named("b0")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = with_admin(etcd_config(listen, &[member.url()], ""), admin);
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let (status, body) = tokio::task::block_in_place(|| http_get(admin, "/readyz"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("waiting for the first etcd sync"), "{body}");
+
+    tokio::task::block_in_place(|| {
+        member.start();
+        member.wait_ready();
+    });
+    let mut etcd = etcd::client(&[member.url()]).await;
+    etcd.put(
+        "/services/echo/b0",
+        instance_value(backend.addr, 80, "eu-west", "v2.3.0", &[("env", "prod")]),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut c = client(listen).await;
+    call_until(
+        &mut c,
+        Duration::from_secs(20),
+        "routed through etcd",
+        |b| b == "b0",
+    )
+    .await;
+    let (status, _) = tokio::task::block_in_place(|| http_get(admin, "/readyz"));
+    assert_eq!(status, 200);
+
+    let (_, json) = tokio::task::block_in_place(|| http_get(admin, "/upstreams"));
+    let view: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let e = &view["upstreams"][0]["endpoints"][0];
+    assert_eq!(e["source"]["kind"], "etcd");
+    assert_eq!(e["source"]["key"], "/services/echo/b0");
+    assert_eq!(e["weight"], 80);
+    assert_eq!(e["version"], "v2.3.0");
+    assert_eq!(e["labels"]["env"], "prod");
+    assert_eq!(view["upstreams"][0]["discovery"], "etcd");
+    assert_eq!(view["upstreams"][0]["staleness_seconds"], 0.0);
+
+    etcd.put(
+        "/services/echo/b0",
+        instance_value(backend.addr, 30, "eu-west", "v2.3.1", &[("env", "prod")]),
+        None,
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, json) = tokio::task::block_in_place(|| http_get(admin, "/upstreams"));
+        let view: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if view["upstreams"][0]["endpoints"][0]["weight"] == 30 {
+            assert_eq!(view["upstreams"][0]["endpoints"][0]["version"], "v2.3.1");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "etcd change never showed: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
