@@ -23,6 +23,8 @@ BIN=target/release
 WORK=$(mktemp -d)
 BACKEND=127.0.0.1:50061
 STRAIT=127.0.0.1:50071
+STRAIT_OFF=127.0.0.1:50072
+STRAIT_ADMIN=127.0.0.1:50079
 NGINX=127.0.0.1:50081
 
 command -v nginx >/dev/null || { echo "nginx is needed: bash .ci/install-deps nginx" >&2; exit 1; }
@@ -53,7 +55,13 @@ upstream = "echo"
 name = "echo"
 endpoints = [{ addr = "$BACKEND" }]
 TOML
+# "strait" runs as shipped, with the admin listener and metrics; "strait-nometrics" is the same
+# without [admin], so no metric is recorded: the pair measures the cost of metrics.
+sed "s/$STRAIT/$STRAIT_OFF/" "$WORK/strait.toml" >"$WORK/strait-nometrics.toml"
+printf '\n[admin]\nlisten = "%s"\n' "$STRAIT_ADMIN" >>"$WORK/strait.toml"
 STRAIT_LOG=warn taskset -c "$PROXY_CORE" $BIN/strait run --config "$WORK/strait.toml" >"$WORK/strait.log" 2>&1 &
+pids+=($!)
+STRAIT_LOG=warn taskset -c "$PROXY_CORE" $BIN/strait run --config "$WORK/strait-nometrics.toml" >"$WORK/strait-nometrics.log" 2>&1 &
 pids+=($!)
 
 mkdir -p "$WORK/nginx"
@@ -78,7 +86,7 @@ NGINX
 taskset -c "$PROXY_CORE" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" &
 pids+=($!)
 
-for addr in $BACKEND $STRAIT $NGINX; do
+for addr in $BACKEND $STRAIT $STRAIT_OFF $NGINX; do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -90,13 +98,14 @@ load() { # label target extra-args...
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 
 declare -A RPS P50 P99 LAT50 LAT99
-for target in direct:$BACKEND strait:$STRAIT nginx:$NGINX; do
+TARGETS="direct:$BACKEND strait:$STRAIT strait-nometrics:$STRAIT_OFF nginx:$NGINX"
+for target in $TARGETS; do
   name=${target%%:*}; addr=${target#*:}
   load "$name-warmup" "$addr" --concurrency "$CONCURRENCY" --duration "$WARMUP" >/dev/null
 done
 # Interleave repeats so drift on the machine affects every target alike; keep the median.
 for r in $(seq "$REPEATS"); do
-  for target in direct:$BACKEND strait:$STRAIT nginx:$NGINX; do
+  for target in $TARGETS; do
     name=${target%%:*}; addr=${target#*:}
     out=$(load "$name" "$addr" --concurrency "$CONCURRENCY" --duration "$DURATION")
     echo "throughput #$r $out" >&2
@@ -112,7 +121,7 @@ echo
 echo "| target | calls/s (c=$CONCURRENCY) | p50 µs | p99 µs | p50 µs @ $RATE/s | p99 µs @ $RATE/s | added p99 µs @ $RATE/s |"
 echo "|---|---|---|---|---|---|---|"
 base99=$(echo "${LAT99[direct]}" | median)
-for name in direct strait nginx; do
+for name in direct strait strait-nometrics nginx; do
   rps=$(echo "${RPS[$name]}" | median); p50=$(echo "${P50[$name]}" | median); p99=$(echo "${P99[$name]}" | median)
   l50=$(echo "${LAT50[$name]}" | median); l99=$(echo "${LAT99[$name]}" | median)
   added=$([ "$name" = direct ] && echo "-" || echo $((l99 - base99)))
@@ -123,3 +132,5 @@ sa=$(( $(echo "${LAT99[strait]}" | median) - base99 )); na=$(( $(echo "${LAT99[n
 echo
 echo "strait/nginx throughput ratio: $(awk "BEGIN {printf \"%.2f\", $s/$n}")"
 echo "strait/nginx added-p99 ratio at $RATE/s: $(awk "BEGIN {printf \"%.2f\", ($sa<1?1:$sa)/($na<1?1:$na)}")"
+off=$(echo "${RPS[strait-nometrics]}" | median)
+echo "metrics overhead (throughput, strait vs strait-nometrics): $(awk "BEGIN {printf \"%.1f%%\", 100*($off-$s)/$off}")"

@@ -150,6 +150,43 @@ max_attempts = 1
     );
     assert!(metric(&text, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
     drop(gateway);
+    every_metric_is_documented_and_dashboarded_names_exist(&text);
+}
+
+/// docs/metrics.md names every metric the gateway exports, and the Grafana dashboard uses only
+/// documented metrics.
+fn every_metric_is_documented_and_dashboarded_names_exist(exported: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let families: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("strait_"))
+        .collect();
+    assert!(families.len() >= 10, "{families:?}");
+    for name in &families {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} is not documented in docs/metrics.md"
+        );
+    }
+    let dashboard = std::fs::read_to_string(root.join("docs/grafana/strait.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("strait_").map(|_| word) {
+                    let family = name.trim_end_matches("_bucket");
+                    assert!(
+                        docs.contains(&format!("`{family}`")),
+                        "dashboard uses undocumented metric {name}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// /upstreams and the breaker metrics show a breaker opening, with its reason.
