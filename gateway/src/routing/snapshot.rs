@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,22 +6,26 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Candidate, SmoothWrr};
 use crate::config::{Config, RouteConfig, ServiceMatch};
-use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSource, Endpoints};
+use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSpec, Endpoints};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError};
 
-/// One endpoint as the call path sees it.
+/// One endpoint as the call path sees it: what discovery reported, plus its live state and its
+/// prepared connection settings. Derefs to the `EndpointSpec` (address, weight, region, ...).
 #[derive(Debug)]
 pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub region: Option<String>,
-    pub version: Option<String>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub source: EndpointSource,
+    pub spec: EndpointSpec,
     pub state: Arc<EndpointState>,
     /// Connection settings, prepared once per snapshot instead of once per call.
     pub peer: PeerTemplate,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointSpec;
+
+    fn deref(&self) -> &EndpointSpec {
+        &self.spec
+    }
 }
 
 impl Candidate for Endpoint {
@@ -106,14 +109,11 @@ impl UpstreamSet {
     fn same_endpoints(&self, found: &Endpoints) -> bool {
         self.empty_reason == found.empty_reason
             && self.endpoints.len() == found.specs.len()
-            && self.endpoints.iter().zip(&found.specs).all(|(e, s)| {
-                e.addr == s.addr
-                    && e.weight == s.weight
-                    && e.region == s.region
-                    && e.source == s.source
-                    && e.version == s.version
-                    && e.labels == s.labels
-            })
+            && self
+                .endpoints
+                .iter()
+                .zip(&found.specs)
+                .all(|(e, s)| e.spec == *s)
     }
 
     /// Picks the next endpoint for a call, preferring `region`, never one in `excluded`.
@@ -214,13 +214,8 @@ impl RoutingSnapshot {
                     }
                 })?;
                 endpoints.push(Endpoint {
-                    addr: spec.addr,
-                    weight: spec.weight,
-                    region: spec.region,
-                    version: spec.version,
-                    labels: spec.labels,
-                    source: spec.source,
                     state: registry.state_for(&upstream.name, spec.addr, &upstream.breaker),
+                    spec,
                     peer,
                 });
             }
