@@ -14,5 +14,6 @@ pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod registrar;
 pub mod routing;
 pub mod server;

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Register a backend instance in etcd and keep it registered until SIGTERM/SIGINT.
+    Register(strait::registrar::cli::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,19 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Register(args) => match strait::registrar::cli::registration(args) {
+            Err(e) => {
+                eprintln!("strait register: {e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+            Ok(registration) => match strait::registrar::cli::run(registration) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("strait register: {e}");
+                    ExitCode::from(EXIT_START_FAILED)
+                }
+            },
+        },
         Command::Check { config } => match strait::config::load(&config) {
             Ok(loaded) => {
                 println!(

@@ -8,4 +8,5 @@ mod discovery;
 mod fixture;
 mod lifecycle;
 mod observability;
+mod registrar;
 mod routing;

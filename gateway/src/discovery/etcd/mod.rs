@@ -12,6 +12,7 @@ use std::time::Instant;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::{info, warn};
 
+pub use client::connect;
 pub use status::{DiscoveryStatus, RejectReason};
 pub use view::{EtcdView, ViewBuilder};
 
