@@ -30,7 +30,7 @@ enum Command {
         config: PathBuf,
     },
     /// Register a backend instance in etcd and keep it registered until SIGTERM/SIGINT.
-    Register(strait::registrar::cli::RegisterArgs),
+    Register(Box<strait::registrar::cli::RegisterArgs>),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Register(args) => match strait::registrar::cli::registration(args) {
+        Command::Register(args) => match strait::registrar::cli::registration(*args) {
             Err(e) => {
                 eprintln!("strait register: {e}");
                 ExitCode::from(EXIT_BAD_CONFIG)
