@@ -68,6 +68,13 @@ fn the_shipped_demo_config_passes() {
 }
 
 #[test]
+fn the_shipped_static_example_passes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/static.toml");
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+}
+
+#[test]
 fn the_shipped_etcd_example_passes() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/strait-etcd.toml");
     let (code, output) = check_config(&path);
