@@ -68,6 +68,18 @@ impl World {
     }
 }
 
+/// Waits until the cluster accepts writes again (a killed member may have been the leader).
+async fn wait_writable(c: &mut Client) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.put("/unrelated/probe", "x", None).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster never accepted writes again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn put(c: &mut Client, id: &str, value: String, lease: Option<i64>) {
     let options = lease.map(|l| PutOptions::new().with_lease(l));
     c.put(format!("/services/echo/{id}"), value, options)
@@ -441,6 +453,7 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
     .await;
 
     tokio::task::block_in_place(|| members[0].kill());
+    wait_writable(&mut etcd).await;
     etcd.delete("/services/echo/b0", None).await.unwrap();
     put(
         &mut etcd,

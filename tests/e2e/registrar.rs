@@ -367,3 +367,49 @@ async fn rolling_deploy_with_drain_fails_no_call() {
         "a call failed during the rolling deploy"
     );
 }
+
+/// Against an etcd with authentication on, the registrar logs in with its own user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_through_etcd_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = tokio::task::block_in_place(|| Etcd::single(dir.path()));
+    let backend = Backend::start(BackendOptions::named("b0")).await;
+    let mut admin = etcd::client(&[member.url()]).await;
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("registrar").await.unwrap();
+    admin
+        .role_grant_permission(
+            "registrar",
+            etcd_client::Permission::read_write("/services/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("reg", "regpw", None).await.unwrap();
+    admin.user_grant_role("reg", "registrar").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, "regpw\n").unwrap();
+    let password_file = password_file.display().to_string();
+    let _registrar = Registrar::start(
+        &member.url(),
+        backend.addr,
+        &[
+            "--etcd-username",
+            "reg",
+            "--etcd-password-file",
+            &password_file,
+        ],
+    );
+    let options = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+    let mut e = etcd_client::Client::connect([member.url()], Some(options))
+        .await
+        .unwrap();
+    wait_keys(
+        &mut e,
+        "registered through auth",
+        Duration::from_secs(15),
+        |k| k.len() == 1,
+    )
+    .await;
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{default_instance_id, Registrar, Registration};
-use crate::config::{parse_duration, EtcdConfig, DEFAULT_ETCD_DIAL_TIMEOUT, DEFAULT_ETCD_PREFIX};
+use crate::config::{
+    parse_duration, EtcdAuth, EtcdConfig, EtcdTls, DEFAULT_ETCD_DIAL_TIMEOUT, DEFAULT_ETCD_PREFIX,
+};
 
 #[derive(Debug, clap::Args, Default)]
 pub struct RegisterArgs {
@@ -18,6 +20,20 @@ pub struct RegisterArgs {
     /// Namespace root [default: /services/].
     #[arg(long)]
     pub prefix: Option<String>,
+    /// etcd user (with --etcd-password-file).
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify https:// etcd members.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd's client-certificate authentication.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// Service name: the key is {prefix}{service}/{id}.
     #[arg(long)]
     pub service: Option<String>,
@@ -155,13 +171,26 @@ pub fn registration(args: RegisterArgs) -> Result<Registration, String> {
     if id.is_empty() || id.contains('/') {
         return Err(format!("--id {id:?} must be a non-empty name without '/'"));
     }
+    let auth = match (args.etcd_username, args.etcd_password_file) {
+        (None, None) => None,
+        (Some(username), Some(password_file)) => Some(EtcdAuth {
+            username,
+            password_file,
+        }),
+        _ => return Err("--etcd-username and --etcd-password-file go together".into()),
+    };
+    let identity = args.etcd_cert.zip(args.etcd_key);
+    let tls = (args.etcd_ca.is_some() || identity.is_some()).then_some(EtcdTls {
+        ca: args.etcd_ca,
+        identity,
+    });
     Ok(Registration {
         etcd: EtcdConfig {
             endpoints: etcd,
             prefix,
             dial_timeout: DEFAULT_ETCD_DIAL_TIMEOUT,
-            auth: None,
-            tls: None,
+            auth,
+            tls,
         },
         service,
         addr,
