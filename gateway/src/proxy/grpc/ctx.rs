@@ -53,6 +53,8 @@ pub struct CallCtx {
     /// A status the gateway decided on itself, written by `fail_to_proxy` or a filter.
     pub local_status: Option<LocalStatus>,
     pub call_guard: Option<CallGuard>,
+    /// The request was not gRPC at all and got a plain HTTP error: not a call, not counted.
+    pub not_grpc: bool,
     /// The listener's in-flight gauge, decremented when the call is logged.
     pub in_flight_gauge: Option<prometheus::IntGauge>,
 }
@@ -72,6 +74,7 @@ impl CallCtx {
             upstream_status: None,
             local_status: None,
             call_guard: None,
+            not_grpc: false,
             in_flight_gauge: None,
         }
     }

@@ -269,6 +269,7 @@ impl ProxyHttp for GrpcProxy {
                 "this listener serves gRPC over HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2)",
             )
             .await?;
+            ctx.not_grpc = true;
             return Ok(true);
         }
         let is_grpc = req
@@ -277,10 +278,12 @@ impl ProxyHttp for GrpcProxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if !is_grpc {
             reject_non_grpc(session, 415, "content-type must be application/grpc").await?;
+            ctx.not_grpc = true;
             return Ok(true);
         }
         if req.method != Method::POST {
             reject_non_grpc(session, 405, "gRPC calls use POST").await?;
+            ctx.not_grpc = true;
             return Ok(true);
         }
         if let Err(status) = self.admit(session.req_header(), ctx) {
