@@ -252,12 +252,17 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
         assert_eq!(payload, (i as u32).to_be_bytes().to_vec());
     }
     let backend = setup.backend("a");
+    eprintln!(
+        "upstream connections for 200 concurrent calls: {}",
+        backend.connections()
+    );
     assert_eq!(backend.calls(), 201);
     assert_eq!(warm_connections, 1);
     // pingora pops a connection from its pool while it opens a stream on it, so a burst can dial
-    // some extra connections (more on a loaded machine); one connection per call would be 200.
+    // some extra connections (more on a loaded machine: up to ~30 seen with the whole suite
+    // running); one connection per call would be 200.
     assert!(
-        backend.connections() <= 25,
+        backend.connections() <= 50,
         "{} upstream connections for 200 concurrent calls",
         backend.connections()
     );
