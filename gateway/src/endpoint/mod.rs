@@ -129,9 +129,10 @@ impl EndpointState {
         self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Quick, lock-free for the common case: may this endpoint take a call now?
-    pub fn is_usable(&self, now: Instant) -> bool {
-        self.healthy() && (self.breaker_state() == State::Closed || self.lock().would_admit(now))
+    /// Quick, lock-free and clock-free for the common case: may this endpoint take a call now?
+    pub fn is_usable(&self) -> bool {
+        self.healthy()
+            && (self.breaker_state() == State::Closed || self.lock().would_admit(Instant::now()))
     }
 
     /// Claims a call (or a half-open trial) on this endpoint.

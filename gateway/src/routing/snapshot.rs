@@ -36,7 +36,7 @@ impl Candidate for Endpoint {
         self.region.as_deref()
     }
     fn is_usable(&self) -> bool {
-        self.state.is_usable(std::time::Instant::now())
+        self.state.is_usable()
     }
 }
 
