@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http::Request;
 use prost::Message;
 use strait_tests::pb::{EchoReply, EchoRequest};
+use strait_tests::raw;
 
 #[derive(Parser, Clone)]
 #[command(about = "gRPC load generator for bench.Echo/Unary")]
@@ -75,42 +75,23 @@ struct Caller {
 
 impl Caller {
     async fn call(&self) -> Result<Outcome, h2::Error> {
-        let mut send = self.send.clone().ready().await?;
-        // (A closed connection fails here; the worker loop reconnects.)
-        let mut builder = Request::builder()
-            .method("POST")
-            .uri(format!("http://{}/bench.Echo/Unary", self.target))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        if let Some(region) = &self.region {
-            builder = builder.header("x-strait-region", region.as_str());
-        }
-        let (response, mut stream) =
-            send.send_request(builder.body(()).expect("valid request"), false)?;
-        stream.send_data(self.body.clone(), true)?;
-        let response = response.await?;
-        let (parts, mut recv) = response.into_parts();
-        let mut data = BytesMut::new();
-        while let Some(chunk) = recv.data().await {
-            let chunk = chunk?;
-            let _ = recv.flow_control().release_capacity(chunk.len());
-            data.extend_from_slice(&chunk);
-        }
-        let trailers = recv.trailers().await?;
-        let status = parts
-            .headers
-            .get("grpc-status")
-            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("missing")
-            .to_string();
-        let message = parts
-            .headers
-            .get("grpc-message")
-            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-message")))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        // A closed connection fails here; the worker loop reconnects.
+        let region: Vec<(&str, &str)> = self
+            .region
+            .iter()
+            .map(|r| ("x-strait-region", r.as_str()))
+            .collect();
+        let response = raw::send(
+            self.send.clone(),
+            self.target,
+            "/bench.Echo/Unary",
+            &region,
+            self.body.clone(),
+        )
+        .await?;
+        let status = response.grpc_status().unwrap_or_else(|| "missing".into());
+        let message = response.grpc_message().unwrap_or_default();
+        let data = &response.body;
         let served_by = if data.len() > 5 {
             EchoReply::decode(&data[5..])
                 .map(|r| r.served_by)
@@ -119,7 +100,7 @@ impl Caller {
             String::new()
         };
         Ok(Outcome {
-            ok: parts.status == 200 && status == "0",
+            ok: response.status == 200 && status == "0",
             served_by,
             status: if message.is_empty() {
                 status

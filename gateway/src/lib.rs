@@ -5,6 +5,7 @@
 //! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
 
 pub mod admin;
+mod background;
 pub mod balancer;
 pub mod breaker;
 pub mod config;

@@ -11,7 +11,9 @@ use strait_tests::net::{free_addr, free_port};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic::Code;
 
-use crate::fixture::{call_until, client, count, etcd_config, req, served_by};
+use crate::fixture::{
+    call_until, call_until_served_by_n, client, count, etcd_config, req, served_by,
+};
 
 const PROPAGATION: Duration = Duration::from_secs(10);
 
@@ -80,6 +82,17 @@ async fn wait_writable(c: &mut Client) {
     }
 }
 
+/// Registers `addr` as instance `id` in eu-west, version v1.0.0, without a lease.
+async fn register(c: &mut Client, id: &str, addr: std::net::SocketAddr, weight: u32) {
+    put(
+        c,
+        id,
+        instance_value(addr, weight, "eu-west", "v1.0.0", &[]),
+        None,
+    )
+    .await;
+}
+
 async fn put(c: &mut Client, id: &str, value: String, lease: Option<i64>) {
     let options = lease.map(|l| PutOptions::new().with_lease(l));
     c.put(format!("/services/echo/{id}"), value, options)
@@ -100,13 +113,7 @@ async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() 
         Some(long),
     )
     .await;
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b1", w.addr(1), 100).await;
     put(
         &mut etcd,
         "b2",
@@ -115,12 +122,7 @@ async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() 
     )
     .await;
     let mut c = client(w.listen).await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, PROPAGATION, "all three instances serve", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 3
-    })
-    .await;
+    call_until_served_by_n(&mut c, PROPAGATION, 3).await;
 
     // Revoke b0's lease: its key goes, and so do its calls.
     etcd.lease_revoke(long).await.unwrap();
@@ -139,37 +141,14 @@ async fn leased_instances_are_routed_and_revoked_or_expired_leases_stop_calls() 
 async fn weight_change_changes_the_split() {
     let w = World::start(1, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
+    register(&mut etcd, "b1", w.addr(1), 100).await;
     let mut c = client(w.listen).await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, PROPAGATION, "both serve", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 2
-    })
-    .await;
+    call_until_served_by_n(&mut c, PROPAGATION, 2).await;
     let even = served_by(&mut c, 100).await;
     assert_eq!(count(&even, "b0"), 50);
 
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(w.addr(1), 25, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b1", w.addr(1), 25).await;
     // Once applied, every window of 5 calls holds exactly four b0 and one b1 (weights 100:25).
     let deadline = tokio::time::Instant::now() + PROPAGATION;
     loop {
@@ -227,13 +206,7 @@ async fn select_keeps_only_matching_versions_and_labels() {
 async fn malformed_values_are_skipped_and_never_disturb_others() {
     let w = World::start(1, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
 
@@ -256,19 +229,8 @@ async fn malformed_values_are_skipped_and_never_disturb_others() {
     // A malformed update of a live instance keeps its last valid value.
     put(&mut etcd, "b0", r#"{"addr": 12}"#.into(), None).await;
     // A valid instance added after all that still arrives.
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, PROPAGATION, "b1 added after the bad values", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 2
-    })
-    .await;
+    register(&mut etcd, "b1", w.addr(1), 100).await;
+    call_until_served_by_n(&mut c, PROPAGATION, 2).await;
     let names = served_by(&mut c, 40).await;
     assert_eq!((count(&names, "b0"), count(&names, "b1")), (20, 20));
     let logs = w.gateway.logs().join("\n");
@@ -292,27 +254,10 @@ async fn malformed_values_are_skipped_and_never_disturb_others() {
 async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
     let mut w = World::start(1, 3, "").await;
     let mut etcd = w.etcd_client().await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(w.addr(1), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
+    register(&mut etcd, "b1", w.addr(1), 100).await;
     let mut c = client(w.listen).await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 2
-    })
-    .await;
+    call_until_served_by_n(&mut c, PROPAGATION, 2).await;
 
     let failures = Arc::new(AtomicU64::new(0));
     let calls = Arc::new(AtomicU64::new(0));
@@ -338,13 +283,7 @@ async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
         w.etcd[0].wait_ready();
     });
     let mut etcd = w.etcd_client().await;
-    put(
-        &mut etcd,
-        "b2",
-        instance_value(w.addr(2), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b2", w.addr(2), 100).await;
     call_until(
         &mut c,
         Duration::from_secs(20),
@@ -370,13 +309,7 @@ async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
 async fn cluster_leader_loss_does_not_stop_updates() {
     let mut w = World::start(3, 2, "").await;
     let mut etcd = w.etcd_client().await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(w.addr(0), 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
 
@@ -430,38 +363,15 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
     let text = etcd_config(listen, &[members[0].url()], "");
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
     let mut etcd = etcd::client(&[members[1].url(), members[2].url()]).await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(backends[0].addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
-    put(
-        &mut etcd,
-        "b1",
-        instance_value(backends[1].addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", backends[0].addr, 100).await;
+    register(&mut etcd, "b1", backends[1].addr, 100).await;
     let mut c = client(listen).await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, PROPAGATION, "b0 and b1 serve", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 2
-    })
-    .await;
+    call_until_served_by_n(&mut c, PROPAGATION, 2).await;
 
     tokio::task::block_in_place(|| members[0].kill());
     wait_writable(&mut etcd).await;
     etcd.delete("/services/echo/b0", None).await.unwrap();
-    put(
-        &mut etcd,
-        "b2",
-        instance_value(backends[2].addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b2", backends[2].addr, 100).await;
     for i in 0..20 {
         etcd.put("/unrelated/churn", format!("{i}"), None)
             .await
@@ -533,13 +443,7 @@ async fn unavailable_until_the_first_sync() {
         etcd_member.wait_ready();
     });
     let mut etcd = etcd::client(&[etcd_member.url()]).await;
-    put(
-        &mut etcd,
-        "b0",
-        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut etcd, "b0", backend.addr, 100).await;
     call_until(
         &mut c,
         Duration::from_secs(20),
@@ -580,26 +484,14 @@ async fn etcd_authentication_works() {
     let member = tokio::task::block_in_place(|| Etcd::single(dir.path()));
     let backend = Backend::start(BackendOptions::named("b0")).await;
     let mut admin = etcd::client(&[member.url()]).await;
-    admin.user_add("root", "rootpw", None).await.unwrap();
-    admin.user_grant_role("root", "root").await.unwrap();
-    admin.role_add("reader").await.unwrap();
-    admin
-        .role_grant_permission(
-            "reader",
-            etcd_client::Permission::read("/services/").with_prefix(),
-        )
-        .await
-        .unwrap();
-    admin.user_add("strait", "s3cret", None).await.unwrap();
-    admin.user_grant_role("strait", "reader").await.unwrap();
-    put(
+    register(&mut admin, "b0", backend.addr, 100).await;
+    etcd::enable_auth(
         &mut admin,
-        "b0",
-        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
+        "strait",
+        "s3cret",
+        etcd_client::Permission::read("/services/").with_prefix(),
     )
     .await;
-    admin.auth_enable().await.unwrap();
 
     let password_file = dir.path().join("etcd-pass");
     std::fs::write(&password_file, "s3cret\n").unwrap();
@@ -645,13 +537,7 @@ async fn etcd_over_tls_works() {
     )
     .await
     .unwrap();
-    put(
-        &mut admin,
-        "b0",
-        instance_value(backend.addr, 100, "eu-west", "v1.0.0", &[]),
-        None,
-    )
-    .await;
+    register(&mut admin, "b0", backend.addr, 100).await;
 
     let listen = free_addr();
     let text = etcd_config(listen, &[member.url()], "").replace(

@@ -191,6 +191,21 @@ pub async fn call_until(
     }
 }
 
+/// Makes calls until `count` different backends have served one (panics after `timeout`).
+pub async fn call_until_served_by_n(
+    client: &mut EchoClient<Channel>,
+    timeout: Duration,
+    count: usize,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let what = format!("{count} backends serve");
+    call_until(client, timeout, &what, |b| {
+        seen.insert(b.to_string());
+        seen.len() == count
+    })
+    .await;
+}
+
 /// Who served each of `n` calls (all must succeed).
 pub async fn served_by(client: &mut EchoClient<Channel>, n: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(n);

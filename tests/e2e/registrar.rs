@@ -11,7 +11,7 @@ use strait_tests::net::free_addr;
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic_health::ServingStatus;
 
-use crate::fixture::{call_until, client, etcd_config, req};
+use crate::fixture::{call_until, call_until_served_by_n, client, etcd_config, req};
 
 /// A `strait register` process; killed when dropped.
 struct Registrar {
@@ -300,12 +300,7 @@ async fn rolling_deploy_with_drain_fails_no_call() {
         Gateway::start(&etcd_config(listen, &[member.url()], ""), listen)
     });
     let mut c = client(listen).await;
-    let mut seen = std::collections::HashSet::new();
-    call_until(&mut c, Duration::from_secs(15), "all three serve", |b| {
-        seen.insert(b.to_string());
-        seen.len() == 3
-    })
-    .await;
+    call_until_served_by_n(&mut c, Duration::from_secs(15), 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -375,19 +370,13 @@ async fn registers_through_etcd_authentication() {
     let member = tokio::task::block_in_place(|| Etcd::single(dir.path()));
     let backend = Backend::start(BackendOptions::named("b0")).await;
     let mut admin = etcd::client(&[member.url()]).await;
-    admin.user_add("root", "rootpw", None).await.unwrap();
-    admin.user_grant_role("root", "root").await.unwrap();
-    admin.role_add("registrar").await.unwrap();
-    admin
-        .role_grant_permission(
-            "registrar",
-            etcd_client::Permission::read_write("/services/").with_prefix(),
-        )
-        .await
-        .unwrap();
-    admin.user_add("reg", "regpw", None).await.unwrap();
-    admin.user_grant_role("reg", "registrar").await.unwrap();
-    admin.auth_enable().await.unwrap();
+    etcd::enable_auth(
+        &mut admin,
+        "reg",
+        "regpw",
+        etcd_client::Permission::read_write("/services/").with_prefix(),
+    )
+    .await;
     let password_file = dir.path().join("pw");
     std::fs::write(&password_file, "regpw\n").unwrap();
     let password_file = password_file.display().to_string();
@@ -401,7 +390,7 @@ async fn registers_through_etcd_authentication() {
             &password_file,
         ],
     );
-    let options = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+    let options = etcd_client::ConnectOptions::new().with_user("root", etcd::ROOT_PASSWORD);
     let mut e = etcd_client::Client::connect([member.url()], Some(options))
         .await
         .unwrap();

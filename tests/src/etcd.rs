@@ -234,3 +234,38 @@ pub fn instance_value(
         labels.join(", ")
     )
 }
+
+/// The root password `enable_auth` sets.
+pub const ROOT_PASSWORD: &str = "rootpw";
+
+/// Turns on etcd authentication: a root user, and `user` with only `permission`.
+pub async fn enable_auth(
+    admin: &mut etcd_client::Client,
+    user: &str,
+    password: &str,
+    permission: etcd_client::Permission,
+) {
+    let role = format!("{user}-role");
+    admin
+        .user_add("root", ROOT_PASSWORD, None)
+        .await
+        .expect("add root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.role_add(role.as_str()).await.expect("add role");
+    admin
+        .role_grant_permission(role.as_str(), permission)
+        .await
+        .expect("grant permission");
+    admin
+        .user_add(user, password, None)
+        .await
+        .expect("add user");
+    admin
+        .user_grant_role(user, role.as_str())
+        .await
+        .expect("grant role");
+    admin.auth_enable().await.expect("enable auth");
+}

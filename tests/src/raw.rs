@@ -57,6 +57,17 @@ pub async fn call(
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    send(client, addr, path, extra_headers, body).await
+}
+
+/// Sends one request on an existing HTTP/2 connection and reads the whole response.
+pub async fn send(
+    client: h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<RawResponse, h2::Error> {
     let mut client = client.ready().await?;
     let mut builder = Request::builder()
         .method("POST")

@@ -20,16 +20,7 @@ use crate::routing::Routing;
 
 /// Runs the probes on their own thread for the life of the process.
 pub fn spawn(routing: Arc<Routing>) {
-    std::thread::Builder::new()
-        .name("strait-health".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the health runtime");
-            runtime.block_on(manage(routing));
-        })
-        .expect("spawning the health thread");
+    crate::background::spawn("strait-health", manage(routing));
 }
 
 /// Keeps exactly one probe task per probed endpoint of the current snapshot.

@@ -49,21 +49,16 @@ pub enum DiscoveryError {
 pub fn spawn(
     config: EtcdConfig,
     status: Arc<DiscoveryStatus>,
-    publish: impl Fn(Arc<EtcdView>) + Send + 'static,
+    publish: impl Fn(Arc<EtcdView>) + Send + Sync + 'static,
 ) {
-    std::thread::Builder::new()
-        .name("strait-etcd".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the discovery runtime");
-            runtime.block_on(run(config, status, publish));
-        })
-        .expect("spawning the discovery thread");
+    crate::background::spawn("strait-etcd", run(config, status, publish));
 }
 
-async fn run(config: EtcdConfig, status: Arc<DiscoveryStatus>, publish: impl Fn(Arc<EtcdView>)) {
+async fn run(
+    config: EtcdConfig,
+    status: Arc<DiscoveryStatus>,
+    publish: impl Fn(Arc<EtcdView>) + Send + Sync,
+) {
     let mut builder = ViewBuilder::new(config.prefix.clone(), status.clone());
     let mut backoff = Backoff::default();
     loop {
