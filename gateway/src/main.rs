@@ -1,7 +1,10 @@
-//! `strait`: run, check, or print the version.
+//! `strait`: run the gateway, check or describe its config, reload or probe a running one, or
+//! register a backend.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -31,6 +34,40 @@ enum Command {
     },
     /// Register a backend instance in etcd and keep it registered until SIGTERM/SIGINT.
     Register(Box<strait::registrar::cli::RegisterArgs>),
+    /// Ask a running gateway to reload its config file (same as SIGHUP); prints what changed
+    /// or why the running config stayed.
+    Reload {
+        /// The gateway's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Exit 0 when a running gateway's /healthz answers (for container health checks).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+/// How long `reload` and `healthcheck` wait for the admin listener.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn admin_command(admin: SocketAddr, method: &str, path: &str) -> ExitCode {
+    match strait::admin::client::request(admin, method, path, ADMIN_TIMEOUT) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("strait: {method} {path} answered {status}: {body}");
+            ExitCode::from(EXIT_START_FAILED)
+        }
+        Err(e) => {
+            eprintln!("strait: cannot reach the admin listener at {admin}: {e}");
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,6 +81,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Reload { admin } => admin_command(admin, "POST", "/reload"),
+        Command::Healthcheck { admin } => admin_command(admin, "GET", "/healthz"),
+        Command::Schema => {
+            print!("{}", strait::config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Register(args) => match strait::registrar::cli::registration(*args) {
             Err(e) => {
                 eprintln!("strait register: {e}");
@@ -81,7 +124,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match strait::server::run(loaded) {
+            match strait::server::run(loaded, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

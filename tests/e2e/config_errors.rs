@@ -193,3 +193,84 @@ fn every_problem_is_reported_at_once() {
         "{output}"
     );
 }
+
+#[test]
+fn tcp_listener_mistakes_are_rejected() {
+    let tcp = GOOD.replace(
+        "listen = \"127.0.0.1:18080\"",
+        "listen = \"127.0.0.1:18080\"\nprotocol = \"tcp\"",
+    );
+    // A tcp listener needs an upstream, cannot take routes, and does not terminate TLS.
+    assert_rejected(
+        &tcp,
+        "name = \"public\"",
+        &["listener[0].upstream", "needs `upstream"],
+    );
+    assert_rejected(
+        &tcp.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nupstream = \"echo\"",
+        ),
+        "listener = \"public\"",
+        &["route[0].listener", "is a tcp listener"],
+    );
+    assert_rejected(
+        &GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = \"127.0.0.1:18080\"\nprotocol = \"tcp\"\nupstream = \"missing\"",
+        ),
+        "upstream = \"missing\"",
+        &["listener[0].upstream", "no upstream named \"missing\""],
+    );
+    assert_rejected(
+        &GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = \"127.0.0.1:18080\"\nprotocol = \"udp\"",
+        ),
+        "protocol = \"udp\"",
+        &["unknown protocol \"udp\"", "\"grpc\" or \"tcp\""],
+    );
+    assert_rejected(
+        &GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = \"127.0.0.1:18080\"\nupstream = \"echo\"",
+        ),
+        "upstream = \"echo\"",
+        &["gRPC listeners choose an upstream per call"],
+    );
+}
+
+#[test]
+fn tls_file_mistakes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    // An upstream client certificate without its key.
+    assert_rejected(
+        &GOOD.replace(
+            "endpoints = [",
+            &format!(
+                "tls = {{ ca = \"{}\", cert = \"{}\" }}\nendpoints = [",
+                pki.ca_cert.display(),
+                pki.server_cert.display()
+            ),
+        ),
+        "tls = {",
+        &["upstream[0].tls", "cert and key go together"],
+    );
+    // A client CA file that is not a certificate.
+    let not_a_cert = dir.path().join("notes.txt");
+    std::fs::write(&not_a_cert, "hello").unwrap();
+    assert_rejected(
+        &GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            &format!(
+                "listen = \"127.0.0.1:18080\"\ntls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                not_a_cert.display()
+            ),
+        ),
+        "client_ca",
+        &["listener[0].tls.client_ca", "holds no PEM certificate"],
+    );
+}

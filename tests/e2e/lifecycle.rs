@@ -64,6 +64,7 @@ async fn upstream_tls_is_verified_with_the_configured_ca() {
         name: "tls-backend".into(),
         addr: None,
         tls: Some((cert, key)),
+        client_ca: None,
     })
     .await;
     for (server_name, should_work) in [("localhost", true), ("wrong.example", false)] {

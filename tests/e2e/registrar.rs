@@ -332,6 +332,7 @@ async fn rolling_deploy_with_drain_fails_no_call() {
             name: format!("b{i}"),
             addr: Some(addr),
             tls: None,
+            client_ca: None,
         })
         .await;
         backends[i] = Some(fresh);

@@ -270,6 +270,8 @@ pub struct BackendOptions {
     pub addr: Option<SocketAddr>,
     /// PEM certificate chain and key: serve TLS (ALPN h2) instead of h2c.
     pub tls: Option<(String, String)>,
+    /// PEM CA bundle: with `tls`, require client certificates it signed (mutual TLS).
+    pub client_ca: Option<String>,
 }
 
 impl BackendOptions {
@@ -278,6 +280,7 @@ impl BackendOptions {
             name: name.to_string(),
             addr: None,
             tls: None,
+            client_ca: None,
         }
     }
 }
@@ -325,12 +328,12 @@ impl Backend {
         // Above hyper's default of 200, so 200 concurrent calls fit one connection.
         let mut builder = tonic::transport::Server::builder().max_concurrent_streams(Some(1000));
         if let Some((cert, key)) = &options.tls {
-            builder = builder
-                .tls_config(
-                    tonic::transport::ServerTlsConfig::new()
-                        .identity(tonic::transport::Identity::from_pem(cert, key)),
-                )
-                .expect("valid backend TLS config");
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = &options.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(tls).expect("valid backend TLS config");
         }
         let task = tokio::spawn(async move {
             let result = builder
@@ -403,6 +406,7 @@ pub async fn serve_forever(name: String, addr: SocketAddr) {
         name,
         addr: Some(addr),
         tls: None,
+        client_ca: None,
     })
     .await;
     eprintln!(

@@ -159,7 +159,9 @@ impl Gateway {
                     gateway.logs().join("\n")
                 );
             }
-            if wait_for_port(wait_addr, Duration::from_millis(100)) {
+            if wait_for_port(wait_addr, Duration::from_millis(100))
+                && admin_addr(config).is_none_or(|a| wait_for_port(a, Duration::from_millis(100)))
+            {
                 return gateway;
             }
         }
@@ -167,6 +169,36 @@ impl Gateway {
             "strait did not listen on {wait_addr}; logs:\n{}",
             gateway.logs().join("\n")
         );
+    }
+
+    /// Replaces the config file in place (write, then rename, like a deploy tool would).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("writing the new config");
+        std::fs::rename(&tmp, &self.config_path).expect("replacing the config");
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns it.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .logs()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Some(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -214,14 +246,23 @@ impl Drop for Gateway {
     }
 }
 
+/// The admin listener of a config, if it has one (data listeners can open a moment before it).
+fn admin_addr(config: &str) -> Option<SocketAddr> {
+    let value: toml::Value = toml::from_str(config).ok()?;
+    value.get("admin")?.get("listen")?.as_str()?.parse().ok()
+}
+
 /// Runs `strait check --config <file>` and returns (exit code, stdout+stderr).
 pub fn check_config(path: &Path) -> (i32, String) {
+    strait_command(&["check", "--config", &path.display().to_string()])
+}
+
+/// Runs `strait <args>` to completion: (exit code, stdout+stderr).
+pub fn strait_command(args: &[&str]) -> (i32, String) {
     let output = Command::new(strait_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(path)
+        .args(args)
         .output()
-        .expect("running strait check");
+        .expect("running strait");
     let mut text = String::from_utf8_lossy(&output.stdout).to_string();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     (output.status.code().unwrap_or(-1), text)

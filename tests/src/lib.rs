@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod net;
 pub mod raw;
+pub mod tcp;
 pub mod tls;
 
 /// Generated from `proto/echo.proto`.

@@ -1,6 +1,8 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` (JSON) and `/` (a
-//! self-contained status page). Served by pingora as its own service, apart from the data path.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` (JSON), `POST /reload`
+//! and `/` (a self-contained status page). Served by pingora as its own service, apart from the
+//! data path.
 
+pub mod client;
 mod page;
 mod view;
 
@@ -23,11 +25,17 @@ pub struct AdminApp {
     pub discovery: Option<Arc<DiscoveryStatus>>,
     /// Set once pingora runs its services (listeners bound).
     pub running: Arc<AtomicBool>,
+    /// Set when a graceful shutdown starts.
+    pub draining: Arc<AtomicBool>,
+    pub reload: crate::control::ReloadHandle,
 }
 
 impl AdminApp {
     /// Why the gateway is not ready, or `None` when it is.
     fn not_ready_reason(&self) -> Option<String> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some("shutting down: draining calls".into());
+        }
         if !self.running.load(Ordering::Acquire) {
             return Some("listeners are not running yet".into());
         }
@@ -99,6 +107,28 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /reload`: 200 with what changed, or 422 with why the running config stayed.
+    async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        if session.req_header().method != http::Method::POST {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                b"use POST /reload\n".to_vec(),
+            );
+        }
+        match self.reload.reload().await {
+            Ok(report) => respond(StatusCode::OK, text, format!("{report}\n").into_bytes()),
+            Err(reason) => respond(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                text,
+                format!("{reason}\n").into_bytes(),
+            ),
+        }
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -113,6 +143,9 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if path == "/reload" {
+            return self.reload(session).await;
+        }
         match path.as_str() {
             "/metrics" => {
                 let view = self.view();
@@ -152,7 +185,8 @@ impl ServeHttp for AdminApp {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
-                b"not found: try /, /metrics, /healthz, /readyz, /upstreams\n".to_vec(),
+                b"not found: try /, /metrics, /healthz, /readyz, /upstreams, POST /reload\n"
+                    .to_vec(),
             ),
         }
     }

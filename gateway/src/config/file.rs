@@ -2,102 +2,144 @@
 //!
 //! Nothing here is trusted: `validate` turns it into the internal model (`model.rs`). Fields that
 //! can be wrong in a way only validation sees keep their source span so the error can point at
-//! them.
+//! them. The doc comments become the descriptions of `strait schema`.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
-use toml::Spanned;
 
 use super::duration::ConfigDuration;
+use super::spanned::Spanned;
 
-#[derive(Debug, Deserialize)]
+/// A Strait gateway configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Strait configuration")]
 pub struct FileConfig {
     #[serde(default)]
     pub gateway: GatewaySection,
+    /// Ports the gateway accepts connections on.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerSection>,
+    /// Which upstream serves which gRPC service or method, per listener.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
+    /// Named groups of backend endpoints, static or discovered in etcd.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamSection>,
     pub etcd: Option<Spanned<EtcdSection>>,
     pub admin: Option<AdminSection>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The admin listener: /metrics, /healthz, /readyz, /upstreams, /reload and the status page.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
+    /// IP:port to serve on; keep it on a private interface.
     pub listen: Spanned<String>,
+    /// Label metrics per endpoint (default true); turn off for very large fleets.
     pub endpoint_labels: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Where discovery reads instances from.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
+    /// Member URLs, http:// or https://.
     pub endpoints: Vec<Spanned<String>>,
+    /// Namespace root (default "/services/").
     pub prefix: Option<Spanned<String>>,
     pub dial_timeout: Option<ConfigDuration>,
     pub username: Option<String>,
+    /// File holding the password for `username`.
     pub password_file: Option<Spanned<String>>,
     pub tls: Option<EtcdTlsSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdTlsSection {
+    /// PEM bundle of CAs trusted for the etcd members.
     pub ca: Option<Spanned<String>>,
+    /// Client certificate (PEM) for etcd client-cert authentication; needs `key`.
     pub cert: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Narrows an etcd service to some of its instances.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectSection {
+    /// A semver range the instance's version must match, like ">=1.2, <2".
     pub version: Option<Spanned<String>>,
+    /// Labels the instance must carry with exactly these values.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Process-wide settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
+    /// This gateway's region; endpoints in it are preferred.
     pub region: Option<String>,
+    /// Request header through which a caller may state its own region.
     pub region_header: Option<Spanned<String>>,
+    /// Worker threads (default: one per CPU). Changing it needs a restart.
     pub threads: Option<Spanned<i64>>,
+    /// Longest wait for in-flight calls on SIGTERM (default 15s).
     pub shutdown_grace: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
+    /// Unique name, used by routes, logs and metrics.
     pub name: Spanned<String>,
+    /// IP:port to accept connections on.
     pub listen: Spanned<String>,
+    /// "grpc" (default): HTTP/2 gRPC, routed per call. "tcp": raw TCP connections balanced over
+    /// `upstream`'s endpoints.
     #[serde(default)]
     pub protocol: Option<Spanned<String>>,
+    /// tcp listeners: the upstream whose endpoints receive the connections.
+    pub upstream: Option<Spanned<String>>,
+    /// tcp listeners: close a connection after this long with no byte either way (default 10m).
+    pub idle_timeout: Option<ConfigDuration>,
     pub tls: Option<ListenerTlsSection>,
 }
 
-#[derive(Debug, Deserialize)]
+/// TLS termination for a gRPC listener (ALPN h2).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSection {
+    /// Certificate chain (PEM), leaf first. Re-read on reload.
     pub cert: Spanned<String>,
+    /// Private key (PEM). Re-read on reload.
     pub key: Spanned<String>,
+    /// CA bundle (PEM) for mutual TLS: callers must present a certificate it signed.
+    pub client_ca: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
+    /// The gRPC listener this route belongs to.
     pub listener: Spanned<String>,
+    /// Fully qualified gRPC service ("package.Service") or "*" for every service.
     pub service: Spanned<String>,
+    /// One method of `service`; without it the route covers the whole service.
     pub method: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
+    /// Deadline for calls that carry no grpc-timeout.
     pub timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub name: Spanned<String>,
+    /// "static" (default): the `endpoints` list. "etcd": instances registered under
+    /// `{etcd.prefix}{service}/`.
     pub discovery: Option<Spanned<String>>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<EndpointSection>>,
@@ -106,37 +148,50 @@ pub struct UpstreamSection {
     pub select: Option<Spanned<SelectSection>>,
     pub health: Option<HealthSection>,
     pub breaker: Option<BreakerSection>,
+    /// Time allowed to open a connection to one endpoint (default 1s).
     pub connect_timeout: Option<ConfigDuration>,
+    /// Attempts per call, first included, while nothing was sent upstream (default 3).
     pub max_attempts: Option<Spanned<i64>>,
     pub tls: Option<UpstreamTlsSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSection {
+    /// IP:port of the backend.
     pub addr: Spanned<String>,
+    /// 0-100 (default 100); 0 drains the endpoint.
     pub weight: Option<Spanned<i64>>,
     pub region: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// TLS towards the upstream's endpoints.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSection {
+    /// CA bundle (PEM) trusted for the backends; system roots without it.
     pub ca: Option<Spanned<String>>,
+    /// Name checked against the backend certificate and sent as SNI (default: the endpoint IP).
     pub server_name: Option<String>,
+    /// Client certificate (PEM) presented to backends that require one; needs `key`.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Active gRPC Health v1 probes.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
     pub interval: Option<ConfigDuration>,
     pub timeout: Option<ConfigDuration>,
+    /// Service name sent in HealthCheckRequest ("" = the server as a whole).
     pub service: Option<String>,
     pub unhealthy_after: Option<Spanned<i64>>,
     pub healthy_after: Option<Spanned<i64>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Per-endpoint circuit breaker settings.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSection {
     pub consecutive_failures: Option<Spanned<i64>>,
@@ -144,9 +199,11 @@ pub struct BreakerSection {
     pub window: Option<Spanned<i64>>,
     pub min_calls: Option<Spanned<i64>>,
     pub open_for: Option<ConfigDuration>,
+    /// "fixed", "exponential" or "jittered".
     pub backoff: Option<Spanned<String>>,
     pub max_open_for: Option<ConfigDuration>,
     pub half_open_calls: Option<Spanned<i64>>,
+    /// gRPC status names that count as endpoint failures.
     pub failure_codes: Option<Vec<Spanned<String>>>,
     pub max_ejected_percent: Option<Spanned<i64>>,
 }

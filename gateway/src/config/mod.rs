@@ -5,6 +5,7 @@ mod diagnostics;
 mod duration;
 mod file;
 mod model;
+mod spanned;
 mod tls_files;
 mod validate;
 
@@ -26,6 +27,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
     parse(&source, path, base_dir)
+}
+
+/// The JSON Schema of the config file (`strait schema`), pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(file::FileConfig);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Parses and validates config text. `file` names it in errors; relative paths inside it

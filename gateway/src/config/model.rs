@@ -18,14 +18,14 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Per-endpoint label on metrics; false for very large fleets.
     pub endpoint_labels: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdConfig {
     /// Member URLs (`http://` or `https://`); the client fails over between them.
     pub endpoints: Vec<String>,
@@ -36,13 +36,13 @@ pub struct EtcdConfig {
     pub tls: Option<EtcdTls>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdAuth {
     pub username: String,
     pub password_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdTls {
     pub ca: Option<PathBuf>,
     /// Client certificate and key, for etcd's client-cert authentication.
@@ -65,7 +65,7 @@ pub struct Selector {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// This gateway's own region; endpoints in it are preferred.
     pub region: Option<String>,
@@ -75,17 +75,41 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
+    pub kind: ListenerKind,
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Clone)]
+/// What a listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// HTTP/2 gRPC, routed per call by `[[route]]`.
+    Grpc,
+    /// Raw TCP: each connection goes to one endpoint of `upstream`.
+    Tcp {
+        upstream: String,
+        idle_timeout: Duration,
+    },
+}
+
+impl ListenerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ListenerKind::Grpc => "grpc",
+            ListenerKind::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Mutual TLS: callers must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Which gRPC services a route applies to.
@@ -151,16 +175,19 @@ pub struct StaticEndpoint {
     pub region: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// PEM bundle of trusted roots; `None` uses the system roots.
     pub ca: Option<PathBuf>,
     /// Name checked against the backend certificate and sent as SNI; empty means each
     /// endpoint's own IP address.
     pub server_name: String,
+    /// Client certificate chain and key presented to backends that require one.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use http::HeaderName;
-use toml::Spanned;
 
 use super::diagnostics::{ConfigError, Diagnostics, Problem};
 use super::file::{FileConfig, ListenerSection, RouteSection, UpstreamSection};
 use super::model::*;
+use super::spanned::Spanned;
 use super::tls_files;
 
 /// Parses the TOML text into the external model. Syntax and type errors stop here (a parser
@@ -43,6 +43,7 @@ pub fn validate(
     let gateway = validate_gateway(&file_config, &mut diag);
     let listeners = validate_listeners(&file_config.listeners, base_dir, &mut diag);
     let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
+    check_tcp_upstreams(&file_config.listeners, &upstreams, &mut diag);
     let routes = validate_routes(&file_config.routes, &listeners, &upstreams, &mut diag);
     let etcd = file_config
         .etcd
@@ -169,24 +170,6 @@ fn validate_listeners(
                 format!("duplicate listener name {name:?}"),
             );
         }
-        let protocol = section
-            .protocol
-            .as_ref()
-            .map(|p| p.get_ref().as_str())
-            .unwrap_or("grpc");
-        if protocol != "grpc" {
-            let p = section
-                .protocol
-                .as_ref()
-                .expect("non-default protocol was written");
-            diag.at(
-                span(p),
-                format!("{path}.protocol"),
-                format!(
-                    "unsupported protocol {protocol:?}; this version serves \"grpc\" listeners"
-                ),
-            );
-        }
         let listen = match section.listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => {
                 if let Some(other) = addresses.insert(addr, name.clone()) {
@@ -207,7 +190,16 @@ fn validate_listeners(
                 continue;
             }
         };
+        let kind = listener_kind(section, &path, diag);
         let tls = section.tls.as_ref().map(|tls| {
+            if matches!(kind, ListenerKind::Tcp { .. }) {
+                diag.at(
+                    span(&tls.cert),
+                    format!("{path}.tls"),
+                    "tcp listeners pass bytes through untouched (TLS passthrough); terminate TLS \
+                     on a grpc listener or in the backend",
+                );
+            }
             let cert = resolve(base_dir, tls.cert.get_ref());
             let key = resolve(base_dir, tls.key.get_ref());
             if let Err(e) = tls_files::check_certificates(&cert) {
@@ -216,15 +208,113 @@ fn validate_listeners(
             if let Err(e) = tls_files::check_private_key(&key) {
                 diag.at(span(&tls.key), format!("{path}.tls.key"), e);
             }
-            ListenerTls { cert, key }
+            let client_ca = tls.client_ca.as_ref().map(|ca| {
+                let resolved = resolve(base_dir, ca.get_ref());
+                if let Err(e) = tls_files::check_certificates(&resolved) {
+                    diag.at(span(ca), format!("{path}.tls.client_ca"), e);
+                }
+                resolved
+            });
+            ListenerTls {
+                cert,
+                key,
+                client_ca,
+            }
         });
         listeners.push(ListenerConfig {
             name: name.clone(),
             listen,
+            kind,
             tls,
         });
     }
     listeners
+}
+
+/// "grpc" (the default) or "tcp" with its upstream; settings of the other kind are refused.
+fn listener_kind(section: &ListenerSection, path: &str, diag: &mut Diagnostics) -> ListenerKind {
+    let protocol = section
+        .protocol
+        .as_ref()
+        .map(|p| p.get_ref().as_str())
+        .unwrap_or("grpc");
+    match protocol {
+        "tcp" => {
+            let upstream = match &section.upstream {
+                Some(u) => u.get_ref().clone(),
+                None => {
+                    diag.at(
+                        span(&section.name),
+                        format!("{path}.upstream"),
+                        "a tcp listener needs `upstream = \"NAME\"`: the upstream whose \
+                         endpoints receive its connections",
+                    );
+                    String::new()
+                }
+            };
+            let idle_timeout = section
+                .idle_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT);
+            if idle_timeout.is_zero() {
+                diag.at(
+                    span(&section.name),
+                    format!("{path}.idle_timeout"),
+                    "must be greater than 0",
+                );
+            }
+            ListenerKind::Tcp {
+                upstream,
+                idle_timeout,
+            }
+        }
+        other => {
+            if other != "grpc" {
+                let p = section.protocol.as_ref().expect("a written protocol");
+                diag.at(
+                    span(p),
+                    format!("{path}.protocol"),
+                    format!("unknown protocol {other:?}; use \"grpc\" or \"tcp\""),
+                );
+            }
+            if let Some(u) = &section.upstream {
+                diag.at(
+                    span(u),
+                    format!("{path}.upstream"),
+                    "gRPC listeners choose an upstream per call with [[route]]; `upstream` is for \
+                     protocol = \"tcp\"",
+                );
+            }
+            if section.idle_timeout.is_some() {
+                diag.at(
+                    span(&section.name),
+                    format!("{path}.idle_timeout"),
+                    "idle_timeout applies to protocol = \"tcp\" listeners",
+                );
+            }
+            ListenerKind::Grpc
+        }
+    }
+}
+
+/// Every tcp listener names an upstream that exists.
+fn check_tcp_upstreams(
+    sections: &[ListenerSection],
+    upstreams: &[UpstreamConfig],
+    diag: &mut Diagnostics,
+) {
+    for (i, section) in sections.iter().enumerate() {
+        let Some(upstream) = &section.upstream else {
+            continue;
+        };
+        if !upstreams.iter().any(|u| &u.name == upstream.get_ref()) {
+            diag.at(
+                span(upstream),
+                format!("listener[{i}].upstream"),
+                format!("no upstream named {:?}", upstream.get_ref()),
+            );
+        }
+    }
 }
 
 fn validate_upstreams(
@@ -355,7 +445,33 @@ fn validate_upstreams(
             });
             // Empty: each endpoint is verified against its own IP address.
             let server_name = tls.server_name.clone().unwrap_or_default();
-            UpstreamTls { ca, server_name }
+            let identity = match (&tls.cert, &tls.key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    let cert_path = resolve(base_dir, cert.get_ref());
+                    let key_path = resolve(base_dir, key.get_ref());
+                    if let Err(e) = tls_files::check_certificates(&cert_path) {
+                        diag.at(span(cert), format!("{path}.tls.cert"), e);
+                    }
+                    if let Err(e) = tls_files::check_private_key(&key_path) {
+                        diag.at(span(key), format!("{path}.tls.key"), e);
+                    }
+                    Some((cert_path, key_path))
+                }
+                (Some(only), None) | (None, Some(only)) => {
+                    diag.at(
+                        span(only),
+                        format!("{path}.tls"),
+                        "cert and key go together",
+                    );
+                    None
+                }
+            };
+            UpstreamTls {
+                ca,
+                server_name,
+                identity,
+            }
         });
         let health = section
             .health
@@ -715,19 +831,31 @@ fn validate_routes(
     upstreams: &[UpstreamConfig],
     diag: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
-    let listener_names: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let listener_kinds: HashMap<&str, &ListenerKind> = listeners
+        .iter()
+        .map(|l| (l.name.as_str(), &l.kind))
+        .collect();
     let upstream_names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let mut seen = HashSet::new();
     let mut routes = Vec::new();
     for (i, section) in sections.iter().enumerate() {
         let path = format!("route[{i}]");
         let listener = section.listener.get_ref();
-        if !listener_names.contains(listener.as_str()) {
-            diag.at(
+        match listener_kinds.get(listener.as_str()) {
+            None => diag.at(
                 span(&section.listener),
                 format!("{path}.listener"),
                 format!("no listener named {listener:?}"),
-            );
+            ),
+            Some(ListenerKind::Tcp { .. }) => diag.at(
+                span(&section.listener),
+                format!("{path}.listener"),
+                format!(
+                    "listener {listener:?} is a tcp listener: it sends every connection to its \
+                     own `upstream`; routes apply to grpc listeners"
+                ),
+            ),
+            Some(ListenerKind::Grpc) => {}
         }
         let upstream = section.upstream.get_ref();
         if !upstream_names.contains(upstream.as_str()) {

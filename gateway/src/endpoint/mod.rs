@@ -159,6 +159,14 @@ impl EndpointState {
     }
 
     /// A trial call ended without a verdict: give its half-open slot back.
+    /// A reload changed the breaker settings: keep the state, use the new thresholds.
+    pub fn apply_breaker_settings(&self, settings: &BreakerSettings) {
+        let mut breaker = self.lock();
+        if breaker.settings() != settings {
+            breaker.set_settings(settings.clone());
+        }
+    }
+
     pub fn release_trial(&self) {
         self.lock().release_trial();
     }
@@ -258,6 +266,7 @@ impl EndpointRegistry {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let key = (upstream.to_string(), addr);
         if let Some(existing) = states.get(&key).and_then(Weak::upgrade) {
+            existing.apply_breaker_settings(breaker);
             return existing;
         }
         let fresh = Arc::new(EndpointState::new(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::WrappedX509;
+use pingora::utils::tls::{CertKey, WrappedX509};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
@@ -26,6 +26,8 @@ const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub enum PeerTemplateError {
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
+    #[error("client certificate: {0}")]
+    ClientCert(#[from] crate::tls::TlsError),
 }
 
 /// A ready-made peer; each call clones it and sets its own read timeout (the deadline).
@@ -47,6 +49,9 @@ impl PeerTemplate {
                 let mut peer = HttpPeer::new(addr, true, server_name);
                 if let Some(ca_path) = &tls.ca {
                     peer.options.ca = Some(load_ca(ca_path)?);
+                }
+                if let Some((cert, key)) = &tls.identity {
+                    peer.client_cert_key = Some(load_client_cert(cert, key)?);
                 }
                 peer
             }
@@ -72,6 +77,36 @@ impl PeerTemplate {
         peer.options.read_timeout = remaining;
         peer
     }
+}
+
+/// The client certificate presented to backends that require mutual TLS.
+fn load_client_cert(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<CertKey>, PeerTemplateError> {
+    // Loading it as a rustls key checks the files and that the key matches the certificate.
+    let certified = crate::tls::load_certified_key(cert, key)?;
+    for der in &certified.cert {
+        if x509_parser::parse_x509_certificate(der.as_ref()).is_err() {
+            return Err(crate::tls::TlsError::Invalid {
+                path: cert.display().to_string(),
+                reason: "a certificate is not valid DER".into(),
+            }
+            .into());
+        }
+    }
+    let key_bytes = std::fs::read(key).map_err(|e| crate::tls::TlsError::Read {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let key_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+        crate::tls::TlsError::Invalid {
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    let chain = certified.cert.iter().map(|c| c.as_ref().to_vec()).collect();
+    Ok(Arc::new(CertKey::new(chain, key_der.secret_der().to_vec())))
 }
 
 fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, PeerTemplateError> {

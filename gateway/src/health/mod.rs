@@ -16,6 +16,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::config::{HealthSettings, UpstreamTls};
+use crate::endpoint::EndpointState;
 use crate::routing::Routing;
 
 /// Runs the probes on their own thread for the life of the process.
@@ -23,10 +25,27 @@ pub fn spawn(routing: Arc<Routing>) {
     crate::background::spawn("strait-health", manage(routing));
 }
 
+/// A running probe and what it was started with: a reload that changes the settings restarts it.
+struct RunningProbe {
+    task: JoinHandle<()>,
+    settings: HealthSettings,
+    tls: Option<UpstreamTls>,
+    state: Arc<EndpointState>,
+}
+
+impl RunningProbe {
+    /// Stops probing. The endpoint leaves probe control healthy: with probes gone (health
+    /// removed by a reload) nothing would ever mark it healthy again.
+    fn stop(self) {
+        self.task.abort();
+        self.state.set_probe_health(true, true);
+    }
+}
+
 /// Keeps exactly one probe task per probed endpoint of the current snapshot.
 async fn manage(routing: Arc<Routing>) {
     let mut changes = routing.subscribe();
-    let mut probes: HashMap<(String, SocketAddr), JoinHandle<()>> = HashMap::new();
+    let mut probes: HashMap<(String, SocketAddr), RunningProbe> = HashMap::new();
     loop {
         let snapshot = routing.load_full();
         let mut wanted = std::collections::HashSet::new();
@@ -37,25 +56,46 @@ async fn manage(routing: Arc<Routing>) {
             for endpoint in &upstream.endpoints {
                 let key = (upstream.name.clone(), endpoint.addr);
                 wanted.insert(key.clone());
-                probes.entry(key).or_insert_with(|| {
-                    debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "starting health probe");
-                    tokio::spawn(probe::run(probe::Target {
-                        upstream: upstream.name.clone(),
-                        state: endpoint.state.clone(),
+                let current = probes.get(&key).is_some_and(|p| {
+                    p.settings == settings
+                        && p.tls == upstream.tls
+                        && Arc::ptr_eq(&p.state, &endpoint.state)
+                });
+                if current {
+                    continue;
+                }
+                if let Some(outdated) = probes.remove(&key) {
+                    outdated.stop();
+                }
+                debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "starting health probe");
+                let task = tokio::spawn(probe::run(probe::Target {
+                    upstream: upstream.name.clone(),
+                    state: endpoint.state.clone(),
+                    settings: settings.clone(),
+                    tls: upstream.tls.clone(),
+                    routing: routing.clone(),
+                }));
+                probes.insert(
+                    key,
+                    RunningProbe {
+                        task,
                         settings: settings.clone(),
                         tls: upstream.tls.clone(),
-                        routing: routing.clone(),
-                    }))
-                });
+                        state: endpoint.state.clone(),
+                    },
+                );
             }
         }
-        probes.retain(|key, task| {
-            let keep = wanted.contains(key);
-            if !keep {
-                task.abort();
+        let gone: Vec<_> = probes
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(probe) = probes.remove(&key) {
+                probe.stop();
             }
-            keep
-        });
+        }
         if changes.changed().await.is_err() {
             return;
         }

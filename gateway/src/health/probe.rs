@@ -152,6 +152,12 @@ fn channel(target: &Target) -> Result<Channel, tonic::transport::Error> {
         } else {
             config = config.with_enabled_roots();
         }
+        if let Some((cert, key)) = &tls.identity {
+            // Validation checked both files; a file gone since then fails the probe's handshake.
+            if let (Ok(cert), Ok(key)) = (std::fs::read(cert), std::fs::read(key)) {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+        }
         endpoint = endpoint.tls_config(config)?;
     }
     Ok(endpoint.connect_lazy())

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub(crate) etcd_connected: IntGauge,
     pub(crate) staleness: prometheus::GaugeVec,
     pub(crate) config_loads: IntCounterVec,
+    config_reloads: IntCounterVec,
+    tcp_connections: IntCounterVec,
+    tcp_active: IntGaugeVec,
+    tcp_bytes: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -188,6 +192,30 @@ impl Metrics {
                 "Config loads and reloads by result.",
                 &["result"],
             ),
+            config_reloads: counter(
+                &registry,
+                "strait_config_reloads_total",
+                "Reloads (SIGHUP or POST /reload) by result; an error keeps the running config.",
+                &["result"],
+            ),
+            tcp_connections: counter(
+                &registry,
+                "strait_tcp_connections_total",
+                "Connections accepted on tcp listeners, by how they ended.",
+                &["listener", "outcome"],
+            ),
+            tcp_active: gauge(
+                &registry,
+                "strait_tcp_active_connections",
+                "Open connections on tcp listeners.",
+                &["listener"],
+            ),
+            tcp_bytes: counter(
+                &registry,
+                "strait_tcp_bytes_total",
+                "Bytes relayed by tcp listeners; upstream = client to backend.",
+                &["listener", "direction"],
+            ),
             registry,
         })
     }
@@ -244,6 +272,26 @@ impl Metrics {
         self.config_loads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// A reload attempt: applied (`ok`) or refused (`error`, the running config stays).
+    pub fn config_reloaded(&self, ok: bool) {
+        self.config_loaded(ok);
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn tcp(&self, listener: &str) -> TcpMetrics {
+        TcpMetrics {
+            connections: TcpOutcome::ALL.map(|o| {
+                self.tcp_connections
+                    .with_label_values(&[listener, o.as_str()])
+            }),
+            active: self.tcp_active.with_label_values(&[listener]),
+            bytes_upstream: self.tcp_bytes.with_label_values(&[listener, "upstream"]),
+            bytes_downstream: self.tcp_bytes.with_label_values(&[listener, "downstream"]),
+        }
     }
 
     /// The Prometheus text exposition of everything.
@@ -318,5 +366,59 @@ pub fn breaker_state_value(state: State) -> i64 {
         State::Closed => 0,
         State::Open => 1,
         State::HalfOpen => 2,
+    }
+}
+
+/// How a tcp listener's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Relayed until one side closed.
+    Closed,
+    /// No byte either way for `idle_timeout`.
+    Idle,
+    /// Still open when a drain's grace period ended.
+    Drained,
+    /// A side reset the connection or an I/O error ended it.
+    Error,
+    /// No endpoint could be reached.
+    NoEndpoint,
+}
+
+impl TcpOutcome {
+    pub const ALL: [TcpOutcome; 5] = [
+        TcpOutcome::Closed,
+        TcpOutcome::Idle,
+        TcpOutcome::Drained,
+        TcpOutcome::Error,
+        TcpOutcome::NoEndpoint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpOutcome::Closed => "closed",
+            TcpOutcome::Idle => "idle_timeout",
+            TcpOutcome::Drained => "drained",
+            TcpOutcome::Error => "error",
+            TcpOutcome::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
+/// One tcp listener's counters, resolved when the listener starts.
+#[derive(Debug, Clone)]
+pub struct TcpMetrics {
+    connections: [prometheus::IntCounter; 5],
+    pub active: IntGauge,
+    pub bytes_upstream: prometheus::IntCounter,
+    pub bytes_downstream: prometheus::IntCounter,
+}
+
+impl TcpMetrics {
+    pub fn finished(&self, outcome: TcpOutcome) {
+        let index = TcpOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.connections[index].inc();
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod grpc;
 mod inflight;
+pub mod tcp;
 
 pub use inflight::{CallGuard, InFlightCalls};

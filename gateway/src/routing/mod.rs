@@ -6,5 +6,6 @@ mod snapshot;
 
 pub use grpc_path::{parse_grpc_path, GrpcPath};
 pub use snapshot::{
-    Endpoint, RouteTable, RouteTarget, Routing, RoutingSnapshot, SnapshotError, UpstreamSet,
+    Endpoint, RouteTable, RouteTarget, Routing, RoutingSnapshot, SnapshotError, TcpRoute,
+    UpstreamSet,
 };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Candidate, SmoothWrr};
-use crate::config::{Config, RouteConfig, ServiceMatch};
+use crate::config::{Config, ListenerKind, RouteConfig, ServiceMatch};
 use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSpec, Endpoints};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError};
@@ -46,6 +46,7 @@ pub struct UpstreamSet {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub max_attempts: u32,
+    pub connect_timeout: Duration,
     /// Why there are no endpoints, when there are none (e.g. waiting for etcd).
     pub empty_reason: Option<String>,
     pub breaker: crate::breaker::BreakerSettings,
@@ -69,6 +70,7 @@ impl UpstreamSet {
             name: config.name.clone(),
             endpoints,
             max_attempts: config.max_attempts,
+            connect_timeout: config.connect_timeout,
             empty_reason,
             breaker: config.breaker.clone(),
             health: config.health.clone(),
@@ -132,13 +134,13 @@ pub struct RouteTarget {
 }
 
 /// The routes of one listener. Most specific wins: service+method, then service, then "*".
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     services: HashMap<String, ServiceRoutes>,
     any: Option<RouteTarget>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ServiceRoutes {
     methods: HashMap<String, RouteTarget>,
     whole_service: Option<RouteTarget>,
@@ -166,10 +168,18 @@ impl RouteTable {
     }
 }
 
+/// Where a tcp listener sends its connections.
+#[derive(Debug, Clone)]
+pub struct TcpRoute {
+    pub upstream: Arc<UpstreamSet>,
+    pub idle_timeout: Duration,
+}
+
 /// Everything a call needs to be routed, frozen at one moment.
 #[derive(Debug, Default)]
 pub struct RoutingSnapshot {
     listeners: HashMap<String, RouteTable>,
+    tcp: HashMap<String, TcpRoute>,
     upstreams: HashMap<String, Arc<UpstreamSet>>,
 }
 
@@ -224,11 +234,27 @@ impl RoutingSnapshot {
                 Arc::new(UpstreamSet::new(upstream, endpoints, found.empty_reason)),
             );
         }
-        let mut listeners: HashMap<String, RouteTable> = config
-            .listeners
-            .iter()
-            .map(|l| (l.name.clone(), RouteTable::default()))
-            .collect();
+        let mut listeners: HashMap<String, RouteTable> = HashMap::new();
+        let mut tcp = HashMap::new();
+        for listener in &config.listeners {
+            match &listener.kind {
+                ListenerKind::Grpc => {
+                    listeners.insert(listener.name.clone(), RouteTable::default());
+                }
+                ListenerKind::Tcp {
+                    upstream,
+                    idle_timeout,
+                } => {
+                    if let Some(upstream) = upstreams.get(upstream) {
+                        let route = TcpRoute {
+                            upstream: upstream.clone(),
+                            idle_timeout: *idle_timeout,
+                        };
+                        tcp.insert(listener.name.clone(), route);
+                    }
+                }
+            }
+        }
         for route in &config.routes {
             let (Some(table), Some(upstream)) = (
                 listeners.get_mut(&route.listener),
@@ -250,8 +276,28 @@ impl RoutingSnapshot {
         }
         Ok(Self {
             listeners,
+            tcp,
             upstreams,
         })
+    }
+
+    /// Copies the routes of listeners this snapshot does not have from `previous`: a reload that
+    /// removes a listener lets its open connections drain with the routes they were using.
+    pub fn keep_listeners_from(&mut self, previous: &RoutingSnapshot) {
+        for (name, table) in &previous.listeners {
+            if !self.listeners.contains_key(name) && !self.tcp.contains_key(name) {
+                self.listeners.insert(name.clone(), table.clone());
+            }
+        }
+        for (name, route) in &previous.tcp {
+            if !self.listeners.contains_key(name) && !self.tcp.contains_key(name) {
+                self.tcp.insert(name.clone(), route.clone());
+            }
+        }
+    }
+
+    pub fn tcp_route(&self, listener: &str) -> Option<&TcpRoute> {
+        self.tcp.get(listener)
     }
 
     pub fn routes(&self, listener: &str) -> Option<&RouteTable> {

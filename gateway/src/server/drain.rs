@@ -12,24 +12,33 @@ use pingora::server::ExecutionPhase;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tracing::info;
 
+use super::ListenerSet;
 use crate::proxy::InFlightCalls;
 
 /// How long the count must stay at zero before exiting: lets the last trailers and GOAWAY frames
 /// leave the socket buffers.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Also raises `running` once pingora runs its services (the admin's readiness needs it).
+/// Also raises `running` once pingora runs its services (the admin's readiness needs it), and
+/// stops the listeners (and raises `draining`) when a graceful shutdown starts.
 pub fn exit_when_drained(
     mut phases: broadcast::Receiver<ExecutionPhase>,
     calls: InFlightCalls,
     grace: Duration,
     running: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    listeners: Arc<ListenerSet>,
 ) {
     std::thread::Builder::new()
         .name("strait-drain".into())
         .spawn(move || loop {
             match phases.blocking_recv() {
                 Ok(ExecutionPhase::Running) => running.store(true, Ordering::Release),
+                Ok(ExecutionPhase::ShutdownStarted) => {
+                    draining.store(true, Ordering::Release);
+                    // Stop accepting; HTTP/2 connections get GOAWAY, calls finish.
+                    listeners.stop_all();
+                }
                 Ok(ExecutionPhase::ShutdownGracePeriod) => {
                     running.store(false, Ordering::Release);
                     wait_for_calls(&calls, grace);

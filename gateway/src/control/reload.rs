@@ -1,0 +1,196 @@
+//! Reloading the config file (SIGHUP or POST /reload on the admin listener).
+//!
+//! All or nothing up to the swap: the file is parsed and validated, settings that need a restart
+//! are refused, the new snapshot is built (certificates re-read) and new listener sockets are
+//! bound, all before anything changes. Then the snapshot is swapped (endpoints that stay keep
+//! their breaker and health state through the registry) and listeners are opened, drained or
+//! re-keyed. Calls in flight keep the route they started with.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::ControlPlane;
+use crate::config::{Config, ConfigError};
+use crate::routing::SnapshotError;
+use crate::server::{ListenerChanges, ListenerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new config is invalid; the running config stays:\n{0}")]
+    Invalid(ConfigError),
+    #[error(
+        "changing {} needs a restart; nothing was reloaded, the running config stays",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<&'static str>),
+    #[error("the new config could not be applied; the running config stays: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("the new config could not be applied; the running config stays: {0}")]
+    Listener(#[from] ListenerError),
+    #[error("routes and upstreams were reloaded, but a listener could not follow: {0}")]
+    Partial(ListenerError),
+}
+
+/// What a successful reload changed.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub listeners: usize,
+    pub routes: usize,
+    pub upstreams: usize,
+    pub changes: ListenerChanges,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "reloaded: {} listener(s), {} route(s), {} upstream(s)",
+            self.listeners, self.routes, self.upstreams
+        )?;
+        let c = &self.changes;
+        for (what, names) in [
+            ("opened", &c.opened),
+            ("closed", &c.closed),
+            ("restarted", &c.restarted),
+            ("certificates re-read", &c.tls_reloaded),
+        ] {
+            if !names.is_empty() {
+                write!(f, "; {what}: {}", names.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sections a running process cannot change: its runtime, its etcd session and its admin port.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.gateway != new.gateway {
+        changed.push("[gateway]");
+    }
+    if old.etcd != new.etcd {
+        changed.push("[etcd]");
+    }
+    if old.admin != new.admin {
+        changed.push("[admin]");
+    }
+    changed
+}
+
+impl ControlPlane {
+    /// Re-reads the config file and applies it, or keeps the running config and says why.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let result = self.try_reload().await;
+        if let Some(m) = &self.metrics {
+            m.config_reloaded(result.is_ok());
+        }
+        match &result {
+            Ok(report) => info!(file = %self.path.display(), "{report}"),
+            Err(e) => error!(file = %self.path.display(), "reload refused: {e}"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
+        let new = crate::config::load(&self.path).map_err(ReloadError::Invalid)?;
+        let old = self.config();
+        let needs_restart = restart_only_changes(&old, &new);
+        if !needs_restart.is_empty() {
+            return Err(ReloadError::NeedsRestart(needs_restart));
+        }
+        let plan = self.listeners.prepare(&new.listeners)?;
+        {
+            let mut current = self.lock();
+            let mut snapshot = crate::routing::RoutingSnapshot::build(
+                &new,
+                current.view.as_deref(),
+                &self.registry,
+                None,
+            )?;
+            // Connections of removed listeners keep their routes while they drain.
+            snapshot.keep_listeners_from(&self.routing.load());
+            self.routing.store(snapshot);
+            current.config = Arc::new(new.clone());
+        }
+        let changes = self
+            .listeners
+            .commit(plan)
+            .await
+            .map_err(ReloadError::Partial)?;
+        Ok(ReloadReport {
+            listeners: new.listeners.len(),
+            routes: new.routes.len(),
+            upstreams: new.upstreams.len(),
+            changes,
+        })
+    }
+}
+
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// Asks the control thread for a reload; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    requests: mpsc::UnboundedSender<Reply>,
+}
+
+impl ReloadHandle {
+    /// Runs the control thread: reloads on SIGHUP and on request, one at a time. Returns once
+    /// the SIGHUP handler is in place (before it, SIGHUP would end the process).
+    pub fn spawn(control: Arc<ControlPlane>) -> std::io::Result<Self> {
+        let (requests, mut incoming) = mpsc::unbounded_channel::<Reply>();
+        let (installed, handler_ready) = std::sync::mpsc::channel();
+        crate::background::spawn("strait-control", async move {
+            let mut hangups =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(s) => {
+                        let _ = installed.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = installed.send(Err(e));
+                        return;
+                    }
+                };
+            loop {
+                let reply = tokio::select! {
+                    Some(()) = hangups.recv() => {
+                        info!("SIGHUP: reloading the config");
+                        None
+                    }
+                    request = incoming.recv() => match request {
+                        Some(reply) => Some(reply),
+                        None => return,
+                    },
+                };
+                let outcome = control
+                    .reload()
+                    .await
+                    .map(|r| r.to_string())
+                    .map_err(|e| e.to_string());
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        });
+        handler_ready
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("control thread ended")))?;
+        Ok(Self { requests })
+    }
+
+    /// Reloads and says what happened (`Err` holds the reason the running config stayed).
+    pub async fn reload(&self) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(reply).is_err() {
+            warn!("reload requested but the control thread is gone");
+            return Err("the control thread is not running".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the reload was interrupted".into()))
+    }
+}

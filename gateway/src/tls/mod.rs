@@ -1,0 +1,92 @@
+//! TLS material read from PEM files, held so that a reload can swap it under running listeners
+//! and connection pools: new handshakes use the new files, existing connections are untouched.
+
+mod client_auth;
+mod pem;
+mod server_cert;
+
+pub use client_auth::ReloadingClientVerifier;
+pub use pem::{load_certificates, load_certified_key, load_roots};
+pub use server_cert::ReloadingCert;
+
+use std::sync::Arc;
+
+use pingora::listeners::tls::TlsSettings;
+
+use crate::config::ListenerTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("certificate {cert} and key {key} do not belong together: {reason}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A TLS listener's certificate and (with mutual TLS) client verifier, reloadable in place.
+#[derive(Debug, Clone)]
+pub struct ListenerTlsState {
+    cert: Arc<ReloadingCert>,
+    client_auth: Option<Arc<ReloadingClientVerifier>>,
+}
+
+impl ListenerTlsState {
+    pub fn load(listener: &str, config: &ListenerTls) -> Result<Self, TlsError> {
+        let cert = Arc::new(ReloadingCert::new(load_certified_key(
+            &config.cert,
+            &config.key,
+        )?));
+        let client_auth = match &config.client_ca {
+            None => None,
+            Some(ca) => Some(Arc::new(ReloadingClientVerifier::new(
+                listener,
+                client_auth::verifier(ca)?,
+            ))),
+        };
+        Ok(Self { cert, client_auth })
+    }
+
+    /// Re-reads every file first and swaps only when all of them are good.
+    pub fn reload(&self, config: &ListenerTls) -> Result<(), TlsError> {
+        let key = load_certified_key(&config.cert, &config.key)?;
+        let verifier = match (&self.client_auth, &config.client_ca) {
+            (Some(_), Some(ca)) => Some(client_auth::verifier(ca)?),
+            _ => None,
+        };
+        self.cert.replace(key);
+        if let (Some(current), Some(fresh)) = (&self.client_auth, verifier) {
+            current.replace(fresh);
+        }
+        Ok(())
+    }
+
+    /// Whether the listener verifies client certificates (switching that needs a new listener).
+    pub fn mutual(&self) -> bool {
+        self.client_auth.is_some()
+    }
+
+    /// pingora settings for the listener: certificate from the resolver, ALPN h2 (HTTP/1.1 is
+    /// offered too, only to be refused with a readable answer).
+    pub fn pingora_settings(&self) -> TlsSettings {
+        crate::tls::install_crypto_provider();
+        // Paths are unused once a resolver is set.
+        let mut settings = TlsSettings::intermediate("", "").expect("infallible constructor");
+        settings.set_cert_resolver(self.cert.clone());
+        if let Some(verifier) = &self.client_auth {
+            settings.set_client_cert_verifier(verifier.clone());
+        }
+        settings.enable_h2();
+        settings
+    }
+}
+
+/// rustls needs one process-wide crypto provider; pingora uses ring.
+pub fn install_crypto_provider() {
+    pingora::tls::install_default_crypto_provider();
+}

@@ -1,0 +1,62 @@
+//! Reading PEM certificates and keys into rustls types, with errors that name the file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::TlsError;
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn invalid(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::Invalid {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, e))?;
+    if certs.is_empty() {
+        return Err(invalid(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// A certificate chain with its private key, checked to belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    super::install_crypto_provider();
+    let chain = load_certificates(cert)?;
+    let key_bytes = read(key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| invalid(key, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, private, &provider)
+        .map(Arc::new)
+        .map_err(|e| TlsError::Mismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// A trust store holding every CA certificate in a PEM file.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots.add(cert).map_err(|e| invalid(path, e))?;
+    }
+    Ok(roots)
+}
