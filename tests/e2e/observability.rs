@@ -365,3 +365,35 @@ async fn readyz_waits_for_etcd_and_upstreams_follow_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `strait healthcheck` (the Docker HEALTHCHECK) passes against a running gateway's admin
+/// listener and fails, with a reason, when nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_command_follows_the_admin_listener() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let admin = free_addr();
+    let text = with_admin(
+        crate::fixture::config(
+            free_addr(),
+            &[crate::fixture::Ep {
+                addr: backend.addr,
+                weight: 100,
+                region: "eu-west",
+            }],
+            "",
+            "",
+        ),
+        admin,
+    );
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, admin));
+    let (code, output) = tokio::task::block_in_place(|| {
+        strait_tests::gateway::strait_command(&["healthcheck", "--admin", &admin.to_string()])
+    });
+    assert_eq!((code, output.as_str()), (0, "ok\n"));
+    drop(gateway);
+    let (code, output) = tokio::task::block_in_place(|| {
+        strait_tests::gateway::strait_command(&["healthcheck", "--admin", &admin.to_string()])
+    });
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("cannot reach the admin listener"), "{output}");
+}

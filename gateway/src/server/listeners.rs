@@ -369,7 +369,12 @@ impl ListenerSet {
             d.metrics.as_ref().map(|m| m.tcp(&listener.name)),
         );
         let mut service = Service::new(format!("tcp listener {}", listener.name), app);
-        service.add_tcp(&listener.listen.to_string());
+        // The relay has its own buffers, sized to the traffic; pingora's default 64 KiB read
+        // buffer per accepted connection would only add memory and a copy.
+        service.add_listener(
+            pingora::listeners::ListenerConfig::tcp(listener.listen.to_string())
+                .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::unbuffered()),
+        );
         service
     }
 }

@@ -11,7 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 // tokio's clock, so tests can run the idle timer on paused time.
 use tokio::time::Instant;
 
-const BUFFER: usize = 16 * 1024;
+/// Each direction's buffer starts small, so an idle or chatty connection costs little memory,
+/// grows while reads fill it (bulk transfers make fewer, larger system calls), and shrinks back
+/// once reads are small again.
+const MIN_BUFFER: usize = 2 * 1024;
+const MAX_BUFFER: usize = 64 * 1024;
 
 /// Why the relay stopped.
 #[derive(Debug)]
@@ -74,7 +78,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; BUFFER];
+    let mut buffer = vec![0u8; MIN_BUFFER];
     loop {
         let n = from.read(&mut buffer).await?;
         if n == 0 {
@@ -86,6 +90,12 @@ where
         // pingora's downstream stream buffers writes.
         to.flush().await?;
         stats.moved(counter, n);
+        let capacity = buffer.len();
+        if n == capacity && capacity < MAX_BUFFER {
+            buffer = vec![0u8; capacity * 4];
+        } else if n <= capacity / 16 && capacity > MIN_BUFFER {
+            buffer = vec![0u8; MIN_BUFFER];
+        }
     }
 }
 
