@@ -395,5 +395,8 @@ async fn healthcheck_command_follows_the_admin_listener() {
         strait_tests::gateway::strait_command(&["healthcheck", "--admin", &admin.to_string()])
     });
     assert_eq!(code, 1, "{output}");
-    assert!(output.contains("cannot reach the admin listener"), "{output}");
+    assert!(
+        output.contains("cannot reach the admin listener"),
+        "{output}"
+    );
 }
