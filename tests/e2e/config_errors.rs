@@ -257,6 +257,20 @@ fn tls_file_mistakes_are_rejected() {
         "tls = {",
         &["upstream[0].tls", "cert and key go together"],
     );
+    // A key that belongs to another certificate: `check` says so, as `run` would.
+    let other = strait_tests::tls::generate_named(dir.path(), "other");
+    assert_rejected(
+        &GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            &format!(
+                "listen = \"127.0.0.1:18080\"\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+                pki.server_cert.display(),
+                other.server_key.display()
+            ),
+        ),
+        "tls = {",
+        &["listener[0].tls.key", "does not belong to the certificate"],
+    );
     // A client CA file that is not a certificate.
     let not_a_cert = dir.path().join("notes.txt");
     std::fs::write(&not_a_cert, "hello").unwrap();

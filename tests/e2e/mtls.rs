@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use strait_tests::net::free_addr;
+use strait_tests::net::{free_addr, http_get, metric};
 use strait_tests::pb::echo_client::EchoClient;
 use strait_tests::tls::{self, Issued};
 use strait_tests::{Backend, BackendOptions, Gateway};
@@ -106,7 +106,7 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     tokio::task::block_in_place(|| {
         wait_for_log(
             &gateway,
-            "Downstream handshake error",
+            "TLS handshake failed",
             "peer sent no certificates",
         )
     });
@@ -176,12 +176,26 @@ async fn upstream_client_certificate_is_presented() {
                  health = {{ interval = \"300ms\", timeout = \"200ms\" }}"
             ),
         );
+        let admin = free_addr();
+        let text = format!("{text}\n[admin]\nlisten = \"{admin}\"\n");
         let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
         let mut client = crate::fixture::client(listen).await;
         if should_work {
-            // Probes run over the same mutual TLS: after several intervals the endpoint is
-            // still healthy and calls go through.
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            // Probes run over the same mutual TLS: they pass, none fails.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let (_, metrics) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+            let ok = metric(&metrics, "strait_health_probes_total", &[("result", "ok")]);
+            assert!(ok.unwrap_or(0.0) >= 1.0, "{metrics}");
+            let failed = metric(
+                &metrics,
+                "strait_health_probes_total",
+                &[("result", "failed")],
+            );
+            assert_eq!(
+                failed.unwrap_or(0.0),
+                0.0,
+                "probes present the client certificate"
+            );
             let reply = client
                 .unary(req(b"mtls upstream"))
                 .await

@@ -362,3 +362,50 @@ async fn reloads_under_load_fail_no_call() {
         Some(reloads as f64)
     );
 }
+
+/// A listener whose limits change is replaced on its own socket: not one connection attempt is
+/// refused while it happens, and the new limits apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_replaced_on_the_same_address_refuses_no_connection() {
+    let a = Backend::start(BackendOptions::named("a")).await;
+    let (public, admin) = (free_addr(), free_addr());
+    let mut parts = Parts {
+        admin,
+        listeners: grpc_listener("public", public),
+        routes: route("public", "one"),
+        upstreams: upstream("one", &[(a.addr, 100)], ""),
+    };
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&parts.render(), public));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let dialer = {
+        let (stop, refused, attempts) = (stop.clone(), refused.clone(), attempts.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if tokio::net::TcpStream::connect(public).await.is_err() {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for streams in [10, 20, 30] {
+        parts.listeners = grpc_listener("public", public)
+            + &format!("[listener.limits]\nmax_concurrent_streams = {streams}\n\n");
+        gateway.write_config(&parts.render());
+        let (code, output) = tokio::task::block_in_place(|| reload(admin));
+        assert_eq!(code, 0, "{output}");
+        assert!(output.contains("restarted: public"), "{output}");
+        assert_eq!(served_by(public).await, "a");
+    }
+    stop.store(true, Ordering::Relaxed);
+    dialer.await.unwrap();
+    assert!(attempts.load(Ordering::Relaxed) > 20);
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "a connection was refused during a restart"
+    );
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use strait_tests::net::{free_addr, http_get, metric};
+use strait_tests::net::{free_addr, http_get, metric, wait_metric};
 use strait_tests::tcp::{exchange, TcpEcho};
 use strait_tests::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,13 +82,13 @@ async fn tcp_listener_balances_relays_and_skips_dead_endpoints() {
     assert!(served["a"] >= 10 && served["b"] >= 10, "{served:?}");
     assert_eq!(a.connections() + b.connections(), 30);
 
+    // The gateway counts a connection a moment after the client saw it end.
+    let closed = tokio::task::block_in_place(|| {
+        let labels = [("listener", "raw"), ("outcome", "closed")];
+        wait_metric(admin, "strait_tcp_connections_total", &labels, 30.0)
+    });
+    assert_eq!(closed, Some(30.0));
     let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
-    let closed = metric(
-        &text,
-        "strait_tcp_connections_total",
-        &[("listener", "raw"), ("outcome", "closed")],
-    );
-    assert_eq!(closed, Some(30.0), "{text}");
     let failed = metric(
         &text,
         "strait_upstream_attempts_total",
@@ -129,13 +129,15 @@ async fn tcp_listener_closes_connections_it_cannot_place() {
     let gateway = tokio::task::block_in_place(|| Gateway::start(&text, admin));
     let result = exchange(listen, b"hello").await;
     assert!(result.is_err(), "nothing to relay to: {result:?}");
-    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
-    let refused = metric(
-        &text,
-        "strait_tcp_connections_total",
-        &[("outcome", "no_endpoint")],
-    );
-    assert_eq!(refused, Some(1.0), "{text}");
+    let refused = tokio::task::block_in_place(|| {
+        wait_metric(
+            admin,
+            "strait_tcp_connections_total",
+            &[("outcome", "no_endpoint")],
+            1.0,
+        )
+    });
+    assert_eq!(refused, Some(1.0));
     assert!(
         gateway.logs().iter().any(
             |l| l.contains("tcp connection refused: no endpoint reachable")
@@ -178,16 +180,15 @@ async fn tcp_idle_connections_are_closed() {
         .await
         .expect("the busy connection still relays");
     assert_eq!(&one, b"y");
-    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
-    assert_eq!(
-        metric(
-            &text,
+    let idle = tokio::task::block_in_place(|| {
+        wait_metric(
+            admin,
             "strait_tcp_connections_total",
-            &[("outcome", "idle_timeout")]
-        ),
-        Some(1.0),
-        "{text}"
-    );
+            &[("outcome", "idle_timeout")],
+            1.0,
+        )
+    });
+    assert_eq!(idle, Some(1.0));
 }
 
 /// SIGTERM: the tcp listener stops accepting, an open connection keeps relaying, and the

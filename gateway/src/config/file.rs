@@ -103,9 +103,31 @@ pub struct ListenerSection {
     pub protocol: Option<Spanned<String>>,
     /// tcp listeners: the upstream whose endpoints receive the connections.
     pub upstream: Option<Spanned<String>>,
-    /// tcp listeners: close a connection after this long with no byte either way (default 10m).
+    /// Close a connection after this long with nothing happening: for tcp, no byte either way
+    /// (default 10m); for grpc, no call in flight (default 1h).
     pub idle_timeout: Option<ConfigDuration>,
     pub tls: Option<ListenerTlsSection>,
+    pub limits: Option<LimitsSection>,
+}
+
+/// Resource bounds of one listener; see docs/security.md for what each protects against.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Open connections at most (default 10000); beyond it new ones are closed at once.
+    pub max_connections: Option<Spanned<i64>>,
+    /// grpc: concurrent calls (HTTP/2 streams) per connection (default 1024).
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    /// grpc: bytes of request headers per call, decoded (default 65536).
+    pub max_header_list_size: Option<Spanned<i64>>,
+    /// grpc: bytes of one request message; a larger one ends that call with RESOURCE_EXHAUSTED
+    /// (default 16777216).
+    pub max_message_size: Option<Spanned<i64>>,
+    /// grpc: time allowed for the TLS handshake, or on h2c for the HTTP/2 preface (default 10s).
+    pub handshake_timeout: Option<ConfigDuration>,
+    /// TCP keepalive: probe a connection idle this long, so dead peers are noticed (default
+    /// 60s; "0s" turns it off).
+    pub keepalive: Option<ConfigDuration>,
 }
 
 /// TLS termination for a gRPC listener (ALPN h2).

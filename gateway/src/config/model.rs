@@ -81,6 +81,34 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub kind: ListenerKind,
     pub tls: Option<ListenerTls>,
+    /// grpc: close a connection with no call in flight for this long.
+    pub idle_timeout: Duration,
+    pub limits: ListenerLimits,
+}
+
+/// Resource bounds of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub max_connections: u32,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    pub max_message_size: u32,
+    pub handshake_timeout: Duration,
+    /// TCP keepalive idle time; `None` turns keepalive off.
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_streams: 1024,
+            max_header_list_size: 64 * 1024,
+            max_message_size: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive: Some(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// What a listener speaks.
@@ -188,6 +216,7 @@ pub struct UpstreamTls {
 
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_GRPC_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;

@@ -202,11 +202,23 @@ fn validate_listeners(
             }
             let cert = resolve(base_dir, tls.cert.get_ref());
             let key = resolve(base_dir, tls.key.get_ref());
-            if let Err(e) = tls_files::check_certificates(&cert) {
-                diag.at(span(&tls.cert), format!("{path}.tls.cert"), e);
-            }
-            if let Err(e) = tls_files::check_private_key(&key) {
-                diag.at(span(&tls.key), format!("{path}.tls.key"), e);
+            match (
+                tls_files::check_certificates(&cert),
+                tls_files::check_private_key(&key),
+            ) {
+                (Ok(_), Ok(())) => {
+                    if let Err(e) = tls_files::check_key_pair(&cert, &key) {
+                        diag.at(span(&tls.key), format!("{path}.tls.key"), e);
+                    }
+                }
+                (cert_result, key_result) => {
+                    if let Err(e) = cert_result {
+                        diag.at(span(&tls.cert), format!("{path}.tls.cert"), e);
+                    }
+                    if let Err(e) = key_result {
+                        diag.at(span(&tls.key), format!("{path}.tls.key"), e);
+                    }
+                }
             }
             let client_ca = tls.client_ca.as_ref().map(|ca| {
                 let resolved = resolve(base_dir, ca.get_ref());
@@ -221,14 +233,91 @@ fn validate_listeners(
                 client_ca,
             }
         });
+        let idle_timeout = match &kind {
+            ListenerKind::Tcp { idle_timeout, .. } => *idle_timeout,
+            ListenerKind::Grpc => section
+                .idle_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_GRPC_IDLE_TIMEOUT),
+        };
+        if idle_timeout.is_zero() && matches!(kind, ListenerKind::Grpc) {
+            diag.at(
+                span(&section.name),
+                format!("{path}.idle_timeout"),
+                "must be greater than 0",
+            );
+        }
+        let limits = section
+            .limits
+            .as_ref()
+            .map(|l| validate_limits(l, &path, diag))
+            .unwrap_or_default();
         listeners.push(ListenerConfig {
             name: name.clone(),
             listen,
             kind,
             tls,
+            idle_timeout,
+            limits,
         });
     }
     listeners
+}
+
+fn validate_limits(
+    section: &super::file::LimitsSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> ListenerLimits {
+    let defaults = ListenerLimits::default();
+    let path = format!("{path}.limits");
+    let handshake_timeout = section
+        .handshake_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults.handshake_timeout);
+    if handshake_timeout.is_zero() {
+        diag.at(
+            None,
+            format!("{path}.handshake_timeout"),
+            "must be greater than 0",
+        );
+    }
+    ListenerLimits {
+        max_connections: int_in(
+            &section.max_connections,
+            1..=1_000_000,
+            defaults.max_connections,
+            format!("{path}.max_connections"),
+            diag,
+        ),
+        max_concurrent_streams: int_in(
+            &section.max_concurrent_streams,
+            1..=100_000,
+            defaults.max_concurrent_streams,
+            format!("{path}.max_concurrent_streams"),
+            diag,
+        ),
+        max_header_list_size: int_in(
+            &section.max_header_list_size,
+            1024..=16 * 1024 * 1024,
+            defaults.max_header_list_size,
+            format!("{path}.max_header_list_size"),
+            diag,
+        ),
+        max_message_size: int_in(
+            &section.max_message_size,
+            1024..=1024 * 1024 * 1024,
+            defaults.max_message_size,
+            format!("{path}.max_message_size"),
+            diag,
+        ),
+        handshake_timeout,
+        keepalive: match section.keepalive {
+            None => defaults.keepalive,
+            Some(d) if d.0.is_zero() => None,
+            Some(d) => Some(d.0),
+        },
+    }
 }
 
 /// "grpc" (the default) or "tcp" with its upstream; settings of the other kind are refused.
@@ -283,13 +372,6 @@ fn listener_kind(section: &ListenerSection, path: &str, diag: &mut Diagnostics) 
                     format!("{path}.upstream"),
                     "gRPC listeners choose an upstream per call with [[route]]; `upstream` is for \
                      protocol = \"tcp\"",
-                );
-            }
-            if section.idle_timeout.is_some() {
-                diag.at(
-                    span(&section.name),
-                    format!("{path}.idle_timeout"),
-                    "idle_timeout applies to protocol = \"tcp\" listeners",
                 );
             }
             ListenerKind::Grpc
@@ -450,11 +532,23 @@ fn validate_upstreams(
                 (Some(cert), Some(key)) => {
                     let cert_path = resolve(base_dir, cert.get_ref());
                     let key_path = resolve(base_dir, key.get_ref());
-                    if let Err(e) = tls_files::check_certificates(&cert_path) {
-                        diag.at(span(cert), format!("{path}.tls.cert"), e);
-                    }
-                    if let Err(e) = tls_files::check_private_key(&key_path) {
-                        diag.at(span(key), format!("{path}.tls.key"), e);
+                    match (
+                        tls_files::check_certificates(&cert_path),
+                        tls_files::check_private_key(&key_path),
+                    ) {
+                        (Ok(_), Ok(())) => {
+                            if let Err(e) = tls_files::check_key_pair(&cert_path, &key_path) {
+                                diag.at(span(key), format!("{path}.tls.key"), e);
+                            }
+                        }
+                        (cert_result, key_result) => {
+                            if let Err(e) = cert_result {
+                                diag.at(span(cert), format!("{path}.tls.cert"), e);
+                            }
+                            if let Err(e) = key_result {
+                                diag.at(span(key), format!("{path}.tls.key"), e);
+                            }
+                        }
                     }
                     Some((cert_path, key_path))
                 }

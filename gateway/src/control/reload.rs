@@ -111,7 +111,15 @@ impl ControlPlane {
                 None,
             )?;
             // Connections of removed listeners keep their routes while they drain.
-            snapshot.keep_listeners_from(&self.routing.load());
+            let previous = self.routing.load_full();
+            let removed: Vec<String> = old
+                .listeners
+                .iter()
+                .filter(|l| !new.listeners.iter().any(|n| n.name == l.name))
+                .map(|l| l.name.clone())
+                .collect();
+            snapshot.keep_listeners_from(&previous, &removed);
+            snapshot.generation = previous.generation + 1;
             self.routing.store(snapshot);
             current.config = Arc::new(new.clone());
         }

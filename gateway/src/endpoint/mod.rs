@@ -7,7 +7,7 @@
 
 mod peer;
 
-pub use peer::{PeerTemplate, PeerTemplateError};
+pub use peer::{PeerTemplate, PeerTemplateError, PeerTls};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -30,6 +30,29 @@ pub enum PeerTemplateError {
     ClientCert(#[from] crate::tls::TlsError),
 }
 
+/// An upstream's TLS files, read once per config (not once per endpoint, nor on every
+/// discovery change) and shared by all its endpoints' peers.
+#[derive(Debug)]
+pub struct PeerTls {
+    ca: Option<Arc<[WrappedX509]>>,
+    client: Option<Arc<CertKey>>,
+}
+
+impl PeerTls {
+    /// Reads the upstream's CA and client certificate files, if it speaks TLS.
+    pub fn load(upstream: &UpstreamConfig) -> Result<Option<Arc<PeerTls>>, PeerTemplateError> {
+        let Some(tls) = &upstream.tls else {
+            return Ok(None);
+        };
+        let ca = tls.ca.as_deref().map(load_ca).transpose()?;
+        let client = match &tls.identity {
+            Some((cert, key)) => Some(load_client_cert(cert, key)?),
+            None => None,
+        };
+        Ok(Some(Arc::new(PeerTls { ca, client })))
+    }
+}
+
 /// A ready-made peer; each call clones it and sets its own read timeout (the deadline).
 #[derive(Debug, Clone)]
 pub struct PeerTemplate {
@@ -37,24 +60,21 @@ pub struct PeerTemplate {
 }
 
 impl PeerTemplate {
-    pub fn new(addr: SocketAddr, upstream: &UpstreamConfig) -> Result<Self, PeerTemplateError> {
-        let mut peer = match &upstream.tls {
-            None => HttpPeer::new(addr, false, String::new()),
-            Some(tls) => {
-                let server_name = if tls.server_name.is_empty() {
+    /// `tls` is `PeerTls::load` of the same upstream.
+    pub fn new(addr: SocketAddr, upstream: &UpstreamConfig, tls: Option<&PeerTls>) -> Self {
+        let mut peer = match (&upstream.tls, tls) {
+            (Some(config), Some(files)) => {
+                let server_name = if config.server_name.is_empty() {
                     addr.ip().to_string()
                 } else {
-                    tls.server_name.clone()
+                    config.server_name.clone()
                 };
                 let mut peer = HttpPeer::new(addr, true, server_name);
-                if let Some(ca_path) = &tls.ca {
-                    peer.options.ca = Some(load_ca(ca_path)?);
-                }
-                if let Some((cert, key)) = &tls.identity {
-                    peer.client_cert_key = Some(load_client_cert(cert, key)?);
-                }
+                peer.options.ca = files.ca.clone();
+                peer.client_cert_key = files.client.clone();
                 peer
             }
+            _ => HttpPeer::new(addr, false, String::new()),
         };
         let options = &mut peer.options;
         // Plaintext + H2 means h2c with prior knowledge; over TLS it offers only "h2".
@@ -68,7 +88,7 @@ impl PeerTemplate {
         options.write_timeout = None;
         options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         options.h2_ping_interval = Some(H2_PING_INTERVAL);
-        Ok(Self { peer })
+        Self { peer }
     }
 
     /// A peer for one attempt, cut off when the call's remaining budget runs out.

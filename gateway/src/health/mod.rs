@@ -30,15 +30,23 @@ struct RunningProbe {
     task: JoinHandle<()>,
     settings: HealthSettings,
     tls: Option<UpstreamTls>,
+    /// The config generation it was started in: a reload restarts every probe, so one with
+    /// TLS files re-reads them.
+    generation: u64,
     state: Arc<EndpointState>,
 }
 
 impl RunningProbe {
-    /// Stops probing. The endpoint leaves probe control healthy: with probes gone (health
-    /// removed by a reload) nothing would ever mark it healthy again.
+    /// Stops probing for good: the endpoint leaves probe control healthy (with probes gone,
+    /// nothing would ever mark it healthy again).
     fn stop(self) {
         self.task.abort();
         self.state.set_probe_health(true, true);
+    }
+
+    /// Stops this probe for a replacement, which starts from the endpoint's current verdict.
+    fn replace(self) {
+        self.task.abort();
     }
 }
 
@@ -59,13 +67,18 @@ async fn manage(routing: Arc<Routing>) {
                 let current = probes.get(&key).is_some_and(|p| {
                     p.settings == settings
                         && p.tls == upstream.tls
+                        && p.generation == snapshot.generation
                         && Arc::ptr_eq(&p.state, &endpoint.state)
                 });
                 if current {
                     continue;
                 }
                 if let Some(outdated) = probes.remove(&key) {
-                    outdated.stop();
+                    if Arc::ptr_eq(&outdated.state, &endpoint.state) {
+                        outdated.replace();
+                    } else {
+                        outdated.stop();
+                    }
                 }
                 debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "starting health probe");
                 let task = tokio::spawn(probe::run(probe::Target {
@@ -81,6 +94,7 @@ async fn manage(routing: Arc<Routing>) {
                         task,
                         settings: settings.clone(),
                         tls: upstream.tls.clone(),
+                        generation: snapshot.generation,
                         state: endpoint.state.clone(),
                     },
                 );

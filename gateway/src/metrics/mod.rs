@@ -65,6 +65,8 @@ pub struct Metrics {
     tcp_connections: IntCounterVec,
     tcp_active: IntGaugeVec,
     tcp_bytes: IntCounterVec,
+    listener_connections: IntGaugeVec,
+    listener_rejected: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -210,6 +212,18 @@ impl Metrics {
                 "Open connections on tcp listeners.",
                 &["listener"],
             ),
+            listener_connections: gauge(
+                &registry,
+                "strait_listener_connections",
+                "Open downstream connections, by listener.",
+                &["listener"],
+            ),
+            listener_rejected: counter(
+                &registry,
+                "strait_listener_rejected_total",
+                "Connections closed before reaching the proxy, by listener and reason.",
+                &["listener", "reason"],
+            ),
             tcp_bytes: counter(
                 &registry,
                 "strait_tcp_bytes_total",
@@ -280,6 +294,16 @@ impl Metrics {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.listener_connections.with_label_values(&[listener]),
+            rejected: Rejection::ALL.map(|r| {
+                self.listener_rejected
+                    .with_label_values(&[listener, r.as_str()])
+            }),
+        }
     }
 
     pub fn tcp(&self, listener: &str) -> TcpMetrics {
@@ -420,5 +444,46 @@ impl TcpMetrics {
             .position(|o| *o == outcome)
             .unwrap_or(0);
         self.connections[index].inc();
+    }
+}
+
+/// Why a connection was closed before it reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    MaxConnections,
+    HandshakeTimeout,
+    HandshakeError,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 3] = [
+        Rejection::MaxConnections,
+        Rejection::HandshakeTimeout,
+        Rejection::HandshakeError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::MaxConnections => "max_connections",
+            Rejection::HandshakeTimeout => "handshake_timeout",
+            Rejection::HandshakeError => "handshake_error",
+        }
+    }
+}
+
+/// One listener's connection gauge and rejection counters.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub open: IntGauge,
+    rejected: [prometheus::IntCounter; 3],
+}
+
+impl ListenerMetrics {
+    pub fn rejected(&self, reason: Rejection) {
+        let index = Rejection::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[index].inc();
     }
 }

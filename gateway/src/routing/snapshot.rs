@@ -8,7 +8,7 @@ use crate::balancer::{self, Candidate, SmoothWrr};
 use crate::config::{Config, ListenerKind, RouteConfig, ServiceMatch};
 use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSpec, Endpoints};
 use crate::endpoint::{EndpointRegistry, EndpointState};
-use crate::endpoint::{PeerTemplate, PeerTemplateError};
+use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
 
 /// One endpoint as the call path sees it: what discovery reported, plus its live state and its
 /// prepared connection settings. Derefs to the `EndpointSpec` (address, weight, region, ...).
@@ -54,6 +54,8 @@ pub struct UpstreamSet {
     /// True when the endpoints come from etcd.
     pub from_etcd: bool,
     pub tls: Option<crate::config::UpstreamTls>,
+    /// The TLS files as read for this config, reused by discovery-driven rebuilds.
+    peer_tls: Option<Arc<PeerTls>>,
     /// Serialises "may another endpoint be ejected?" with the ejection itself.
     ejection: std::sync::Mutex<()>,
     wrr: SmoothWrr,
@@ -64,6 +66,7 @@ impl UpstreamSet {
         config: &crate::config::UpstreamConfig,
         endpoints: Vec<Endpoint>,
         empty_reason: Option<String>,
+        peer_tls: Option<Arc<PeerTls>>,
     ) -> Self {
         let wrr = SmoothWrr::new(endpoints.len());
         Self {
@@ -76,6 +79,7 @@ impl UpstreamSet {
             health: config.health.clone(),
             from_etcd: matches!(config.discovery, crate::config::Discovery::Etcd { .. }),
             tls: config.tls.clone(),
+            peer_tls,
             ejection: std::sync::Mutex::new(()),
             wrr,
         }
@@ -178,6 +182,9 @@ pub struct TcpRoute {
 /// Everything a call needs to be routed, frozen at one moment.
 #[derive(Debug, Default)]
 pub struct RoutingSnapshot {
+    /// Bumped by every config reload (not by discovery updates): work that holds files read
+    /// from the config (health probes with TLS material) restarts when it changes.
+    pub generation: u64,
     listeners: HashMap<String, RouteTable>,
     tcp: HashMap<String, TcpRoute>,
     upstreams: HashMap<String, Arc<UpstreamSet>>,
@@ -215,14 +222,18 @@ impl RoutingSnapshot {
                 upstreams.insert(upstream.name.clone(), unchanged.clone());
                 continue;
             }
+            // `previous` was built from this same config: its files are the ones to use. A
+            // reload passes no `previous`, so the files are read again.
+            let peer_tls = match previous.and_then(|p| p.upstreams.get(&upstream.name)) {
+                Some(prev) => prev.peer_tls.clone(),
+                None => PeerTls::load(upstream).map_err(|source| SnapshotError::Peer {
+                    upstream: upstream.name.clone(),
+                    source,
+                })?,
+            };
             let mut endpoints = Vec::with_capacity(found.specs.len());
             for spec in found.specs {
-                let peer = PeerTemplate::new(spec.addr, upstream).map_err(|source| {
-                    SnapshotError::Peer {
-                        upstream: upstream.name.clone(),
-                        source,
-                    }
-                })?;
+                let peer = PeerTemplate::new(spec.addr, upstream, peer_tls.as_deref());
                 endpoints.push(Endpoint {
                     state: registry.state_for(&upstream.name, spec.addr, &upstream.breaker),
                     spec,
@@ -231,7 +242,12 @@ impl RoutingSnapshot {
             }
             upstreams.insert(
                 upstream.name.clone(),
-                Arc::new(UpstreamSet::new(upstream, endpoints, found.empty_reason)),
+                Arc::new(UpstreamSet::new(
+                    upstream,
+                    endpoints,
+                    found.empty_reason,
+                    peer_tls,
+                )),
             );
         }
         let mut listeners: HashMap<String, RouteTable> = HashMap::new();
@@ -275,22 +291,22 @@ impl RoutingSnapshot {
             );
         }
         Ok(Self {
+            generation: previous.map(|p| p.generation).unwrap_or(0),
             listeners,
             tcp,
             upstreams,
         })
     }
 
-    /// Copies the routes of listeners this snapshot does not have from `previous`: a reload that
-    /// removes a listener lets its open connections drain with the routes they were using.
-    pub fn keep_listeners_from(&mut self, previous: &RoutingSnapshot) {
-        for (name, table) in &previous.listeners {
-            if !self.listeners.contains_key(name) && !self.tcp.contains_key(name) {
+    /// Copies the routes of `removed` listeners from `previous`: a reload that removes a listener
+    /// lets its open connections drain with the routes they were using (until the next
+    /// rebuild; by then GOAWAY has long told their clients to go elsewhere).
+    pub fn keep_listeners_from(&mut self, previous: &RoutingSnapshot, removed: &[String]) {
+        for name in removed {
+            if let Some(table) = previous.listeners.get(name) {
                 self.listeners.insert(name.clone(), table.clone());
             }
-        }
-        for (name, route) in &previous.tcp {
-            if !self.listeners.contains_key(name) && !self.tcp.contains_key(name) {
+            if let Some(route) = previous.tcp.get(name) {
                 self.tcp.insert(name.clone(), route.clone());
             }
         }

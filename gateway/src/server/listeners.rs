@@ -5,12 +5,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::TcpSocketOptions;
 use pingora::protocols::http::v2::server::default_h2_options;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::protocols::TcpKeepalive;
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::listening::Service;
@@ -18,8 +21,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use super::admission::{Admission, Handshake};
 use super::StartError;
-use crate::config::{ListenerConfig, ListenerKind};
+use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::Metrics;
 use crate::proxy::grpc::{CallSettings, GrpcProxy};
 use crate::proxy::tcp::TcpProxy;
@@ -27,8 +31,6 @@ use crate::proxy::InFlightCalls;
 use crate::routing::Routing;
 use crate::tls::{ListenerTlsState, TlsError};
 
-/// Concurrent streams a caller may open on one connection.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Per-stream receive window: large enough that a 4 MiB message does not crawl in 64 KiB steps.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
@@ -50,6 +52,10 @@ struct Running {
     tls: Option<ListenerTlsState>,
     stop: watch::Sender<bool>,
     accepting: JoinHandle<()>,
+    /// Our own handle on the listening socket (pingora has a duplicate): a replacement
+    /// listener on the same address takes it over, so the socket never closes and connections
+    /// waiting in its backlog are served by the new listener.
+    socket: std::net::TcpListener,
 }
 
 /// A prepared change to the listeners; dropping it instead of committing closes the new sockets.
@@ -76,7 +82,13 @@ pub struct ListenerSet {
     runtime: tokio::runtime::Runtime,
     deps: ListenerDeps,
     running: Mutex<HashMap<String, Running>>,
+    /// Reloads are refused before `start` and after `stop_all`.
+    phase: std::sync::atomic::AtomicU8,
 }
+
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const STOPPED: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -88,6 +100,8 @@ pub enum ListenerError {
     },
     #[error("listener {listener:?}: TLS: {source}")]
     Tls { listener: String, source: TlsError },
+    #[error("the gateway is {0}; listeners cannot change now")]
+    NotServing(&'static str),
 }
 
 impl From<ListenerError> for StartError {
@@ -103,8 +117,12 @@ struct Prepared {
     tls: Option<ListenerTlsState>,
 }
 
-/// Binds here rather than in pingora, which panics inside its runtime on a bind failure.
-fn prepare(config: &ListenerConfig) -> Result<Prepared, ListenerError> {
+/// Loads the TLS material and binds (or takes over `socket`). Binding here rather than in
+/// pingora, which panics inside its runtime on a bind failure, makes a taken port an error.
+fn prepare(
+    config: &ListenerConfig,
+    socket: Option<std::net::TcpListener>,
+) -> Result<Prepared, ListenerError> {
     let tls = match &config.tls {
         None => None,
         Some(tls) => Some(ListenerTlsState::load(&config.name, tls).map_err(|source| {
@@ -119,8 +137,14 @@ fn prepare(config: &ListenerConfig) -> Result<Prepared, ListenerError> {
         addr: config.listen,
         source,
     };
-    let socket = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
-    socket.set_nonblocking(true).map_err(bind_error)?;
+    let socket = match socket {
+        Some(taken_over) => taken_over,
+        None => {
+            let socket = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
+            socket.set_nonblocking(true).map_err(bind_error)?;
+            socket
+        }
+    };
     Ok(Prepared {
         config: config.clone(),
         socket,
@@ -128,8 +152,8 @@ fn prepare(config: &ListenerConfig) -> Result<Prepared, ListenerError> {
     })
 }
 
-/// Listeners are the same unless what they are (address, protocol, TLS on/off, mutual TLS on/off)
-/// changed; certificate files and tcp upstream/idle settings change in place.
+/// Listeners are the same unless what they are (address, protocol, TLS on/off, mutual TLS on/off,
+/// limits, idle timeout) changed; certificate files and a tcp listener's upstream change in place.
 fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
     let kind_same = matches!(
         (&running.config.kind, &wanted.kind),
@@ -137,7 +161,11 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
             | (ListenerKind::Tcp { .. }, ListenerKind::Tcp { .. })
     );
     let mutual = |c: &ListenerConfig| c.tls.as_ref().map(|t| t.client_ca.is_some());
-    running.config.listen == wanted.listen && kind_same && mutual(&running.config) == mutual(wanted)
+    running.config.listen == wanted.listen
+        && kind_same
+        && mutual(&running.config) == mutual(wanted)
+        && running.config.limits == wanted.limits
+        && running.config.idle_timeout == wanted.idle_timeout
 }
 
 impl ListenerSet {
@@ -152,6 +180,7 @@ impl ListenerSet {
             runtime,
             deps,
             running: Mutex::new(HashMap::new()),
+            phase: std::sync::atomic::AtomicU8::new(STARTING),
         })
     }
 
@@ -163,13 +192,14 @@ impl ListenerSet {
     pub fn start(&self, listeners: &[ListenerConfig]) -> Result<(), ListenerError> {
         let prepared = listeners
             .iter()
-            .map(prepare)
+            .map(|l| prepare(l, None))
             .collect::<Result<Vec<_>, _>>()?;
         let mut running = self.lock();
         for p in prepared {
             let name = p.config.name.clone();
-            running.insert(name, self.serve(p));
+            running.insert(name, self.serve(p)?);
         }
+        self.phase.store(SERVING, Ordering::Release);
         Ok(())
     }
 
@@ -177,6 +207,11 @@ impl ListenerSet {
     /// (binding new addresses, reading certificates) happens here, before anything changes.
     pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, ListenerError> {
         let running = self.lock();
+        match self.phase.load(Ordering::Acquire) {
+            STARTING => return Err(ListenerError::NotServing("still starting")),
+            STOPPED => return Err(ListenerError::NotServing("shutting down")),
+            _ => {}
+        }
         let mut plan = ListenerPlan {
             wanted: wanted.to_vec(),
             ..ListenerPlan::default()
@@ -210,18 +245,29 @@ impl ListenerSet {
             })
             .map(|r| (r.config.name.clone(), r.config.listen))
             .collect();
-        // An address still held by a listener being stopped is bound in `commit`, after it stops.
+        // An address held by a listener being stopped is taken over, socket and backlog;
+        // everything else is bound now, so a taken port refuses the reload before any change.
         for config in plan.to_open.iter().chain(&plan.to_restart) {
-            if !plan.to_stop.iter().any(|(_, addr)| *addr == config.listen) {
-                plan.prepared.push(prepare(config)?);
-            }
+            let holder = running
+                .values()
+                .find(|r| r.config.listen == config.listen)
+                .filter(|r| plan.to_stop.iter().any(|(name, _)| *name == r.config.name));
+            let socket = match holder {
+                Some(r) => Some(r.socket.try_clone().map_err(|source| ListenerError::Bind {
+                    listener: config.name.clone(),
+                    addr: config.listen,
+                    source,
+                })?),
+                None => None,
+            };
+            plan.prepared.push(prepare(config, socket)?);
         }
         Ok(plan)
     }
 
     /// Second half: re-keys certificates, stops removed or changed listeners (their open
     /// connections drain), opens the new ones.
-    pub async fn commit(&self, mut plan: ListenerPlan) -> Result<ListenerChanges, ListenerError> {
+    pub async fn commit(&self, plan: ListenerPlan) -> Result<ListenerChanges, ListenerError> {
         let mut changes = ListenerChanges::default();
         for (name, state, tls) in &plan.tls_reloads {
             state.reload(tls).map_err(|source| ListenerError::Tls {
@@ -247,12 +293,11 @@ impl ListenerSet {
                 changes.closed.push(old.config.name.clone());
             }
         }
-        for config in plan.to_open.iter().chain(&plan.to_restart) {
-            if plan.to_stop.iter().any(|(_, addr)| *addr == config.listen) {
-                plan.prepared.push(prepare(config)?);
-            }
-        }
         let mut running = self.lock();
+        if self.phase.load(Ordering::Acquire) == STOPPED {
+            // A shutdown began meanwhile: open nothing more.
+            return Err(ListenerError::NotServing("shutting down"));
+        }
         for p in plan.prepared {
             let name = p.config.name.clone();
             if plan.to_restart.iter().any(|c| c.name == name) {
@@ -262,7 +307,7 @@ impl ListenerSet {
             }
             info!(listener = %name, addr = %p.config.listen, protocol = p.config.kind.as_str(),
                   "listener opened");
-            running.insert(name, self.serve(p));
+            running.insert(name, self.serve(p)?);
         }
         for config in &plan.wanted {
             if let Some(r) = running.get_mut(&config.name) {
@@ -275,7 +320,10 @@ impl ListenerSet {
     /// Stops accepting everywhere; open connections and calls drain (the process decides how
     /// long to wait).
     pub fn stop_all(&self) {
-        for r in self.lock().values() {
+        self.phase.store(STOPPED, Ordering::Release);
+        // Dropping our socket handles too: once pingora's accept loops end, the sockets close
+        // and new connections are refused instead of waiting in a backlog nobody serves.
+        for (_, r) in self.lock().drain() {
             let _ = r.stop.send(true);
         }
     }
@@ -291,16 +339,21 @@ impl ListenerSet {
         all
     }
 
-    fn serve(&self, prepared: Prepared) -> Running {
+    fn serve(&self, prepared: Prepared) -> Result<Running, ListenerError> {
         let Prepared {
             config,
             socket,
             tls,
         } = prepared;
         let addr = config.listen.to_string();
+        let for_pingora = socket.try_clone().map_err(|source| ListenerError::Bind {
+            listener: config.name.clone(),
+            addr: config.listen,
+            source,
+        })?;
         let mut fds = Fds::new();
         // pingora takes the already-bound socket from the table instead of binding again.
-        fds.add(addr.clone(), socket.into_raw_fd());
+        fds.add(addr.clone(), for_pingora.into_raw_fd());
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
         let (stop, stopped) = watch::channel(false);
         let mut service = match &config.kind {
@@ -312,53 +365,65 @@ impl ListenerSet {
         let accepting = self.runtime.spawn(async move {
             service.start_service(Some(fds), stopped, 1).await;
         });
-        Running {
+        Ok(Running {
             config,
             tls,
             stop,
             accepting,
-        }
+            socket,
+        })
     }
 
     fn grpc_service(
         &self,
         listener: &ListenerConfig,
         tls: &Option<ListenerTlsState>,
-    ) -> Service<pingora::proxy::HttpProxy<GrpcProxy>> {
+    ) -> Service<Admission<HttpProxy<GrpcProxy>>> {
         let d = &self.deps;
+        let limits = &listener.limits;
         let app = GrpcProxy::new(
             listener.name.clone(),
+            limits.max_message_size,
             d.routing.clone(),
             d.settings.clone(),
             d.calls.clone(),
             d.metrics.clone(),
         );
-        let mut service = http_proxy_service_with_name(
-            &d.server_conf,
-            app,
-            &format!("grpc listener {}", listener.name),
-        );
-        let logic = service
-            .app_logic_mut()
-            .expect("a freshly built service has its app logic");
+        let mut proxy = http_proxy(&d.server_conf, app);
         let mut server_options = HttpServerOptions::default();
         // h2c with prior knowledge; HTTP/1.x still reaches the proxy and gets a clear refusal.
         server_options.h2c = true;
-        logic.server_options = Some(server_options);
+        server_options.h2_idle_timeout = Some(listener.idle_timeout);
+        proxy.server_options = Some(server_options);
         let mut h2 = default_h2_options();
-        h2.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        h2.max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
-        logic.h2_options = Some(h2);
-        let addr = listener.listen.to_string();
-        match tls {
-            None => service.add_tcp(&addr),
-            Some(tls) => service.add_tls_with_settings(&addr, None, tls.pingora_settings()),
-        }
+        proxy.h2_options = Some(h2);
+        let handshake = match tls {
+            None => Handshake::H2cPreface(limits.handshake_timeout),
+            Some(tls) => Handshake::Tls(
+                Box::new(tls.pingora_settings().build()),
+                limits.handshake_timeout,
+            ),
+        };
+        let app = Admission::new(
+            &listener.name,
+            proxy,
+            limits.max_connections,
+            handshake,
+            d.metrics.as_ref().map(|m| m.listener(&listener.name)),
+        );
+        let mut service = Service::new(format!("grpc listener {}", listener.name), app);
+        service.add_listener(
+            pingora::listeners::ListenerConfig::tcp(listener.listen.to_string())
+                .tcp_socket_options(socket_options(limits)),
+        );
         service
     }
 
-    fn tcp_service(&self, listener: &ListenerConfig) -> Service<TcpProxy> {
+    fn tcp_service(&self, listener: &ListenerConfig) -> Service<Admission<TcpProxy>> {
         let d = &self.deps;
         let app = TcpProxy::new(
             listener.name.clone(),
@@ -368,15 +433,36 @@ impl ListenerSet {
             d.grace,
             d.metrics.as_ref().map(|m| m.tcp(&listener.name)),
         );
+        let app = Admission::new(
+            &listener.name,
+            app,
+            listener.limits.max_connections,
+            Handshake::None,
+            d.metrics.as_ref().map(|m| m.listener(&listener.name)),
+        );
         let mut service = Service::new(format!("tcp listener {}", listener.name), app);
         // The relay has its own buffers, sized to the traffic; pingora's default 64 KiB read
         // buffer per accepted connection would only add memory and a copy.
         service.add_listener(
             pingora::listeners::ListenerConfig::tcp(listener.listen.to_string())
+                .tcp_socket_options(socket_options(&listener.limits))
                 .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::unbuffered()),
         );
         service
     }
+}
+
+/// TCP keepalive on accepted connections: the kernel notices a peer that vanished without a FIN
+/// (pingora offers no downstream HTTP/2 PING).
+fn socket_options(limits: &ListenerLimits) -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.tcp_keepalive = limits.keepalive.map(|idle| TcpKeepalive {
+        idle,
+        interval: Duration::from_secs(10),
+        count: 6,
+        user_timeout: Duration::ZERO,
+    });
+    options
 }
 
 /// The admin listener binds through pingora's own server: check it first so a taken port is a

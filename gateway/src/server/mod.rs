@@ -3,6 +3,7 @@
 //! (stop accepting, GOAWAY, wait for calls up to `shutdown_grace`); SIGINT stops at once; SIGHUP
 //! reloads the config file.
 
+mod admission;
 mod drain;
 mod listeners;
 

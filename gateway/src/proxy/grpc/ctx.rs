@@ -57,6 +57,8 @@ pub struct CallCtx {
     pub not_grpc: bool,
     /// The listener's in-flight gauge, decremented when the call is logged.
     pub in_flight_gauge: Option<prometheus::IntGauge>,
+    /// Follows the request's gRPC messages (size limit, truncation).
+    pub frames: super::frames::FrameScanner,
 }
 
 impl CallCtx {
@@ -76,6 +78,7 @@ impl CallCtx {
             call_guard: None,
             not_grpc: false,
             in_flight_gauge: None,
+            frames: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 mod ctx;
 mod deadline;
 mod failure;
+mod frames;
 mod status;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct CallSettings {
 /// One gRPC listener's proxy logic.
 pub struct GrpcProxy {
     listener: String,
+    /// Largest request message accepted, in bytes.
+    max_message_size: u32,
     routing: Arc<Routing>,
     settings: Arc<CallSettings>,
     calls: InFlightCalls,
@@ -57,6 +60,7 @@ pub struct GrpcProxy {
 impl GrpcProxy {
     pub fn new(
         listener: String,
+        max_message_size: u32,
         routing: Arc<Routing>,
         settings: Arc<CallSettings>,
         calls: InFlightCalls,
@@ -65,6 +69,7 @@ impl GrpcProxy {
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
             listener,
+            max_message_size,
             routing,
             settings,
             calls,
@@ -358,11 +363,30 @@ impl ProxyHttp for GrpcProxy {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut CallCtx,
     ) -> Result<()> {
-        check_deadline(ctx)
+        check_deadline(ctx)?;
+        let chunk = body.as_deref().unwrap_or_default();
+        if let Err(e) = ctx.frames.feed(chunk, end_of_stream, self.max_message_size) {
+            // Only this call ends; the connection and its other calls go on.
+            ctx.local_status = Some(match e {
+                frames::FrameError::TooLarge { length, limit } => LocalStatus::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "request message of {length} bytes is larger than this listener's \
+                         max_message_size ({limit} bytes)"
+                    ),
+                ),
+                frames::FrameError::Truncated => LocalStatus::new(
+                    Code::Internal,
+                    "the request body ended inside a gRPC message",
+                ),
+            });
+            return Err(Error::new(ErrorType::Custom("malformed request body")));
+        }
+        Ok(())
     }
 
     fn fail_to_connect(

@@ -92,7 +92,7 @@ where
         stats.moved(counter, n);
         let capacity = buffer.len();
         if n == capacity && capacity < MAX_BUFFER {
-            buffer = vec![0u8; capacity * 4];
+            buffer = vec![0u8; (capacity * 4).min(MAX_BUFFER)];
         } else if n <= capacity / 16 && capacity > MIN_BUFFER {
             buffer = vec![0u8; MIN_BUFFER];
         }

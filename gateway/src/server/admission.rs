@@ -1,0 +1,157 @@
+//! Connection admission, in front of every listener's app: the connection cap, then the
+//! handshake deadline (the TLS handshake, or on h2c the 24-byte HTTP/2 preface), then the app.
+//! A connection refused here is closed at once, logged at debug and counted; it never reaches
+//! the proxy and costs other connections nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use crate::metrics::{ListenerMetrics, Rejection};
+
+/// What must happen, within the deadline, before the app gets the connection.
+pub enum Handshake {
+    /// tcp listeners: bytes are opaque, some protocols have the server speak first.
+    None,
+    /// h2c: the client's HTTP/2 connection preface.
+    H2cPreface(Duration),
+    /// TLS, done here rather than in pingora so the deadline is ours (pingora's is a fixed 60 s).
+    Tls(Box<Acceptor>, Duration),
+}
+
+/// The length of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
+const H2_PREFACE_LEN: usize = 24;
+
+pub struct Admission<A> {
+    listener: String,
+    inner: Arc<A>,
+    slots: Arc<Semaphore>,
+    handshake: Handshake,
+    metrics: Option<ListenerMetrics>,
+}
+
+impl<A> Admission<A> {
+    pub fn new(
+        listener: &str,
+        inner: A,
+        max_connections: u32,
+        handshake: Handshake,
+        metrics: Option<ListenerMetrics>,
+    ) -> Self {
+        Self {
+            listener: listener.to_string(),
+            inner: Arc::new(inner),
+            slots: Arc::new(Semaphore::new(max_connections as usize)),
+            handshake,
+            metrics,
+        }
+    }
+
+    fn reject(&self, stream: &Stream, reason: Rejection, detail: &str) {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_else(|| "-".into());
+        debug!(listener = %self.listener, peer, reason = reason.as_str(), detail, "connection refused");
+        if let Some(m) = &self.metrics {
+            m.rejected(reason);
+        }
+    }
+
+    async fn handshake(&self, mut stream: Stream) -> Option<Stream> {
+        match &self.handshake {
+            Handshake::None => Some(stream),
+            Handshake::H2cPreface(deadline) => {
+                // pingora's l4 stream rewinds what a peek read, so the app still sees it.
+                let mut preface = [0u8; H2_PREFACE_LEN];
+                match tokio::time::timeout(*deadline, stream.try_peek(&mut preface)).await {
+                    Ok(Ok(_)) => Some(stream),
+                    Ok(Err(e)) => {
+                        self.reject(&stream, Rejection::HandshakeError, &e.to_string());
+                        None
+                    }
+                    Err(_) => {
+                        self.reject(&stream, Rejection::HandshakeTimeout, "no HTTP/2 preface");
+                        None
+                    }
+                }
+            }
+            Handshake::Tls(acceptor, deadline) => {
+                let peer = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+                    .unwrap_or_else(|| "-".into());
+                // The listener hands over plain TCP streams; TLS needs the concrete type.
+                let tcp = match stream.into_any().downcast::<L4Stream>() {
+                    Ok(tcp) => *tcp,
+                    Err(_) => {
+                        tracing::error!(listener = %self.listener, "a TLS listener got a non-TCP stream");
+                        return None;
+                    }
+                };
+                match tokio::time::timeout(*deadline, acceptor.tls_handshake(tcp)).await {
+                    Ok(Ok(tls)) => Some(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        // Worth a log line at info: a client with a bad certificate wants to know.
+                        tracing::info!(listener = %self.listener, peer, error = %e,
+                                       "TLS handshake failed");
+                        if let Some(m) = &self.metrics {
+                            m.rejected(Rejection::HandshakeError);
+                        }
+                        None
+                    }
+                    Err(_) => {
+                        debug!(listener = %self.listener, peer, "TLS handshake timed out");
+                        if let Some(m) = &self.metrics {
+                            m.rejected(Rejection::HandshakeTimeout);
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            self.reject(
+                &stream,
+                Rejection::MaxConnections,
+                "max_connections reached",
+            );
+            return None;
+        };
+        let open = self.metrics.as_ref().map(|m| m.open.clone());
+        if let Some(g) = &open {
+            g.inc();
+        }
+        let mut next = self.handshake(stream).await;
+        // The slot is held for the connection's whole life, keep-alive reuse included.
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        if let Some(g) = &open {
+            g.dec();
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
