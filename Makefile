@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 DEMO_DIR := build/demo
 
-.PHONY: run test deps build lint unit e2e bench clean
+.PHONY: run test deps build lint unit e2e fuzz bench clean
 
 ## make run: install what is missing, build, start etcd, two demo backends registered through
 ## `strait register` in two regions, and the gateway with an etcd upstream.
@@ -49,10 +49,16 @@ run: deps build
 	echo "Press Ctrl-C to stop."; \
 	wait
 
-## make test: install what is missing, then lint, unit tests and end-to-end tests.
+## make test: install what is missing, then lint, unit tests, end-to-end tests (the short fault
+## soak included) and a few seconds of each fuzz target from the committed seeds.
 test: deps lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
+	bash fuzz/run.sh 5
+
+## make fuzz: ten minutes per fuzz target (FUZZ_SECONDS to change it).
+fuzz:
+	bash fuzz/run.sh $${FUZZ_SECONDS:-600}
 
 deps:
 	@bash .ci/install-deps
@@ -62,6 +68,7 @@ build:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:

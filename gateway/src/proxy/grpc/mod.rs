@@ -30,6 +30,7 @@ use tracing::{debug, info};
 
 pub use ctx::CallCtx;
 pub use deadline::{format_grpc_timeout, parse_grpc_timeout};
+pub use frames::{FrameError, FrameScanner};
 pub use status::{encode_grpc_message, Code, LocalStatus};
 
 use crate::breaker::{Admission, Outcome};
