@@ -6,6 +6,7 @@ mod config_errors;
 mod deadlines;
 mod discovery;
 mod fixture;
+mod hostile;
 mod lifecycle;
 mod mtls;
 mod observability;

@@ -2,6 +2,7 @@
 //!
 //! Everything here talks over loopback sockets; nothing is mocked.
 
+pub mod attack;
 pub mod echo;
 pub mod etcd;
 pub mod gateway;

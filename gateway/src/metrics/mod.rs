@@ -221,7 +221,7 @@ impl Metrics {
             listener_rejected: counter(
                 &registry,
                 "strait_listener_rejected_total",
-                "Connections closed before reaching the proxy, by listener and reason.",
+                "Connections refused or closed by the listener's limits, by listener and reason.",
                 &["listener", "reason"],
             ),
             tcp_bytes: counter(
@@ -453,13 +453,16 @@ pub enum Rejection {
     MaxConnections,
     HandshakeTimeout,
     HandshakeError,
+    /// Closed later: the client reset streams faster than allowed.
+    RapidReset,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 3] = [
+    pub const ALL: [Rejection; 4] = [
         Rejection::MaxConnections,
         Rejection::HandshakeTimeout,
         Rejection::HandshakeError,
+        Rejection::RapidReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -467,6 +470,7 @@ impl Rejection {
             Rejection::MaxConnections => "max_connections",
             Rejection::HandshakeTimeout => "handshake_timeout",
             Rejection::HandshakeError => "handshake_error",
+            Rejection::RapidReset => "rapid_reset",
         }
     }
 }
@@ -475,7 +479,7 @@ impl Rejection {
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     pub open: IntGauge,
-    rejected: [prometheus::IntCounter; 3],
+    rejected: [prometheus::IntCounter; 4],
 }
 
 impl ListenerMetrics {

@@ -15,6 +15,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use super::frame_guard::{GuardedStream, ResetBudget};
 use crate::metrics::{ListenerMetrics, Rejection};
 
 /// What must happen, within the deadline, before the app gets the connection.
@@ -35,6 +36,8 @@ pub struct Admission<A> {
     inner: Arc<A>,
     slots: Arc<Semaphore>,
     handshake: Handshake,
+    /// HTTP/2 listeners: how fast a client may reset streams before it is disconnected.
+    reset_budget: Option<ResetBudget>,
     metrics: Option<ListenerMetrics>,
 }
 
@@ -44,6 +47,7 @@ impl<A> Admission<A> {
         inner: A,
         max_connections: u32,
         handshake: Handshake,
+        reset_budget: Option<ResetBudget>,
         metrics: Option<ListenerMetrics>,
     ) -> Self {
         Self {
@@ -51,8 +55,30 @@ impl<A> Admission<A> {
             inner: Arc::new(inner),
             slots: Arc::new(Semaphore::new(max_connections as usize)),
             handshake,
+            reset_budget,
             metrics,
         }
+    }
+
+    fn guard(&self, stream: Stream) -> Stream {
+        let Some(budget) = self.reset_budget else {
+            return stream;
+        };
+        let listener = self.listener.clone();
+        let metrics = self.metrics.clone();
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_else(|| "-".into());
+        let on_abuse = Box::new(move || {
+            tracing::warn!(listener = %listener, peer, resets = budget.resets,
+                           window_ms = budget.window.as_millis() as u64,
+                           "closing a connection that resets streams too fast (rapid reset)");
+            if let Some(m) = metrics {
+                m.rejected(Rejection::RapidReset);
+            }
+        });
+        Box::new(GuardedStream::new(stream, budget, on_abuse))
     }
 
     fn reject(&self, stream: &Stream, reason: Rejection, detail: &str) {
@@ -140,7 +166,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
         if let Some(g) = &open {
             g.inc();
         }
-        let mut next = self.handshake(stream).await;
+        let mut next = self.handshake(stream).await.map(|s| self.guard(s));
         // The slot is held for the connection's whole life, keep-alive reuse included.
         while let Some(stream) = next {
             next = self.inner.process_new(stream, shutdown).await;

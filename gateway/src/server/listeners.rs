@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::admission::{Admission, Handshake};
+use super::frame_guard::ResetBudget;
 use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::Metrics;
@@ -408,17 +409,26 @@ impl ListenerSet {
                 limits.handshake_timeout,
             ),
         };
+        // Legitimate clients cancel calls, but not hundreds a second on one connection.
+        let reset_budget = ResetBudget {
+            resets: (2 * limits.max_concurrent_streams).max(200),
+            window: Duration::from_secs(1),
+        };
         let app = Admission::new(
             &listener.name,
             proxy,
             limits.max_connections,
             handshake,
+            Some(reset_budget),
             d.metrics.as_ref().map(|m| m.listener(&listener.name)),
         );
         let mut service = Service::new(format!("grpc listener {}", listener.name), app);
+        // h2 reads through its own codec buffer; pingora's 64 KiB read buffer per connection
+        // would only add memory (and a copy) to every idle connection.
         service.add_listener(
             pingora::listeners::ListenerConfig::tcp(listener.listen.to_string())
-                .tcp_socket_options(socket_options(limits)),
+                .tcp_socket_options(socket_options(limits))
+                .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::unbuffered()),
         );
         service
     }
@@ -438,6 +448,7 @@ impl ListenerSet {
             app,
             listener.limits.max_connections,
             Handshake::None,
+            None,
             d.metrics.as_ref().map(|m| m.listener(&listener.name)),
         );
         let mut service = Service::new(format!("tcp listener {}", listener.name), app);

@@ -5,6 +5,7 @@
 
 mod admission;
 mod drain;
+mod frame_guard;
 mod listeners;
 
 pub use listeners::{ListenerChanges, ListenerDeps, ListenerError, ListenerPlan, ListenerSet};

@@ -385,7 +385,9 @@ impl ProxyHttp for GrpcProxy {
                     "the request body ended inside a gRPC message",
                 ),
             });
-            return Err(Error::new(ErrorType::Custom("malformed request body")));
+            // A downstream error: pingora ends the proxying (and resets the upstream stream)
+            // instead of waiting for the backend, which would wait for the rest of the message.
+            return Err(Error::new(ErrorType::Custom("malformed request body")).into_down());
         }
         Ok(())
     }

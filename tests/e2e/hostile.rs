@@ -1,0 +1,628 @@
+//! Hostile clients against a running gateway while a well-behaved caller keeps calling: the
+//! caller sees no failure and no stall, the gateway's memory stays bounded, and each attack is
+//! cut off by the limit meant for it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strait_tests::attack::{self, Bystander, BystanderReport};
+use strait_tests::net::{free_addr, http_get, metric};
+use strait_tests::raw::{self, grpc_frame};
+use strait_tests::{Backend, BackendOptions, Gateway};
+use tokio::io::AsyncWriteExt;
+
+/// A gateway with tight limits in front of one backend, with an admin port.
+struct Arena {
+    gateway: Gateway,
+    backend: Backend,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+const LIMITS: &str = r#"
+[listener.limits]
+max_connections = 200
+max_concurrent_streams = 100
+max_header_list_size = 16384
+max_message_size = 65536
+handshake_timeout = "1s"
+"#;
+
+impl Arena {
+    async fn start(listener_extra: &str, limits: &str) -> Arena {
+        Self::start_in(tempfile::tempdir().unwrap(), listener_extra, limits).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, listener_extra: &str, limits: &str) -> Arena {
+        let backend = Backend::start(BackendOptions::named("a")).await;
+        let (listen, admin) = (free_addr(), free_addr());
+        let text = format!(
+            r#"
+[gateway]
+threads = 2
+
+[[listener]]
+name = "public"
+listen = "{listen}"
+{listener_extra}
+{limits}
+
+[[route]]
+listener = "public"
+service = "*"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+endpoints = [{{ addr = "{}" }}]
+
+[admin]
+listen = "{admin}"
+"#,
+            backend.addr
+        );
+        let gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, admin));
+        Arena {
+            gateway,
+            backend,
+            listen,
+            admin,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        attack::rss_kib(self.gateway.pid())
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = tokio::task::block_in_place(|| http_get(self.admin, "/metrics"));
+        metric(&text, name, labels).unwrap_or(0.0)
+    }
+
+    /// The gateway is still up, logged no panic, and grew by less than `max_growth_kib`.
+    fn assert_healthy(&self, rss_before: u64, max_growth_kib: u64) {
+        let logs = self.gateway.logs();
+        assert!(
+            !logs.iter().any(|l| l.contains("panicked")),
+            "{}",
+            logs.join("\n")
+        );
+        let after = self.rss_kib();
+        println!("gateway RSS {rss_before} KiB before, {after} KiB after");
+        assert!(
+            after < rss_before + max_growth_kib,
+            "memory grew from {rss_before} to {after} KiB"
+        );
+    }
+}
+
+/// The bystander saw every call succeed, none slower than a stall would make it.
+fn assert_undisturbed(report: &BystanderReport) {
+    println!(
+        "bystander: {} calls ok, {} failed, slowest {:?}",
+        report.ok,
+        report.failures.len(),
+        report.slowest
+    );
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert!(report.ok >= 5, "the bystander kept calling: {}", report.ok);
+    assert!(
+        report.slowest < Duration::from_secs(2),
+        "a call stalled for {:?}",
+        report.slowest
+    );
+}
+
+/// CVE-2023-44487: open and immediately reset streams, as fast as the socket takes them, on
+/// four connections; reconnect whenever the gateway closes one. The attackers run on their own
+/// threads so they cannot starve the bystander inside this test process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_does_not_disturb_other_callers() {
+    let arena = Arena::start("", LIMITS).await;
+    let bystander = Bystander::start(arena.listen).await;
+    let rss = arena.rss_kib();
+    let listen = arena.listen;
+    let attackers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || rapid_reset(listen, Duration::from_secs(3))))
+        .collect();
+    let (mut streams, mut connections) = (0u64, 0u64);
+    for a in attackers {
+        let (s, c) = a.join().unwrap();
+        streams += s;
+        connections += c;
+    }
+    // Paced: each stream is sent and reset on its own, so the gateway has accepted it before the
+    // reset arrives (the h2 library's own limit counts only resets of streams not yet
+    // accepted); 2000 resets a second trip the listener's reset budget.
+    let paced = std::thread::spawn(move || paced_reset(listen, 3000))
+        .join()
+        .unwrap();
+    let report = bystander.finish().await;
+    let closed = arena.metric(
+        "strait_listener_rejected_total",
+        &[("reason", "rapid_reset")],
+    );
+    println!(
+        "rapid reset: {streams} streams opened and reset on {connections} connections; \
+         paced: {paced} streams before the connection was closed; {closed} connections closed \
+         by the reset budget; the backend saw {} calls",
+        arena.backend.calls()
+    );
+    assert!(streams > 2000, "the attack ran: {streams}");
+    assert!(
+        connections > 4,
+        "the gateway kept closing the attacking connections"
+    );
+    assert!(closed >= 1.0, "the paced attacker hit the reset budget");
+    assert!(paced < 3000, "the paced attacker was cut off: {paced}");
+    assert_undisturbed(&report);
+    arena.assert_healthy(rss, 64 * 1024);
+}
+
+/// One connection: HEADERS, RST_STREAM, a quarter millisecond apart, up to `max` streams;
+/// returns how many streams went out before the gateway closed the connection.
+fn paced_reset(listen: SocketAddr, max: u32) -> u32 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let block = attack::request_block("/bench.Echo/Unary", &[]);
+        let s = attack::open(listen).await.unwrap();
+        let (mut read, mut write) = s.into_split();
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut read, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        for i in 0..max {
+            let id = 2 * i + 1;
+            let headers = attack::frame(attack::HEADERS, attack::END_HEADERS, id, &block);
+            let reset = attack::frame(attack::RST_STREAM, 0, id, &8u32.to_be_bytes());
+            if write.write_all(&headers).await.is_err() {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_micros(250)).await;
+            if write.write_all(&reset).await.is_err() {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_micros(250)).await;
+        }
+        max
+    })
+}
+
+/// One attacker: HEADERS then RST_STREAM for stream after stream, 50 pairs per write, until
+/// `duration` ends; returns (streams, connections used).
+fn rapid_reset(listen: SocketAddr, duration: Duration) -> (u64, u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let deadline = Instant::now() + duration;
+        let block = attack::request_block("/bench.Echo/Unary", &[]);
+        let (mut streams, mut connections) = (0u64, 0u64);
+        while Instant::now() < deadline {
+            connections += 1;
+            let Ok(s) = attack::open(listen).await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let (mut read, mut write) = s.into_split();
+            // Drain what the gateway sends so its writes never block.
+            let drain = tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 * 1024];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut read, &mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+            let mut id = 1u32;
+            'connection: while Instant::now() < deadline {
+                let mut batch = Vec::new();
+                for _ in 0..50 {
+                    batch.extend(attack::frame(
+                        attack::HEADERS,
+                        attack::END_HEADERS,
+                        id,
+                        &block,
+                    ));
+                    batch.extend(attack::frame(
+                        attack::RST_STREAM,
+                        0,
+                        id,
+                        &8u32.to_be_bytes(),
+                    ));
+                    id += 2;
+                }
+                if write.write_all(&batch).await.is_err() {
+                    break 'connection;
+                }
+                streams += 50;
+            }
+            drain.abort();
+        }
+        (streams, connections)
+    })
+}
+
+/// An endless header block: HEADERS without END_HEADERS, then CONTINUATION frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_is_cut_off() {
+    let arena = Arena::start("", LIMITS).await;
+    let bystander = Bystander::start(arena.listen).await;
+    let rss = arena.rss_kib();
+    let mut sent_total = 0usize;
+    for _ in 0..4 {
+        let mut s = attack::open(arena.listen).await.unwrap();
+        let block = attack::request_block("/bench.Echo/Unary", &[]);
+        s.write_all(&attack::frame(attack::HEADERS, 0, 1, &block))
+            .await
+            .unwrap();
+        let mut literal = Vec::new();
+        attack::hpack_literal(b"x-flood", &vec![b'a'; 16_000], &mut literal);
+        let continuation = attack::frame(attack::CONTINUATION, 0, 1, &literal);
+        let mut sent = 0usize;
+        // Up to 64 MiB; the gateway must end this long before.
+        while sent < 64 << 20 {
+            match tokio::time::timeout(Duration::from_secs(2), s.write_all(&continuation)).await {
+                Ok(Ok(())) => sent += continuation.len(),
+                _ => break,
+            }
+        }
+        let (frames, closed) = attack::read_frames(&mut s, Duration::from_secs(3)).await;
+        println!(
+            "continuation flood: cut off after {} KiB, GOAWAY {:?}, closed {closed}",
+            sent / 1024,
+            attack::goaway_code(&frames)
+        );
+        assert!(sent < 64 << 20, "the gateway kept reading the header block");
+        assert!(
+            closed || attack::goaway_code(&frames).is_some(),
+            "the connection was ended"
+        );
+        sent_total += sent;
+    }
+    let report = bystander.finish().await;
+    assert!(sent_total > 0);
+    assert_eq!(arena.backend.calls(), 0, "no flood reached the backend");
+    assert_undisturbed(&report);
+    arena.assert_healthy(rss, 64 * 1024);
+}
+
+/// Slowloris: the preface a byte at a time, and a HEADERS frame a byte at a time after a good
+/// preface. The first are closed at `handshake_timeout`, the second at `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_closed() {
+    let arena = Arena::start("idle_timeout = \"2s\"", LIMITS).await;
+    let bystander = Bystander::start(arena.listen).await;
+    let rss = arena.rss_kib();
+    let listen = arena.listen;
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..120 {
+        slow.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+            let bytes: Vec<u8> = if i % 2 == 0 {
+                attack::PREFACE.to_vec()
+            } else {
+                s.write_all(attack::PREFACE).await.unwrap();
+                s.write_all(&attack::frame(attack::SETTINGS, 0, 0, &[]))
+                    .await
+                    .unwrap();
+                let block = attack::request_block("/bench.Echo/Unary", &[]);
+                attack::frame(attack::HEADERS, attack::END_HEADERS, 1, &block)
+            };
+            for b in bytes {
+                if s.write_all(&[b]).await.is_err() {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            started.elapsed()
+        }));
+    }
+    let mut closed_after = Vec::new();
+    for t in slow {
+        closed_after.push(t.await.unwrap());
+    }
+    closed_after.sort();
+    println!(
+        "slowloris: 120 connections closed after {:?} .. {:?}",
+        closed_after[0],
+        closed_after[closed_after.len() - 1]
+    );
+    // Dripping the preface would take 4.8 s, a HEADERS frame far longer: they were cut.
+    assert!(closed_after[closed_after.len() - 1] < Duration::from_secs(4));
+    let timeouts = arena.metric(
+        "strait_listener_rejected_total",
+        &[("reason", "handshake_timeout")],
+    );
+    assert!(timeouts >= 60.0, "{timeouts}");
+    let report = bystander.finish().await;
+    assert_undisturbed(&report);
+    arena.assert_healthy(rss, 32 * 1024);
+}
+
+/// A bad request: path, extra headers, body, the expected grpc-status and message.
+type BadRequest = (
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Bytes,
+    &'static str,
+    &'static str,
+);
+
+/// Bad requests end their own call with a gRPC status and leave the connection serving:
+/// an oversized message, a truncated message, a bad grpc-timeout, a bad :path. Oversized headers
+/// never reach the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_end_only_their_call() {
+    let arena = Arena::start("", LIMITS).await;
+    let bystander = Bystander::start(arena.listen).await;
+    let rss = arena.rss_kib();
+    let tcp = tokio::net::TcpStream::connect(arena.listen).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let cases: [BadRequest; 5] = [
+        (
+            "/bench.Echo/Unary",
+            vec![],
+            grpc_frame(&vec![1u8; 80 * 1024]),
+            "8",
+            "larger than this listener's max_message_size",
+        ),
+        (
+            "/bench.Echo/Unary",
+            vec![],
+            Bytes::from_static(&[0, 0, 0, 1, 0, b'a', b'b']),
+            "13",
+            "ended inside a gRPC message",
+        ),
+        (
+            "/bench.Echo/Unary",
+            vec![("grpc-timeout", "-1S")],
+            grpc_frame(b"x"),
+            "3",
+            "malformed grpc-timeout",
+        ),
+        (
+            "/not-grpc",
+            vec![],
+            grpc_frame(b"x"),
+            "12",
+            "malformed gRPC path",
+        ),
+        ("/bench.Echo/Unary", vec![], grpc_frame(b""), "0", ""),
+    ];
+    for (path, headers, body, code, message) in cases {
+        let sent = raw::send(client.clone(), arena.listen, path, &headers, body);
+        let response = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} {headers:?}"))
+            .expect("answered on the same connection");
+        assert_eq!(
+            response.grpc_status().as_deref(),
+            Some(code),
+            "{path} {response:?}"
+        );
+        assert!(
+            response
+                .grpc_message()
+                .unwrap_or_default()
+                .contains(message),
+            "{response:?}"
+        );
+    }
+
+    // A 32 KiB header against a 16 KiB header list limit, in raw frames (h2 will not send it).
+    let calls_before = arena.backend.calls();
+    let mut s = attack::open(arena.listen).await.unwrap();
+    let block = attack::request_block("/bench.Echo/Unary", &[(b"x-big", &vec![b'b'; 32 * 1024])]);
+    let mut chunks = block.chunks(16 * 1024).peekable();
+    let first = chunks.next().unwrap();
+    s.write_all(&attack::frame(
+        attack::HEADERS,
+        attack::END_STREAM,
+        1,
+        first,
+    ))
+    .await
+    .unwrap();
+    while let Some(chunk) = chunks.next() {
+        let flags = if chunks.peek().is_none() {
+            attack::END_HEADERS
+        } else {
+            0
+        };
+        s.write_all(&attack::frame(attack::CONTINUATION, flags, 1, chunk))
+            .await
+            .unwrap();
+    }
+    let (frames, closed) = attack::read_frames(&mut s, Duration::from_secs(2)).await;
+    let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+    println!("oversized headers: frames {kinds:?}, closed {closed}");
+    assert!(
+        closed
+            || kinds.contains(&attack::RST_STREAM)
+            || kinds.contains(&attack::GOAWAY)
+            || kinds.contains(&attack::HEADERS),
+        "the oversized request got an answer: {kinds:?}"
+    );
+    assert_eq!(
+        arena.backend.calls(),
+        calls_before,
+        "it never reached the backend"
+    );
+
+    // Garbage on the gRPC port: the connection is closed. HTTP/1.1: a readable refusal.
+    let mut s = tokio::net::TcpStream::connect(arena.listen).await.unwrap();
+    s.write_all(b"\x16\x03\x01\x00\xff garbage garbage garbage garbage")
+        .await
+        .unwrap();
+    let (_, closed) = attack::read_frames(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "garbage left the connection open");
+    let mut s = tokio::net::TcpStream::connect(arena.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut s, &mut answer),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 505"), "{answer}");
+
+    let report = bystander.finish().await;
+    assert_undisturbed(&report);
+    arena.assert_healthy(rss, 32 * 1024);
+}
+
+/// TLS: connections that never finish the handshake are closed at `handshake_timeout`; a real
+/// TLS caller still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_that_never_finish_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let arena = Arena::start_in(
+        dir,
+        "tls = { cert = \"server.crt\", key = \"server.key\" }",
+        LIMITS,
+    )
+    .await;
+    let rss = arena.rss_kib();
+    let listen = arena.listen;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        stalled.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+            if i % 2 == 0 {
+                // The start of a ClientHello record, then nothing.
+                s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                    .await
+                    .unwrap();
+            }
+            let (_, closed) = attack::read_frames(&mut s, Duration::from_secs(5)).await;
+            (closed, started.elapsed())
+        }));
+    }
+    for t in stalled {
+        let (closed, after) = t.await.unwrap();
+        assert!(
+            closed && after < Duration::from_secs(3),
+            "closed {closed} after {after:?}"
+        );
+    }
+    let timeouts = arena.metric(
+        "strait_listener_rejected_total",
+        &[("reason", "handshake_timeout")],
+    );
+    assert_eq!(timeouts, 60.0);
+    let channel =
+        tonic::transport::Channel::from_shared(format!("https://localhost:{}", listen.port()))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .expect("a real TLS client gets in");
+    let reply = strait_tests::pb::echo_client::EchoClient::new(channel)
+        .unary(strait_tests::pb::EchoRequest::default())
+        .await
+        .expect("and is served");
+    assert_eq!(reply.into_inner().served_by, "a");
+    arena.assert_healthy(rss, 32 * 1024);
+}
+
+/// Beyond `max_connections` new connections are closed at once and counted; connections already
+/// open keep working, and room frees up when connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_cleanly() {
+    let arena = Arena::start(
+        "",
+        &LIMITS.replace("max_connections = 200", "max_connections = 50"),
+    )
+    .await;
+    let bystander = Bystander::start(arena.listen).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..70 {
+        // A refused connection is closed at once: writing to it may already fail.
+        let Ok(mut s) = attack::open(arena.listen).await else {
+            refused += 1;
+            continue;
+        };
+        let (frames, closed) = attack::read_frames(&mut s, Duration::from_millis(300)).await;
+        if closed && frames.is_empty() {
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    println!("max_connections 50: {} held, {refused} refused", held.len());
+    assert_eq!(held.len(), 49, "the bystander holds the 50th");
+    assert_eq!(refused, 21);
+    assert_eq!(
+        arena.metric(
+            "strait_listener_rejected_total",
+            &[("reason", "max_connections")]
+        ),
+        21.0
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = attack::open(arena.listen).await.unwrap();
+    let (frames, _) = attack::read_frames(&mut s, Duration::from_millis(300)).await;
+    assert!(
+        frames.iter().any(|f| f.0 == attack::SETTINGS),
+        "room again once connections closed"
+    );
+    let report = bystander.finish().await;
+    assert_undisturbed(&report);
+}
+
+/// 1000 idle HTTP/2 connections: what each costs (the 10,000-connection figure is in
+/// docs/security.md, from benches/idle_h2.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cost_bounded_memory() {
+    let arena = Arena::start(
+        "",
+        &LIMITS.replace("max_connections = 200", "max_connections = 5000"),
+    )
+    .await;
+    let before = arena.rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut s = attack::open(arena.listen).await.unwrap();
+        let (frames, _) = attack::read_frames(&mut s, Duration::from_millis(50)).await;
+        assert!(frames.iter().any(|f| f.0 == attack::SETTINGS));
+        s.write_all(&attack::frame(attack::SETTINGS, 0x1, 0, &[]))
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = arena.rss_kib();
+    let per = (after.saturating_sub(before)) as f64 / 1000.0;
+    println!("1000 idle HTTP/2 connections: {before} -> {after} KiB, {per:.1} KiB each");
+    assert_eq!(
+        arena.metric("strait_listener_connections", &[("listener", "public")]),
+        1000.0
+    );
+    assert!(per < 128.0, "{per:.1} KiB per idle connection");
+}
