@@ -8,6 +8,7 @@
 //! - `hold --target A --connections N`: opens N connections, makes one round trip on each (so
 //!   each is relayed to the backend), prints `open=N` and keeps them until killed. The script
 //!   reads the proxy's memory meanwhile.
+//! - `h2idle --target A --connections N`: N idle HTTP/2 connections (for benches/idle_h2.sh).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +58,36 @@ enum Mode {
         #[arg(long, default_value_t = 2000)]
         connections: usize,
     },
+    /// Opens N idle HTTP/2 connections (preface, SETTINGS, SETTINGS ACK), prints `open=N`,
+    /// holds them until killed.
+    H2idle {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+    },
+}
+
+async fn h2idle(target: SocketAddr, connections: usize) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let ack = [0u8, 0, 0, 4, 1, 0, 0, 0, 0];
+    let mut held = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut s = TcpStream::connect(target).await.expect("connect");
+        s.write_all(PREFACE).await.expect("preface");
+        s.write_all(&settings).await.expect("settings");
+        // The server's SETTINGS (and maybe WINDOW_UPDATE): read the first frame, then ack.
+        let mut header = [0u8; 9];
+        s.read_exact(&mut header).await.expect("server settings");
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.expect("settings payload");
+        s.write_all(&ack).await.expect("ack");
+        held.push(s);
+    }
+    println!("open={}", held.len());
+    std::future::pending::<()>().await;
 }
 
 async fn echo(listen: SocketAddr) {
@@ -205,5 +236,9 @@ async fn main() {
             target,
             connections,
         } => hold(target, connections).await,
+        Mode::H2idle {
+            target,
+            connections,
+        } => h2idle(target, connections).await,
     }
 }

@@ -288,3 +288,44 @@ fn tls_file_mistakes_are_rejected() {
         &["listener[0].tls.client_ca", "holds no PEM certificate"],
     );
 }
+
+#[test]
+fn listener_limits_out_of_range_are_rejected() {
+    let with_limits = |limits: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:18080\"",
+            &format!("listen = \"127.0.0.1:18080\"\n\n[listener.limits]\n{limits}"),
+        )
+    };
+    assert_rejected(
+        &with_limits("max_connections = 0"),
+        "max_connections = 0",
+        &[
+            "listener[0].limits.max_connections",
+            "between 1 and 1000000",
+        ],
+    );
+    assert_rejected(
+        &with_limits("max_message_size = 10"),
+        "max_message_size = 10",
+        &["listener[0].limits.max_message_size", "between 1024"],
+    );
+    assert_rejected(
+        &with_limits("handshake_timeout = \"10\""),
+        "handshake_timeout",
+        &["missing unit"],
+    );
+    // Every limit at a sane value, keepalive off: accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limits.toml");
+    std::fs::write(
+        &path,
+        with_limits(
+            "max_connections = 100\nmax_concurrent_streams = 10\nmax_header_list_size = 8192\n\
+             max_message_size = 4096\nhandshake_timeout = \"2s\"\nkeepalive = \"0s\"",
+        ),
+    )
+    .unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+}

@@ -14,4 +14,5 @@ mod registrar;
 mod reload;
 mod routing;
 mod schema;
+mod soak;
 mod tcp;
