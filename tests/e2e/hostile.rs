@@ -115,7 +115,7 @@ fn assert_undisturbed(report: &BystanderReport) {
 }
 
 /// CVE-2023-44487: open and immediately reset streams, as fast as the socket takes them, on
-/// four connections; reconnect whenever the gateway closes one. The attackers run on their own
+/// two connections at a time; reconnect whenever the gateway closes one. The attackers run on their own
 /// threads so they cannot starve the bystander inside this test process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_does_not_disturb_other_callers() {
@@ -123,8 +123,8 @@ async fn rapid_reset_does_not_disturb_other_callers() {
     let bystander = Bystander::start(arena.listen).await;
     let rss = arena.rss_kib();
     let listen = arena.listen;
-    let attackers: Vec<_> = (0..4)
-        .map(|_| std::thread::spawn(move || rapid_reset(listen, Duration::from_secs(3))))
+    let attackers: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || rapid_reset(listen, Duration::from_secs(2))))
         .collect();
     let (mut streams, mut connections) = (0u64, 0u64);
     for a in attackers {
@@ -151,7 +151,7 @@ async fn rapid_reset_does_not_disturb_other_callers() {
     );
     assert!(streams > 2000, "the attack ran: {streams}");
     assert!(
-        connections > 4,
+        connections > 2,
         "the gateway kept closing the attacking connections"
     );
     assert!(closed >= 1.0, "the paced attacker hit the reset budget");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use strait_tests::etcd::{self, instance_value, Etcd};
-use strait_tests::net::{free_addr, free_port, http_get, metric};
+use strait_tests::net::{dead_addr, free_addr, free_port, http_get, metric};
 use strait_tests::pb::EchoRequest;
 use strait_tests::{raw, Backend, BackendOptions, Gateway};
 use tonic::Code;
@@ -18,7 +18,7 @@ fn with_admin(config: String, admin: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_equal_what_was_sent() {
     let live = Backend::start(BackendOptions::named("live")).await;
-    let dead = free_addr();
+    let dead = dead_addr();
     let (listen, admin) = (free_addr(), free_addr());
     let text = format!(
         r#"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_tests::gateway::strait_command;
-use strait_tests::net::{free_addr, http_get, metric};
+use strait_tests::net::{dead_addr, free_addr, http_get, metric};
 use strait_tests::tcp::{exchange, TcpEcho};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tokio_stream::StreamExt;
@@ -83,7 +83,7 @@ async fn reload_applies_routes_upstreams_and_listeners() {
     let a = Backend::start(BackendOptions::named("a")).await;
     let b = Backend::start(BackendOptions::named("b")).await;
     let raw_backend = TcpEcho::start("t").await;
-    let dead = free_addr();
+    let dead = dead_addr();
     let (public, second, raw, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
     let breaker =
         "max_attempts = 3\n[upstream.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"";

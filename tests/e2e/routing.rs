@@ -1,6 +1,6 @@
 //! Routing and balancing: regions, weights, failover, and the gateway's own errors.
 
-use strait_tests::net::free_addr;
+use strait_tests::net::{dead_addr, free_addr};
 use strait_tests::raw;
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic::metadata::MetadataValue;
@@ -95,7 +95,7 @@ async fn weight_zero_drains_and_region_falls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_endpoint_is_retried_elsewhere() {
     let live = Backend::start(BackendOptions::named("live")).await;
-    let dead = free_addr(); // nothing listens here
+    let dead = dead_addr(); // nothing listens here
     let listen = free_addr();
     let text = config(
         listen,
@@ -134,12 +134,12 @@ async fn all_endpoints_down_gives_unavailable_with_reason() {
         listen,
         &[
             Ep {
-                addr: free_addr(),
+                addr: dead_addr(),
                 weight: 100,
                 region: "eu-west",
             },
             Ep {
-                addr: free_addr(),
+                addr: dead_addr(),
                 weight: 50,
                 region: "us-east",
             },

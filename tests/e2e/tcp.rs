@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use strait_tests::net::{free_addr, http_get, metric, wait_metric};
+use strait_tests::net::{dead_addr, free_addr, http_get, metric, wait_metric};
 use strait_tests::tcp::{exchange, TcpEcho};
 use strait_tests::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,7 @@ listen = "{admin}"
 async fn tcp_listener_balances_relays_and_skips_dead_endpoints() {
     let a = TcpEcho::start("a").await;
     let b = TcpEcho::start("b").await;
-    let dead = free_addr();
+    let dead = dead_addr();
     let (listen, admin) = (free_addr(), free_addr());
     let text = tcp_config(
         listen,
@@ -125,7 +125,7 @@ async fn tcp_listener_balances_relays_and_skips_dead_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_listener_closes_connections_it_cannot_place() {
     let (listen, admin) = (free_addr(), free_addr());
-    let text = tcp_config(listen, admin, &[(free_addr(), 100)], "");
+    let text = tcp_config(listen, admin, &[(dead_addr(), 100)], "");
     let gateway = tokio::task::block_in_place(|| Gateway::start(&text, admin));
     let result = exchange(listen, b"hello").await;
     assert!(result.is_err(), "nothing to relay to: {result:?}");

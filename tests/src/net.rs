@@ -82,3 +82,14 @@ pub fn wait_metric(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An address where nothing listens and nothing ever will: port 1 on a distinct loopback
+/// address per call. Unlike a "free" ephemeral port, it cannot be picked as the source port of a
+/// connection to itself (a TCP self-connect) while other tests churn through connections.
+pub fn dead_addr() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+    let host = NEXT
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .max(2);
+    SocketAddr::from(([127, 0, 0, host], 1))
+}
