@@ -17,15 +17,19 @@ TARGETS=${*:-config etcd_value grpc_timeout grpc_path grpc_frames}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-cargo fuzz build -s none $TARGETS 2>&1 | grep -v "^\s*Compiling" || true
+cargo fuzz build -s none  # every target; `run` below reuses the build
 for target in $TARGETS; do
   mkdir -p "$WORK/$target"
   echo "fuzz $target for ${SECONDS_EACH}s"
+  status=0
   cargo fuzz run -s none "$target" "$WORK/$target" "seeds/$target" -- \
-    -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 \
-    | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY|thread)" || true
-  if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then
-    echo "fuzz target $target crashed; inputs in fuzz/artifacts/$target/" >&2
+    -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$WORK/$target.log" 2>&1 || status=$?
+  grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY|thread)" "$WORK/$target.log" || true
+  # A crash, an out-of-memory, a timeout or a leak leaves an input behind; any non-zero exit
+  # (a build or run failure) counts too.
+  if [ "$status" -ne 0 ] || ls "artifacts/$target"/{crash,oom,timeout,leak}-* >/dev/null 2>&1; then
+    tail -30 "$WORK/$target.log" >&2
+    echo "fuzz target $target failed (exit $status); inputs in fuzz/artifacts/$target/" >&2
     exit 1
   fi
 done

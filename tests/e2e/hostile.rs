@@ -119,6 +119,7 @@ fn assert_undisturbed(report: &BystanderReport) {
 /// threads so they cannot starve the bystander inside this test process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_does_not_disturb_other_callers() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start("", LIMITS).await;
     let bystander = Bystander::start(arena.listen).await;
     let rss = arena.rss_kib();
@@ -255,6 +256,7 @@ fn rapid_reset(listen: SocketAddr, duration: Duration) -> (u64, u64) {
 /// An endless header block: HEADERS without END_HEADERS, then CONTINUATION frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start("", LIMITS).await;
     let bystander = Bystander::start(arena.listen).await;
     let rss = arena.rss_kib();
@@ -300,6 +302,7 @@ async fn continuation_flood_is_cut_off() {
 /// preface. The first are closed at `handshake_timeout`, the second at `idle_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start("idle_timeout = \"2s\"", LIMITS).await;
     let bystander = Bystander::start(arena.listen).await;
     let rss = arena.rss_kib();
@@ -364,6 +367,7 @@ type BadRequest = (
 /// never reach the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_end_only_their_call() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start("", LIMITS).await;
     let bystander = Bystander::start(arena.listen).await;
     let rss = arena.rss_kib();
@@ -482,6 +486,12 @@ async fn bad_requests_end_only_their_call() {
     .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 505"), "{answer}");
+    // ... and the connection is closed: a non-gRPC client cannot park on a connection slot.
+    let (_, closed) = attack::read_frames(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        closed,
+        "the HTTP/1.1 connection stayed open after the refusal"
+    );
 
     let report = bystander.finish().await;
     assert_undisturbed(&report);
@@ -492,6 +502,7 @@ async fn bad_requests_end_only_their_call() {
 /// TLS caller still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_that_never_finish_are_closed() {
+    let _heavy = attack::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = strait_tests::tls::generate(dir.path());
     let arena = Arena::start_in(
@@ -517,6 +528,30 @@ async fn tls_handshakes_that_never_finish_are_closed() {
             (closed, started.elapsed())
         }));
     }
+    // A complete TLS handshake, then no HTTP/2 preface: closed at the same deadline.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let ca = pki.ca_pem.clone();
+        silent.push(tokio::spawn(async move {
+            let mut tls = attack::tls_connect(listen, &ca)
+                .await
+                .expect("TLS handshake");
+            let mut buf = [0u8; 64];
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
+            )
+            .await;
+            (matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), started.elapsed())
+        }));
+    }
+    for t in silent {
+        let (closed, after) = t.await.unwrap();
+        assert!(
+            closed && after < Duration::from_secs(3),
+            "silent TLS client: closed {closed} after {after:?}"
+        );
+    }
     for t in stalled {
         let (closed, after) = t.await.unwrap();
         assert!(
@@ -528,7 +563,10 @@ async fn tls_handshakes_that_never_finish_are_closed() {
         "strait_listener_rejected_total",
         &[("reason", "handshake_timeout")],
     );
-    assert_eq!(timeouts, 60.0);
+    assert_eq!(
+        timeouts, 80.0,
+        "60 unfinished handshakes, 20 silent clients"
+    );
     let channel =
         tonic::transport::Channel::from_shared(format!("https://localhost:{}", listen.port()))
             .unwrap()
@@ -553,6 +591,7 @@ async fn tls_handshakes_that_never_finish_are_closed() {
 /// open keep working, and room frees up when connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused_cleanly() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start(
         "",
         &LIMITS.replace("max_connections = 200", "max_connections = 50"),
@@ -567,11 +606,10 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
             refused += 1;
             continue;
         };
-        let (frames, closed) = attack::read_frames(&mut s, Duration::from_millis(300)).await;
-        if closed && frames.is_empty() {
-            refused += 1;
-        } else {
-            held.push(s);
+        match attack::first_event(&mut s, Duration::from_secs(5)).await {
+            Some(true) => held.push(s),
+            Some(false) => refused += 1,
+            None => panic!("the gateway neither served nor refused a connection"),
         }
     }
     println!("max_connections 50: {} held, {refused} refused", held.len());
@@ -587,9 +625,9 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut s = attack::open(arena.listen).await.unwrap();
-    let (frames, _) = attack::read_frames(&mut s, Duration::from_millis(300)).await;
-    assert!(
-        frames.iter().any(|f| f.0 == attack::SETTINGS),
+    assert_eq!(
+        attack::first_event(&mut s, Duration::from_secs(5)).await,
+        Some(true),
         "room again once connections closed"
     );
     let report = bystander.finish().await;
@@ -600,6 +638,7 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
 /// docs/security.md, from benches/idle_h2.sh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cost_bounded_memory() {
+    let _heavy = attack::HEAVY.lock().await;
     let arena = Arena::start(
         "",
         &LIMITS.replace("max_connections = 200", "max_connections = 5000"),
@@ -609,8 +648,11 @@ async fn idle_connections_cost_bounded_memory() {
     let mut held = Vec::new();
     for _ in 0..1000 {
         let mut s = attack::open(arena.listen).await.unwrap();
-        let (frames, _) = attack::read_frames(&mut s, Duration::from_millis(50)).await;
-        assert!(frames.iter().any(|f| f.0 == attack::SETTINGS));
+        assert_eq!(
+            attack::first_event(&mut s, Duration::from_secs(5)).await,
+            Some(true),
+            "the gateway answers each connection"
+        );
         s.write_all(&attack::frame(attack::SETTINGS, 0x1, 0, &[]))
             .await
             .unwrap();

@@ -21,6 +21,8 @@ use strait_tests::pb::EchoRequest;
 use strait_tests::Gateway;
 use tokio_stream::StreamExt;
 
+const KILLED: &str = "backend killed and restarted";
+
 /// A window in which failures of calls touching `backend` are expected.
 #[derive(Debug, Clone)]
 struct Fault {
@@ -94,6 +96,7 @@ fn record(failures: &Mutex<Vec<Failure>>, kind: &'static str, status: tonic::Sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
+    let _heavy = strait_tests::attack::HEAVY.lock().await;
     let soak = Duration::from_secs(
         std::env::var("STRAIT_SOAK_SECS")
             .ok()
@@ -201,7 +204,7 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
                 backends[k] =
                     tokio::task::block_in_place(|| EchoProcess::start(&format!("b{k}"), addrs[k]));
                 faults.push(Fault {
-                    kind: "backend killed and restarted",
+                    kind: KILLED,
                     backend: Some(addrs[k]),
                     from,
                     until: Instant::now() + Duration::from_millis(500),
@@ -269,16 +272,24 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     let mut explained_by: BTreeMap<&str, usize> = BTreeMap::new();
     for f in failures.iter() {
         *by_code.entry(format!("{:?}", f.code)).or_default() += 1;
+        // A kill explains UNAVAILABLE naming that backend; a hang explains a deadline (the
+        // gateway's, or the client's own timer firing first, which tonic reports as
+        // CANCELLED "Timeout expired").
         let cause = faults.iter().find(|fault| {
-            fault.backend.is_some()
-                && f.at >= fault.from
-                && f.at <= fault.until
-                && (matches!(
-                    f.code,
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-                )
-                    // The client's own deadline timer firing first (tonic reports it this way).
-                    || (f.code == tonic::Code::Cancelled && f.message == "Timeout expired"))
+            let Some(backend) = fault.backend else {
+                return false;
+            };
+            let in_window = f.at >= fault.from && f.at <= fault.until;
+            let deadline = f.code == tonic::Code::DeadlineExceeded
+                || (f.code == tonic::Code::Cancelled && f.message == "Timeout expired");
+            in_window
+                && match fault.kind {
+                    KILLED => {
+                        f.code == tonic::Code::Unavailable
+                            && f.message.contains(&backend.to_string())
+                    }
+                    _ => deadline,
+                }
         });
         match cause {
             Some(fault) => *explained_by.entry(fault.kind).or_default() += 1,

@@ -194,3 +194,46 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Heavy tests (attacks, the soak) take this so they run one at a time: on a 2-core machine two
+/// of them at once would measure each other.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the server's first bytes or for it to close: `Some(true)` bytes came, `Some(false)`
+/// closed without a byte, `None` neither within `wait`.
+pub async fn first_event(s: &mut TcpStream, wait: Duration) -> Option<bool> {
+    let mut one = [0u8; 1];
+    match tokio::time::timeout(wait, s.read(&mut one)).await {
+        Ok(Ok(n)) => Some(n > 0),
+        Ok(Err(_)) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// A TLS client that trusts `ca_pem`, offers ALPN h2, finishes the handshake and returns the
+/// stream (to then misbehave on).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(
+        std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name =
+        rustls_pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    connector.connect(name, tcp).await
+}

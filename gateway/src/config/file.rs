@@ -123,10 +123,10 @@ pub struct LimitsSection {
     /// grpc: bytes of one request message; a larger one ends that call with RESOURCE_EXHAUSTED
     /// (default 16777216).
     pub max_message_size: Option<Spanned<i64>>,
-    /// grpc: time allowed for the TLS handshake, or on h2c for the HTTP/2 preface (default 10s).
+    /// grpc: time from accept to the HTTP/2 preface, the TLS handshake included (default 10s).
     pub handshake_timeout: Option<ConfigDuration>,
     /// TCP keepalive: probe a connection idle this long, so dead peers are noticed (default
-    /// 60s; "0s" turns it off).
+    /// 60s; whole seconds up to 32767s; "0s" turns it off).
     pub keepalive: Option<ConfigDuration>,
 }
 

@@ -315,7 +315,16 @@ fn validate_limits(
         keepalive: match section.keepalive {
             None => defaults.keepalive,
             Some(d) if d.0.is_zero() => None,
-            Some(d) => Some(d.0),
+            // The kernel takes whole seconds, 1 to 32767 (TCP_KEEPIDLE).
+            Some(d) if d.0.subsec_nanos() == 0 && (1..=32767).contains(&d.0.as_secs()) => Some(d.0),
+            Some(_) => {
+                diag.at(
+                    None,
+                    format!("{path}.keepalive"),
+                    "must be \"0s\" (off) or whole seconds from 1s to 32767s",
+                );
+                defaults.keepalive
+            }
         },
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Ssl, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Semaphore;
 use tracing::debug;
@@ -60,7 +60,9 @@ impl<A> Admission<A> {
         }
     }
 
-    fn guard(&self, stream: Stream) -> Stream {
+    fn guard(&self, (stream, replay): (Stream, Vec<u8>)) -> Stream {
+        // Only HTTP/2 listeners have a budget; only TLS (an HTTP/2 listener) leaves bytes to
+        // replay.
         let Some(budget) = self.reset_budget else {
             return stream;
         };
@@ -78,7 +80,7 @@ impl<A> Admission<A> {
                 m.rejected(Rejection::RapidReset);
             }
         });
-        Box::new(GuardedStream::new(stream, budget, on_abuse))
+        Box::new(GuardedStream::new(stream, replay, budget, on_abuse))
     }
 
     fn reject(&self, stream: &Stream, reason: Rejection, detail: &str) {
@@ -92,14 +94,15 @@ impl<A> Admission<A> {
         }
     }
 
-    async fn handshake(&self, mut stream: Stream) -> Option<Stream> {
+    /// Returns the stream and the bytes read from it while checking it (to be replayed).
+    async fn handshake(&self, mut stream: Stream) -> Option<(Stream, Vec<u8>)> {
         match &self.handshake {
-            Handshake::None => Some(stream),
+            Handshake::None => Some((stream, Vec::new())),
             Handshake::H2cPreface(deadline) => {
                 // pingora's l4 stream rewinds what a peek read, so the app still sees it.
                 let mut preface = [0u8; H2_PREFACE_LEN];
                 match tokio::time::timeout(*deadline, stream.try_peek(&mut preface)).await {
-                    Ok(Ok(_)) => Some(stream),
+                    Ok(Ok(_)) => Some((stream, Vec::new())),
                     Ok(Err(e)) => {
                         self.reject(&stream, Rejection::HandshakeError, &e.to_string());
                         None
@@ -123,8 +126,46 @@ impl<A> Admission<A> {
                         return None;
                     }
                 };
+                let started = tokio::time::Instant::now();
                 match tokio::time::timeout(*deadline, acceptor.tls_handshake(tcp)).await {
-                    Ok(Ok(tls)) => Some(Box::new(tls)),
+                    Ok(Ok(mut tls)) => {
+                        // The client's first bytes (the HTTP/2 preface) are due within the same
+                        // deadline; TLS streams cannot be peeked, so they are read here and
+                        // replayed to the app.
+                        let wanted =
+                            if tls.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+                                H2_PREFACE_LEN
+                            } else {
+                                1
+                            };
+                        let mut first = vec![0u8; H2_PREFACE_LEN];
+                        let read = async {
+                            let mut have = 0;
+                            while have < wanted {
+                                match tokio::io::AsyncReadExt::read(&mut tls, &mut first[have..])
+                                    .await
+                                {
+                                    Ok(0) | Err(_) => return None,
+                                    Ok(n) => have += n,
+                                }
+                            }
+                            Some(have)
+                        };
+                        match tokio::time::timeout_at(started + *deadline, read).await {
+                            Ok(Some(have)) => {
+                                first.truncate(have);
+                                Some((Box::new(tls) as Stream, first))
+                            }
+                            Ok(None) => None,
+                            Err(_) => {
+                                debug!(listener = %self.listener, peer, "no request after the TLS handshake");
+                                if let Some(m) = &self.metrics {
+                                    m.rejected(Rejection::HandshakeTimeout);
+                                }
+                                None
+                            }
+                        }
+                    }
                     Ok(Err(e)) => {
                         // Worth a log line at info: a client with a bad certificate wants to know.
                         tracing::info!(listener = %self.listener, peer, error = %e,

@@ -127,6 +127,9 @@ pub type OnAbuse = Box<dyn FnOnce() + Send + Sync>;
 /// connection is torn down.
 pub struct GuardedStream {
     inner: Stream,
+    /// Bytes already read from `inner` (the TLS client's first bytes, read under the handshake
+    /// deadline), handed out before anything else.
+    replay: Vec<u8>,
     watch: FrameWatch,
     on_abuse: Option<OnAbuse>,
     tripped: bool,
@@ -142,9 +145,10 @@ impl std::fmt::Debug for GuardedStream {
 }
 
 impl GuardedStream {
-    pub fn new(inner: Stream, budget: ResetBudget, on_abuse: OnAbuse) -> Self {
+    pub fn new(inner: Stream, replay: Vec<u8>, budget: ResetBudget, on_abuse: OnAbuse) -> Self {
         Self {
             inner,
+            replay,
             watch: FrameWatch::new(budget),
             on_abuse: Some(on_abuse),
             tripped: false,
@@ -162,7 +166,14 @@ impl AsyncRead for GuardedStream {
             return Poll::Ready(Err(rapid_reset_error()));
         }
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = if self.replay.is_empty() {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        } else {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.drain(..n);
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = &result {
             let this = &mut *self;
             if !this.watch.observe(&buf.filled()[before..], Instant::now()) {

@@ -111,10 +111,12 @@ impl From<ListenerError> for StartError {
     }
 }
 
-/// A socket bound and its TLS material loaded, not yet serving.
+/// A socket bound (with the duplicate pingora will own) and its TLS material loaded, not yet
+/// serving: nothing left to fail when it starts.
 struct Prepared {
     config: ListenerConfig,
     socket: std::net::TcpListener,
+    for_pingora: std::net::TcpListener,
     tls: Option<ListenerTlsState>,
 }
 
@@ -146,9 +148,11 @@ fn prepare(
             socket
         }
     };
+    let for_pingora = socket.try_clone().map_err(bind_error)?;
     Ok(Prepared {
         config: config.clone(),
         socket,
+        for_pingora,
         tls,
     })
 }
@@ -198,7 +202,7 @@ impl ListenerSet {
         let mut running = self.lock();
         for p in prepared {
             let name = p.config.name.clone();
-            running.insert(name, self.serve(p)?);
+            running.insert(name, self.serve(p));
         }
         self.phase.store(SERVING, Ordering::Release);
         Ok(())
@@ -308,7 +312,7 @@ impl ListenerSet {
             }
             info!(listener = %name, addr = %p.config.listen, protocol = p.config.kind.as_str(),
                   "listener opened");
-            running.insert(name, self.serve(p)?);
+            running.insert(name, self.serve(p));
         }
         for config in &plan.wanted {
             if let Some(r) = running.get_mut(&config.name) {
@@ -340,18 +344,14 @@ impl ListenerSet {
         all
     }
 
-    fn serve(&self, prepared: Prepared) -> Result<Running, ListenerError> {
+    fn serve(&self, prepared: Prepared) -> Running {
         let Prepared {
             config,
             socket,
+            for_pingora,
             tls,
         } = prepared;
         let addr = config.listen.to_string();
-        let for_pingora = socket.try_clone().map_err(|source| ListenerError::Bind {
-            listener: config.name.clone(),
-            addr: config.listen,
-            source,
-        })?;
         let mut fds = Fds::new();
         // pingora takes the already-bound socket from the table instead of binding again.
         fds.add(addr.clone(), for_pingora.into_raw_fd());
@@ -366,13 +366,13 @@ impl ListenerSet {
         let accepting = self.runtime.spawn(async move {
             service.start_service(Some(fds), stopped, 1).await;
         });
-        Ok(Running {
+        Running {
             config,
             tls,
             stop,
             accepting,
             socket,
-        })
+        }
     }
 
     fn grpc_service(
@@ -471,6 +471,7 @@ fn socket_options(limits: &ListenerLimits) -> TcpSocketOptions {
         idle,
         interval: Duration::from_secs(10),
         count: 6,
+        #[cfg(target_os = "linux")]
         user_timeout: Duration::ZERO,
     });
     options

@@ -245,8 +245,11 @@ async fn write_local_status(session: &mut Session, status: &LocalStatus) -> Resu
 /// A plain HTTP error for requests that are not gRPC at all (HTTP/1.x, wrong content type).
 async fn reject_non_grpc(session: &mut Session, status: u16, message: &str) -> Result<()> {
     let body = Bytes::from(format!("{message}\n"));
+    // Not a gRPC client: answer once and close, so it cannot park on a connection slot.
+    session.set_keepalive(None);
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header("content-type", "text/plain; charset=utf-8")?;
+    head.insert_header("connection", "close")?;
     head.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
@@ -341,6 +344,8 @@ impl ProxyHttp for GrpcProxy {
             }
         }
         ctx.tried.push(index);
+        // A retry replays the request body through request_body_filter from its start.
+        ctx.frames = frames::FrameScanner::default();
         ctx.attempt = Some(Attempt::new(
             endpoint.state.clone(),
             admission == Admission::Trial,
