@@ -61,6 +61,28 @@ max_attempts = 3
     )
 }
 
+/// `config` with one endpoint (weight 100, eu-west) and nothing extra.
+pub fn single_backend_config(listen: SocketAddr, backend: SocketAddr) -> String {
+    config(
+        listen,
+        &[Ep {
+            addr: backend,
+            weight: 100,
+            region: "eu-west",
+        }],
+        "",
+        "",
+    )
+}
+
+/// `single_backend_config` with the listener on TLS; `tls` is the inline table's inside.
+pub fn tls_listener_config(listen: SocketAddr, backend: SocketAddr, tls: &str) -> String {
+    single_backend_config(listen, backend).replace(
+        &format!("listen = \"{listen}\""),
+        &format!("listen = \"{listen}\"\ntls = {{ {tls} }}"),
+    )
+}
+
 pub struct Setup {
     pub backends: Vec<Backend>,
     pub gateway: Gateway,

@@ -9,7 +9,7 @@ use strait_tests::pb::EchoRequest;
 use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-use crate::fixture::{config, req, Ep, Setup};
+use crate::fixture::{req, single_backend_config, tls_listener_config, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_grpc_with_alpn_h2() {
@@ -17,19 +17,10 @@ async fn tls_listener_serves_grpc_with_alpn_h2() {
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::generate(dir.path());
     let listen = free_addr();
-    let text = config(
+    let text = tls_listener_config(
         listen,
-        &[Ep {
-            addr: backend.addr,
-            weight: 100,
-            region: "eu-west",
-        }],
-        "",
-        "",
-    )
-    .replace(
-        &format!("listen = \"{listen}\""),
-        &format!("listen = \"{listen}\"\ntls = {{ cert = \"server.crt\", key = \"server.key\" }}"),
+        backend.addr,
+        "cert = \"server.crt\", key = \"server.key\"",
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
     let tls_config = ClientTlsConfig::new()
@@ -69,17 +60,7 @@ async fn upstream_tls_is_verified_with_the_configured_ca() {
     .await;
     for (server_name, should_work) in [("localhost", true), ("wrong.example", false)] {
         let listen = free_addr();
-        let text = config(
-            listen,
-            &[Ep {
-                addr: backend.addr,
-                weight: 100,
-                region: "eu-west",
-            }],
-            "",
-            "",
-        )
-        .replace(
+        let text = single_backend_config(listen, backend.addr).replace(
             "max_attempts = 3",
             &format!(
                 "max_attempts = 1\ntls = {{ ca = \"{}\", server_name = \"{server_name}\" }}",

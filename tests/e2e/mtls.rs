@@ -11,25 +11,7 @@ use strait_tests::tls::{self, Issued};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::fixture::{config, req, Ep};
-
-/// The fixture config with its listener on TLS (`tls` is the inline table's inside).
-fn tls_config(listen: SocketAddr, backend: SocketAddr, tls: &str, extra_gateway: &str) -> String {
-    config(
-        listen,
-        &[Ep {
-            addr: backend,
-            weight: 100,
-            region: "eu-west",
-        }],
-        extra_gateway,
-        "",
-    )
-    .replace(
-        &format!("listen = \"{listen}\""),
-        &format!("listen = \"{listen}\"\ntls = {{ {tls} }}"),
-    )
-}
+use crate::fixture::{req, single_backend_config, tls_listener_config};
 
 /// A TLS client trusting `ca_pem`, presenting `identity` if given; one call's outcome.
 async fn call(
@@ -89,11 +71,10 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     let expired = pki.issue_client("expired", "client-b", true);
     let foreign = other.issue_client("foreign", "client-c", false);
     let listen = free_addr();
-    let text = tls_config(
+    let text = tls_listener_config(
         listen,
         backend.addr,
         "cert = \"server.crt\", key = \"server.key\", client_ca = \"ca.crt\"",
-        "",
     );
     let gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
 
@@ -159,16 +140,7 @@ async fn upstream_client_certificate_is_presented() {
         (String::new(), false),
     ] {
         let listen = free_addr();
-        let text = config(
-            listen,
-            &[Ep {
-                addr: backend.addr,
-                weight: 100,
-                region: "eu-west",
-            }],
-            "",
-            "",
-        )
+        let text = single_backend_config(listen, backend.addr)
         .replace(
             "max_attempts = 3",
             &format!(
@@ -230,11 +202,10 @@ async fn listener_certificate_is_reread_on_reload_without_dropping_connections()
     let new_ca = tls::generate_named(dir.path(), "next");
     let rotated = new_ca.issue_server("rotated");
     let listen = free_addr();
-    let text = tls_config(
+    let text = tls_listener_config(
         listen,
         backend.addr,
         "cert = \"server.crt\", key = \"server.key\"",
-        "",
     );
     let gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
 

@@ -34,20 +34,16 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// Checks that the key belongs to the certificate (the first in the chain).
+/// Checks that the key belongs to the certificate (the first in the chain), with the same
+/// loader the listeners and upstream peers use.
 pub fn check_key_pair(cert: &Path, key: &Path) -> Result<(), String> {
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&read(cert)?)
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let private = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| e.to_string())?;
-    pingora::tls::install_default_crypto_provider();
-    rustls::sign::CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider())
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "{} does not belong to the certificate {}: {e}",
-                key.display(),
-                cert.display()
-            )
-        })
+    match crate::tls::load_certified_key(cert, key) {
+        Ok(_) => Ok(()),
+        Err(crate::tls::TlsError::Mismatch { reason, .. }) => Err(format!(
+            "{} does not belong to the certificate {}: {reason}",
+            key.display(),
+            cert.display()
+        )),
+        Err(other) => Err(other.to_string()),
+    }
 }

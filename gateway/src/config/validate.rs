@@ -200,26 +200,8 @@ fn validate_listeners(
                      on a grpc listener or in the backend",
                 );
             }
-            let cert = resolve(base_dir, tls.cert.get_ref());
-            let key = resolve(base_dir, tls.key.get_ref());
-            match (
-                tls_files::check_certificates(&cert),
-                tls_files::check_private_key(&key),
-            ) {
-                (Ok(_), Ok(())) => {
-                    if let Err(e) = tls_files::check_key_pair(&cert, &key) {
-                        diag.at(span(&tls.key), format!("{path}.tls.key"), e);
-                    }
-                }
-                (cert_result, key_result) => {
-                    if let Err(e) = cert_result {
-                        diag.at(span(&tls.cert), format!("{path}.tls.cert"), e);
-                    }
-                    if let Err(e) = key_result {
-                        diag.at(span(&tls.key), format!("{path}.tls.key"), e);
-                    }
-                }
-            }
+            let (cert, key) =
+                check_cert_and_key(base_dir, &tls.cert, &tls.key, &format!("{path}.tls"), diag);
             let client_ca = tls.client_ca.as_ref().map(|ca| {
                 let resolved = resolve(base_dir, ca.get_ref());
                 if let Err(e) = tls_files::check_certificates(&resolved) {
@@ -538,29 +520,13 @@ fn validate_upstreams(
             let server_name = tls.server_name.clone().unwrap_or_default();
             let identity = match (&tls.cert, &tls.key) {
                 (None, None) => None,
-                (Some(cert), Some(key)) => {
-                    let cert_path = resolve(base_dir, cert.get_ref());
-                    let key_path = resolve(base_dir, key.get_ref());
-                    match (
-                        tls_files::check_certificates(&cert_path),
-                        tls_files::check_private_key(&key_path),
-                    ) {
-                        (Ok(_), Ok(())) => {
-                            if let Err(e) = tls_files::check_key_pair(&cert_path, &key_path) {
-                                diag.at(span(key), format!("{path}.tls.key"), e);
-                            }
-                        }
-                        (cert_result, key_result) => {
-                            if let Err(e) = cert_result {
-                                diag.at(span(cert), format!("{path}.tls.cert"), e);
-                            }
-                            if let Err(e) = key_result {
-                                diag.at(span(key), format!("{path}.tls.key"), e);
-                            }
-                        }
-                    }
-                    Some((cert_path, key_path))
-                }
+                (Some(cert), Some(key)) => Some(check_cert_and_key(
+                    base_dir,
+                    cert,
+                    key,
+                    &format!("{path}.tls"),
+                    diag,
+                )),
                 (Some(only), None) | (None, Some(only)) => {
                     diag.at(
                         span(only),
@@ -899,15 +865,7 @@ fn validate_etcd(
         let identity = match (&tls.cert, &tls.key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let cert_path = resolve(base_dir, cert.get_ref());
-                let key_path = resolve(base_dir, key.get_ref());
-                if let Err(e) = tls_files::check_certificates(&cert_path) {
-                    diag.at(span(cert), "etcd.tls.cert", e);
-                }
-                if let Err(e) = tls_files::check_private_key(&key_path) {
-                    diag.at(span(key), "etcd.tls.key", e);
-                }
-                Some((cert_path, key_path))
+                Some(check_cert_and_key(base_dir, cert, key, "etcd.tls", diag))
             }
             _ => {
                 diag.at(span(section), "etcd.tls", "cert and key go together");
@@ -1044,6 +1002,33 @@ fn is_grpc_identifier_path(text: &str) -> bool {
         && text.split('.').all(|part| {
             !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
+}
+
+/// A certificate chain and its private key (listener, upstream client, etcd client): both files
+/// readable PEM, and the key the certificate's. Problems are reported at `{path}.cert` / `.key`.
+fn check_cert_and_key(
+    base_dir: &Path,
+    cert: &Spanned<String>,
+    key: &Spanned<String>,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> (PathBuf, PathBuf) {
+    let cert_path = resolve(base_dir, cert.get_ref());
+    let key_path = resolve(base_dir, key.get_ref());
+    let cert_result = tls_files::check_certificates(&cert_path);
+    let key_result = tls_files::check_private_key(&key_path);
+    if let Err(e) = &cert_result {
+        diag.at(span(cert), format!("{path}.cert"), e.clone());
+    }
+    if let Err(e) = &key_result {
+        diag.at(span(key), format!("{path}.key"), e.clone());
+    }
+    if cert_result.is_ok() && key_result.is_ok() {
+        if let Err(e) = tls_files::check_key_pair(&cert_path, &key_path) {
+            diag.at(span(key), format!("{path}.key"), e);
+        }
+    }
+    (cert_path, key_path)
 }
 
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {

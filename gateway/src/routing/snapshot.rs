@@ -126,6 +126,25 @@ impl UpstreamSet {
     pub fn pick(&self, region: Option<&str>, excluded: &[usize]) -> Option<usize> {
         balancer::pick(&self.wrr, &self.endpoints, region, excluded)
     }
+
+    /// Picks an endpoint and claims it from its breaker: a breaker can refuse between the two
+    /// (its half-open quota used up by a concurrent call), and then the pick goes on without
+    /// it. `None` when no endpoint outside `excluded` admits the attempt.
+    pub fn claim(
+        &self,
+        region: Option<&str>,
+        excluded: &[usize],
+    ) -> Option<(usize, crate::breaker::Admission)> {
+        let now = std::time::Instant::now();
+        let mut skip = excluded.to_vec();
+        loop {
+            let index = self.pick(region, &skip)?;
+            match self.endpoints[index].state.admit(now) {
+                crate::breaker::Admission::Rejected => skip.push(index),
+                admission => return Some((index, admission)),
+            }
+        }
+    }
 }
 
 /// Where a matched call goes.

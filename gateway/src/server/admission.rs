@@ -28,6 +28,14 @@ pub enum Handshake {
     Tls(Box<Acceptor>, Duration),
 }
 
+/// The client's address for log lines, "-" when the socket does not say.
+fn peer_of(stream: &Stream) -> String {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
 /// The length of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
 const H2_PREFACE_LEN: usize = 24;
 
@@ -68,10 +76,7 @@ impl<A> Admission<A> {
         };
         let listener = self.listener.clone();
         let metrics = self.metrics.clone();
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_else(|| "-".into());
+        let peer = peer_of(&stream);
         let on_abuse = Box::new(move || {
             tracing::warn!(listener = %listener, peer, resets = budget.resets,
                            window_ms = budget.window.as_millis() as u64,
@@ -84,10 +89,7 @@ impl<A> Admission<A> {
     }
 
     fn reject(&self, stream: &Stream, reason: Rejection, detail: &str) {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_else(|| "-".into());
+        let peer = peer_of(stream);
         debug!(listener = %self.listener, peer, reason = reason.as_str(), detail, "connection refused");
         if let Some(m) = &self.metrics {
             m.rejected(reason);
@@ -114,10 +116,7 @@ impl<A> Admission<A> {
                 }
             }
             Handshake::Tls(acceptor, deadline) => {
-                let peer = stream
-                    .get_socket_digest()
-                    .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-                    .unwrap_or_else(|| "-".into());
+                let peer = peer_of(&stream);
                 // The listener hands over plain TCP streams; TLS needs the concrete type.
                 let tcp = match stream.into_any().downcast::<L4Stream>() {
                     Ok(tcp) => *tcp,

@@ -333,17 +333,6 @@ impl ListenerSet {
         }
     }
 
-    /// Addresses currently served, by listener name.
-    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        let mut all: Vec<_> = self
-            .lock()
-            .values()
-            .map(|r| (r.config.name.clone(), r.config.listen))
-            .collect();
-        all.sort();
-        all
-    }
-
     fn serve(&self, prepared: Prepared) -> Running {
         let Prepared {
             config,

@@ -66,11 +66,6 @@ impl ListenerTlsState {
         Ok(())
     }
 
-    /// Whether the listener verifies client certificates (switching that needs a new listener).
-    pub fn mutual(&self) -> bool {
-        self.client_auth.is_some()
-    }
-
     /// pingora settings for the listener: certificate from the resolver, ALPN h2 (HTTP/1.1 is
     /// offered too, only to be refused with a readable answer).
     pub fn pingora_settings(&self) -> TlsSettings {

@@ -323,19 +323,9 @@ impl ProxyHttp for GrpcProxy {
             ctx.local_status = Some(Self::no_endpoint_status(ctx));
             return Err(Self::no_endpoint_error());
         }
-        // Pick, then claim: a breaker can refuse between the two (half-open quota used up by a
-        // concurrent call); then skip that endpoint for this pick and choose again.
-        let now = std::time::Instant::now();
-        let mut skip = ctx.tried.clone();
-        let (index, admission) = loop {
-            let Some(index) = upstream.pick(ctx.region.as_deref(), &skip) else {
-                ctx.local_status = Some(Self::no_endpoint_status(ctx));
-                return Err(Self::no_endpoint_error());
-            };
-            match upstream.endpoints[index].state.admit(now) {
-                Admission::Rejected => skip.push(index),
-                admission => break (index, admission),
-            }
+        let Some((index, admission)) = upstream.claim(ctx.region.as_deref(), &ctx.tried) else {
+            ctx.local_status = Some(Self::no_endpoint_status(ctx));
+            return Err(Self::no_endpoint_error());
         };
         let endpoint = &upstream.endpoints[index];
         if !ctx.tried.is_empty() {

@@ -72,18 +72,10 @@ async fn connect(
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     while (tried.len() as u32) < upstream.max_attempts.max(1) {
-        let now = Instant::now();
-        let mut skip = tried.clone();
-        let (index, admission) = loop {
-            let Some(index) = upstream.pick(region, &skip) else {
-                return Err(NoConnection {
-                    reason: last_error.unwrap_or_else(|| no_endpoint_reason(upstream)),
-                });
-            };
-            match upstream.endpoints[index].state.admit(now) {
-                Admission::Rejected => skip.push(index),
-                admission => break (index, admission),
-            }
+        let Some((index, admission)) = upstream.claim(region, &tried) else {
+            return Err(NoConnection {
+                reason: last_error.unwrap_or_else(|| no_endpoint_reason(upstream)),
+            });
         };
         tried.push(index);
         let endpoint = &upstream.endpoints[index];
