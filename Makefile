@@ -80,7 +80,7 @@ e2e:
 
 ## make bench: the throughput/latency comparison in docs/benchmarks.md (needs nginx).
 bench: build
-	@bash .ci/install-deps nginx
+	@bash .ci/install-deps bench
 	bash benches/run.sh
 
 clean:

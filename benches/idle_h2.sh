@@ -16,7 +16,7 @@ WORK=$(mktemp -d)
 STRAIT=127.0.0.1:50271
 NGINX=127.0.0.1:50281
 
-command -v nginx >/dev/null || { echo "nginx is needed: bash .ci/install-deps nginx" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is needed: bash .ci/install-deps bench" >&2; exit 1; }
 [ -x $BIN/strait ] && [ -x $BIN/strait-tcpbench ] || cargo build --release -p strait -p strait-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

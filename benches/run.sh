@@ -27,7 +27,7 @@ STRAIT_OFF=127.0.0.1:50072
 STRAIT_ADMIN=127.0.0.1:50079
 NGINX=127.0.0.1:50081
 
-command -v nginx >/dev/null || { echo "nginx is needed: bash .ci/install-deps nginx" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is needed: bash .ci/install-deps bench" >&2; exit 1; }
 [ -x $BIN/strait ] && [ -x $BIN/strait-echo ] && [ -x $BIN/strait-loadgen ] || cargo build --release --workspace --bins
 
 pids=()

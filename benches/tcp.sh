@@ -26,7 +26,7 @@ STRAIT=127.0.0.1:50171
 NGINX=127.0.0.1:50181
 
 command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
-  || { echo "nginx with the stream module is needed: bash .ci/install-deps nginx" >&2; exit 1; }
+  || { echo "nginx with the stream module is needed: bash .ci/install-deps bench" >&2; exit 1; }
 [ -x $BIN/strait ] && [ -x $BIN/strait-tcpbench ] || cargo build --release -p strait -p strait-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # HOLD connections need ~2 fds each in every process
 

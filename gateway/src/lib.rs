@@ -5,7 +5,8 @@
 //! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
 
 pub mod admin;
-mod background;
+pub mod background;
+mod backoff;
 pub mod balancer;
 pub mod breaker;
 pub mod config;

@@ -28,6 +28,7 @@ pub struct AdminApp {
     /// Set when a graceful shutdown starts.
     pub draining: Arc<AtomicBool>,
     pub reload: crate::control::ReloadHandle,
+    pub supervisor: crate::background::Supervisor,
 }
 
 impl AdminApp {
@@ -38,6 +39,13 @@ impl AdminApp {
         }
         if !self.running.load(Ordering::Acquire) {
             return Some("listeners are not running yet".into());
+        }
+        let down = self.supervisor.down_tasks();
+        if !down.is_empty() {
+            return Some(format!(
+                "background task {} failed and is restarting",
+                down.join(", ")
+            ));
         }
         match &self.discovery {
             Some(status) if !status.synced_once() => Some(format!(
@@ -129,6 +137,29 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// The test-only fault hook (`STRAIT_TEST_HOOKS=1`): `POST /test/panic?task=NAME`.
+    fn test_panic(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        let task = session
+            .req_header()
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("task="))
+            .unwrap_or("");
+        if session.req_header().method != http::Method::POST || !self.supervisor.hooks().fire(task)
+        {
+            return respond(StatusCode::NOT_FOUND, text, b"not found\n".to_vec());
+        }
+        tracing::warn!(task, "test hook: making a background task panic");
+        respond(
+            StatusCode::OK,
+            text,
+            format!("{task} told to panic\n").into_bytes(),
+        )
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -145,6 +176,9 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         if path == "/reload" {
             return self.reload(session).await;
+        }
+        if path == "/test/panic" {
+            return self.test_panic(session);
         }
         match path.as_str() {
             "/metrics" => {

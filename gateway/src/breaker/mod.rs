@@ -14,6 +14,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+/// The longest any breaker stays open, whatever its settings say.
+const LONGEST_OPEN: Duration = Duration::from_secs(24 * 3600);
+
 pub use settings::{Backoff, BreakerSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,7 +277,9 @@ impl Breaker {
         self.trips = self.trips.saturating_add(1);
         let open_for = self.settings.open_period(self.trips, rand::random::<f64>());
         self.state = State::Open;
-        self.open_until = Some(now + open_for);
+        // Validation bounds open_for to an hour; clamped all the same so that settings built in
+        // code can never make `Instant + Duration` panic on the call path.
+        self.open_until = Some(now + open_for.min(LONGEST_OPEN));
         self.trials_admitted = 0;
         self.trials_succeeded = 0;
         self.consecutive_failures = 0;

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// The longest duration any config value may hold: 365 days. Fields with a tighter natural
+/// bound (probe intervals, breaker back-off) check it in validation. Keeping every duration
+/// this small makes `Instant + duration`, doubling and jitter arithmetic safe everywhere.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses a duration written as one or more `<integer><unit>` parts, units `ms`, `s`, `m`, `h`.
 /// A bare number is refused on purpose: `timeout = 5` is ambiguous (seconds? milliseconds?).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -46,6 +51,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
         };
         total = total.saturating_add(part);
+    }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is too long: at most 365 days (\"8760h\")"
+        ));
     }
     Ok(total)
 }
@@ -109,5 +119,10 @@ mod tests {
         assert!(parse_duration("99999999999999999999999s")
             .unwrap_err()
             .contains("too large"));
+        assert!(parse_duration("5000000000000000h")
+            .unwrap_err()
+            .contains("at most 365 days"));
+        assert!(parse_duration("8761h").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
     }
 }

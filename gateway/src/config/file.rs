@@ -48,7 +48,7 @@ pub struct EtcdSection {
     pub endpoints: Vec<Spanned<String>>,
     /// Namespace root (default "/services/").
     pub prefix: Option<Spanned<String>>,
-    pub dial_timeout: Option<ConfigDuration>,
+    pub dial_timeout: Option<Spanned<ConfigDuration>>,
     pub username: Option<String>,
     /// File holding the password for `username`.
     pub password_file: Option<Spanned<String>>,
@@ -87,7 +87,7 @@ pub struct GatewaySection {
     /// Worker threads (default: one per CPU). Changing it needs a restart.
     pub threads: Option<Spanned<i64>>,
     /// Longest wait for in-flight calls on SIGTERM (default 15s).
-    pub shutdown_grace: Option<ConfigDuration>,
+    pub shutdown_grace: Option<Spanned<ConfigDuration>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -105,7 +105,7 @@ pub struct ListenerSection {
     pub upstream: Option<Spanned<String>>,
     /// Close a connection after this long with nothing happening: for tcp, no byte either way
     /// (default 10m); for grpc, no call in flight (default 1h).
-    pub idle_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<Spanned<ConfigDuration>>,
     pub tls: Option<ListenerTlsSection>,
     pub limits: Option<LimitsSection>,
 }
@@ -124,10 +124,14 @@ pub struct LimitsSection {
     /// (default 16777216).
     pub max_message_size: Option<Spanned<i64>>,
     /// grpc: time from accept to the HTTP/2 preface, the TLS handshake included (default 10s).
-    pub handshake_timeout: Option<ConfigDuration>,
+    pub handshake_timeout: Option<Spanned<ConfigDuration>>,
+    /// grpc: once a frame, or a HEADERS block with its CONTINUATION frames, has begun to arrive,
+    /// it must be whole within this, or the connection is closed (default 10s, at most 1h).
+    /// A connection quiet between frames is not affected.
+    pub request_header_timeout: Option<Spanned<ConfigDuration>>,
     /// TCP keepalive: probe a connection idle this long, so dead peers are noticed (default
     /// 60s; whole seconds up to 32767s; "0s" turns it off).
-    pub keepalive: Option<ConfigDuration>,
+    pub keepalive: Option<Spanned<ConfigDuration>>,
 }
 
 /// TLS termination for a gRPC listener (ALPN h2).
@@ -153,7 +157,7 @@ pub struct RouteSection {
     pub method: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
     /// Deadline for calls that carry no grpc-timeout.
-    pub timeout: Option<ConfigDuration>,
+    pub timeout: Option<Spanned<ConfigDuration>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -171,7 +175,7 @@ pub struct UpstreamSection {
     pub health: Option<HealthSection>,
     pub breaker: Option<BreakerSection>,
     /// Time allowed to open a connection to one endpoint (default 1s).
-    pub connect_timeout: Option<ConfigDuration>,
+    pub connect_timeout: Option<Spanned<ConfigDuration>>,
     /// Attempts per call, first included, while nothing was sent upstream (default 3).
     pub max_attempts: Option<Spanned<i64>>,
     pub tls: Option<UpstreamTlsSection>,
@@ -204,8 +208,8 @@ pub struct UpstreamTlsSection {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
-    pub interval: Option<ConfigDuration>,
-    pub timeout: Option<ConfigDuration>,
+    pub interval: Option<Spanned<ConfigDuration>>,
+    pub timeout: Option<Spanned<ConfigDuration>>,
     /// Service name sent in HealthCheckRequest ("" = the server as a whole).
     pub service: Option<String>,
     pub unhealthy_after: Option<Spanned<i64>>,
@@ -220,10 +224,10 @@ pub struct BreakerSection {
     pub failure_rate: Option<Spanned<f64>>,
     pub window: Option<Spanned<i64>>,
     pub min_calls: Option<Spanned<i64>>,
-    pub open_for: Option<ConfigDuration>,
+    pub open_for: Option<Spanned<ConfigDuration>>,
     /// "fixed", "exponential" or "jittered".
     pub backoff: Option<Spanned<String>>,
-    pub max_open_for: Option<ConfigDuration>,
+    pub max_open_for: Option<Spanned<ConfigDuration>>,
     pub half_open_calls: Option<Spanned<i64>>,
     /// gRPC status names that count as endpoint failures.
     pub failure_codes: Option<Vec<Spanned<String>>>,

@@ -94,6 +94,9 @@ pub struct ListenerLimits {
     pub max_header_list_size: u32,
     pub max_message_size: u32,
     pub handshake_timeout: Duration,
+    /// A frame, or a HEADERS block with its CONTINUATION frames, that has begun to arrive must
+    /// be whole within this.
+    pub request_header_timeout: Duration,
     /// TCP keepalive idle time; `None` turns keepalive off.
     pub keepalive: Option<Duration>,
 }
@@ -106,6 +109,7 @@ impl Default for ListenerLimits {
             max_header_list_size: 64 * 1024,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            request_header_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
         }
     }

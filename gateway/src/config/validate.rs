@@ -137,10 +137,13 @@ fn validate_gateway(file_config: &FileConfig, diag: &mut Diagnostics) -> Gateway
         region: section.region.clone().filter(|r| !r.is_empty()),
         region_header,
         threads,
-        shutdown_grace: section
-            .shutdown_grace
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        shutdown_grace: duration_up_to(
+            &section.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            ONE_HOUR,
+            "gateway.shutdown_grace".into(),
+            diag,
+        ),
     }
 }
 
@@ -219,7 +222,8 @@ fn validate_listeners(
             ListenerKind::Tcp { idle_timeout, .. } => *idle_timeout,
             ListenerKind::Grpc => section
                 .idle_timeout
-                .map(|d| d.0)
+                .as_ref()
+                .map(|d| d.get_ref().0)
                 .unwrap_or(DEFAULT_GRPC_IDLE_TIMEOUT),
         };
         if idle_timeout.is_zero() && matches!(kind, ListenerKind::Grpc) {
@@ -253,10 +257,27 @@ fn validate_limits(
 ) -> ListenerLimits {
     let defaults = ListenerLimits::default();
     let path = format!("{path}.limits");
-    let handshake_timeout = section
-        .handshake_timeout
-        .map(|d| d.0)
-        .unwrap_or(defaults.handshake_timeout);
+    let handshake_timeout = duration_up_to(
+        &section.handshake_timeout,
+        defaults.handshake_timeout,
+        ONE_HOUR,
+        format!("{path}.handshake_timeout"),
+        diag,
+    );
+    let request_header_timeout = duration_up_to(
+        &section.request_header_timeout,
+        defaults.request_header_timeout,
+        ONE_HOUR,
+        format!("{path}.request_header_timeout"),
+        diag,
+    );
+    if request_header_timeout.is_zero() {
+        diag.at(
+            section.request_header_timeout.as_ref().and_then(span),
+            format!("{path}.request_header_timeout"),
+            "must be greater than 0",
+        );
+    }
     if handshake_timeout.is_zero() {
         diag.at(
             None,
@@ -294,7 +315,8 @@ fn validate_limits(
             diag,
         ),
         handshake_timeout,
-        keepalive: match section.keepalive {
+        request_header_timeout,
+        keepalive: match section.keepalive.as_ref().map(|d| d.get_ref()) {
             None => defaults.keepalive,
             Some(d) if d.0.is_zero() => None,
             // The kernel takes whole seconds, 1 to 32767 (TCP_KEEPIDLE).
@@ -334,7 +356,8 @@ fn listener_kind(section: &ListenerSection, path: &str, diag: &mut Diagnostics) 
             };
             let idle_timeout = section
                 .idle_timeout
-                .map(|d| d.0)
+                .as_ref()
+                .map(|d| d.get_ref().0)
                 .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT);
             if idle_timeout.is_zero() {
                 diag.at(
@@ -497,10 +520,13 @@ fn validate_upstreams(
                 DEFAULT_MAX_ATTEMPTS
             }
         };
-        let connect_timeout = section
-            .connect_timeout
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = duration_up_to(
+            &section.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            ONE_HOUR,
+            format!("{path}.connect_timeout"),
+            diag,
+        );
         if connect_timeout.is_zero() {
             diag.at(
                 span(&section.name),
@@ -565,6 +591,37 @@ fn validate_upstreams(
     upstreams
 }
 
+/// The bound on settings whose natural scale is seconds to minutes (probe intervals, breaker
+/// back-off, connect and handshake timeouts, drain). Every other duration is bounded by
+/// `MAX_DURATION` (365 days) when it is parsed.
+const ONE_HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A duration setting at most `max`, or the default with a problem reported at its place.
+fn duration_up_to(
+    value: &Option<Spanned<super::duration::ConfigDuration>>,
+    default: std::time::Duration,
+    max: std::time::Duration,
+    key: String,
+    diag: &mut Diagnostics,
+) -> std::time::Duration {
+    match value {
+        None => default,
+        Some(v) if v.get_ref().0 <= max => v.get_ref().0,
+        Some(v) => {
+            diag.at(
+                span(v),
+                key,
+                format!(
+                    "must be at most {}s, got {:?}",
+                    max.as_secs(),
+                    v.get_ref().0
+                ),
+            );
+            default
+        }
+    }
+}
+
 /// An integer setting within a range, or the default with a problem reported.
 fn int_in(
     value: &Option<Spanned<i64>>,
@@ -599,8 +656,20 @@ fn validate_health(
 ) -> HealthSettings {
     let d = HealthSettings::default();
     let settings = HealthSettings {
-        interval: h.interval.map(|v| v.0).unwrap_or(d.interval),
-        timeout: h.timeout.map(|v| v.0).unwrap_or(d.timeout),
+        interval: duration_up_to(
+            &h.interval,
+            d.interval,
+            ONE_HOUR,
+            format!("{path}.health.interval"),
+            diag,
+        ),
+        timeout: duration_up_to(
+            &h.timeout,
+            d.timeout,
+            ONE_HOUR,
+            format!("{path}.health.timeout"),
+            diag,
+        ),
         service: h.service.clone().unwrap_or_default(),
         unhealthy_after: int_in(
             &h.unhealthy_after,
@@ -702,9 +771,15 @@ fn validate_breaker(
             key("min_calls"),
             diag,
         ),
-        open_for: b.open_for.map(|v| v.0).unwrap_or(d.open_for),
+        open_for: duration_up_to(&b.open_for, d.open_for, ONE_HOUR, key("open_for"), diag),
         backoff,
-        max_open_for: b.max_open_for.map(|v| v.0).unwrap_or(d.max_open_for),
+        max_open_for: duration_up_to(
+            &b.max_open_for,
+            d.max_open_for,
+            ONE_HOUR,
+            key("max_open_for"),
+            diag,
+        ),
         half_open_calls: int_in(
             &b.half_open_calls,
             1..=1000,
@@ -877,10 +952,13 @@ fn validate_etcd(
     EtcdConfig {
         endpoints,
         prefix,
-        dial_timeout: etcd
-            .dial_timeout
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_ETCD_DIAL_TIMEOUT),
+        dial_timeout: duration_up_to(
+            &etcd.dial_timeout,
+            DEFAULT_ETCD_DIAL_TIMEOUT,
+            ONE_HOUR,
+            "etcd.dial_timeout".into(),
+            diag,
+        ),
         auth,
         tls,
     }
@@ -970,7 +1048,11 @@ fn validate_routes(
             service,
             method,
             upstream: upstream.clone(),
-            timeout: section.timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+            timeout: section
+                .timeout
+                .as_ref()
+                .map(|d| d.get_ref().0)
+                .filter(|d| !d.is_zero()),
         });
     }
     routes

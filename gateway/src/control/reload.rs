@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::ControlPlane;
+use crate::background::Supervisor;
 use crate::config::{Config, ConfigError};
 use crate::routing::SnapshotError;
 use crate::server::{ListenerChanges, ListenerError};
@@ -139,6 +140,50 @@ impl ControlPlane {
 
 type Reply = oneshot::Sender<Result<String, String>>;
 
+/// The control task: reloads on SIGHUP and on request, one at a time. `installed` hears once
+/// the SIGHUP handler is in place (each start installs its own).
+async fn serve(
+    control: Arc<ControlPlane>,
+    incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Reply>>>,
+    installed: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => {
+            let _ = installed.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = installed.send(Err(e));
+            return;
+        }
+    };
+    let mut incoming = incoming.lock().await;
+    loop {
+        let reply = tokio::select! {
+            Some(()) = hangups.recv() => {
+                info!("SIGHUP: reloading the config");
+                None
+            }
+            request = incoming.recv() => match request {
+                Some(reply) => Some(reply),
+                // Every handle is gone: nothing will ask again, but SIGHUP still may.
+                None => {
+                    hangups.recv().await;
+                    None
+                }
+            },
+        };
+        let outcome = control
+            .reload()
+            .await
+            .map(|r| r.to_string())
+            .map_err(|e| e.to_string());
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
 /// Asks the control thread for a reload; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ReloadHandle {
@@ -148,42 +193,17 @@ pub struct ReloadHandle {
 impl ReloadHandle {
     /// Runs the control thread: reloads on SIGHUP and on request, one at a time. Returns once
     /// the SIGHUP handler is in place (before it, SIGHUP would end the process).
-    pub fn spawn(control: Arc<ControlPlane>) -> std::io::Result<Self> {
-        let (requests, mut incoming) = mpsc::unbounded_channel::<Reply>();
+    pub fn spawn(supervisor: &Supervisor, control: Arc<ControlPlane>) -> std::io::Result<Self> {
+        let (requests, incoming) = mpsc::unbounded_channel::<Reply>();
+        // The queue outlives a failed control task: its restart serves what is still waiting.
+        let incoming = Arc::new(tokio::sync::Mutex::new(incoming));
         let (installed, handler_ready) = std::sync::mpsc::channel();
-        crate::background::spawn("strait-control", async move {
-            let mut hangups =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                    Ok(s) => {
-                        let _ = installed.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = installed.send(Err(e));
-                        return;
-                    }
-                };
-            loop {
-                let reply = tokio::select! {
-                    Some(()) = hangups.recv() => {
-                        info!("SIGHUP: reloading the config");
-                        None
-                    }
-                    request = incoming.recv() => match request {
-                        Some(reply) => Some(reply),
-                        None => return,
-                    },
-                };
-                let outcome = control
-                    .reload()
-                    .await
-                    .map(|r| r.to_string())
-                    .map_err(|e| e.to_string());
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
-                }
-            }
-        });
+        supervisor.spawn(
+            crate::background::CONTROL,
+            "strait-control",
+            || {},
+            move || serve(control.clone(), incoming.clone(), installed.clone()),
+        );
         handler_ready
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("control thread ended")))?;

@@ -13,17 +13,31 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
-use tracing::debug;
+use std::time::Duration;
 
+use tokio::task::JoinHandle;
+use tracing::{debug, error};
+
+use crate::background::Supervisor;
 use crate::config::{HealthSettings, UpstreamTls};
 use crate::endpoint::EndpointState;
 use crate::routing::Routing;
 
-/// Runs the probes on their own thread for the life of the process.
-pub fn spawn(routing: Arc<Routing>) {
-    crate::background::spawn("strait-health", manage(routing));
+/// Runs the probes on their own supervised thread for the life of the process. A probe task
+/// that panics or returns is restarted by `manage` (counted as `health_probe`); a failure of
+/// `manage` itself aborts its probes (they are aborted as its probe set drops) and the supervisor starts it again.
+pub fn spawn(supervisor: &Supervisor, routing: Arc<Routing>) {
+    let owner = supervisor.clone();
+    supervisor.spawn(
+        crate::background::HEALTH_PROBES,
+        "strait-health",
+        || {},
+        move || manage(routing.clone(), owner.clone()),
+    );
 }
+
+/// How often finished probe tasks are looked for, between routing changes.
+const PROBE_CHECK: Duration = Duration::from_secs(1);
 
 /// A running probe and what it was started with: a reload that changes the settings restarts it.
 struct RunningProbe {
@@ -51,10 +65,27 @@ impl RunningProbe {
 }
 
 /// Keeps exactly one probe task per probed endpoint of the current snapshot.
-async fn manage(routing: Arc<Routing>) {
+async fn manage(routing: Arc<Routing>, supervisor: Supervisor) {
     let mut changes = routing.subscribe();
-    let mut probes: HashMap<(String, SocketAddr), RunningProbe> = HashMap::new();
+    let mut probes = Probes::default();
+    let mut check = tokio::time::interval(PROBE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A probe that ended (it panicked, or returned when its channel could not be set up)
+        // would leave its endpoint's health frozen: drop it so the pass below starts it again.
+        let ended: Vec<_> = probes
+            .0
+            .iter()
+            .filter(|(_, p)| p.task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ended {
+            if let Some(probe) = probes.0.remove(&key) {
+                error!(upstream = %key.0, endpoint = %key.1, "health probe task ended; restarting it");
+                supervisor.count_restart(crate::background::HEALTH_PROBE);
+                probe.replace();
+            }
+        }
         let snapshot = routing.load_full();
         let mut wanted = std::collections::HashSet::new();
         for upstream in snapshot.upstreams() {
@@ -64,7 +95,7 @@ async fn manage(routing: Arc<Routing>) {
             for endpoint in &upstream.endpoints {
                 let key = (upstream.name.clone(), endpoint.addr);
                 wanted.insert(key.clone());
-                let current = probes.get(&key).is_some_and(|p| {
+                let current = probes.0.get(&key).is_some_and(|p| {
                     p.settings == settings
                         && p.tls == upstream.tls
                         && p.generation == snapshot.generation
@@ -73,7 +104,7 @@ async fn manage(routing: Arc<Routing>) {
                 if current {
                     continue;
                 }
-                if let Some(outdated) = probes.remove(&key) {
+                if let Some(outdated) = probes.0.remove(&key) {
                     if Arc::ptr_eq(&outdated.state, &endpoint.state) {
                         outdated.replace();
                     } else {
@@ -88,7 +119,7 @@ async fn manage(routing: Arc<Routing>) {
                     tls: upstream.tls.clone(),
                     routing: routing.clone(),
                 }));
-                probes.insert(
+                probes.0.insert(
                     key,
                     RunningProbe {
                         task,
@@ -101,17 +132,34 @@ async fn manage(routing: Arc<Routing>) {
             }
         }
         let gone: Vec<_> = probes
+            .0
             .keys()
             .filter(|k| !wanted.contains(*k))
             .cloned()
             .collect();
         for key in gone {
-            if let Some(probe) = probes.remove(&key) {
+            if let Some(probe) = probes.0.remove(&key) {
                 probe.stop();
             }
         }
-        if changes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() {
+                return;
+            },
+            _ = check.tick() => {}
+        }
+    }
+}
+
+/// The running probes; dropping the set (when `manage` fails) aborts them, so a restarted
+/// `manage` never runs beside orphaned probes.
+#[derive(Default)]
+struct Probes(HashMap<(String, SocketAddr), RunningProbe>);
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for probe in self.0.values() {
+            probe.task.abort();
         }
     }
 }

@@ -67,6 +67,7 @@ pub struct Metrics {
     tcp_bytes: IntCounterVec,
     listener_connections: IntGaugeVec,
     listener_rejected: IntCounterVec,
+    background_restarts: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -224,6 +225,12 @@ impl Metrics {
                 "Connections refused or closed by the listener's limits, by listener and reason.",
                 &["listener", "reason"],
             ),
+            background_restarts: counter(
+                &registry,
+                "strait_background_restarts_total",
+                "Background tasks (etcd_watch, health_probes, health_probe, control) that panicked or returned and were restarted.",
+                &["task"],
+            ),
             tcp_bytes: counter(
                 &registry,
                 "strait_tcp_bytes_total",
@@ -294,6 +301,11 @@ impl Metrics {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// A supervised background task failed and is being restarted.
+    pub fn background_restarted(&self, task: &str) {
+        self.background_restarts.with_label_values(&[task]).inc();
     }
 
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
@@ -455,14 +467,17 @@ pub enum Rejection {
     HandshakeError,
     /// Closed later: the client reset streams faster than allowed.
     RapidReset,
+    /// Closed later: a begun frame or header block did not arrive whole in time.
+    HeaderTimeout,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 5] = [
         Rejection::MaxConnections,
         Rejection::HandshakeTimeout,
         Rejection::HandshakeError,
         Rejection::RapidReset,
+        Rejection::HeaderTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -471,6 +486,7 @@ impl Rejection {
             Rejection::HandshakeTimeout => "handshake_timeout",
             Rejection::HandshakeError => "handshake_error",
             Rejection::RapidReset => "rapid_reset",
+            Rejection::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -479,7 +495,7 @@ impl Rejection {
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     pub open: IntGauge,
-    rejected: [prometheus::IntCounter; 4],
+    rejected: [prometheus::IntCounter; 5],
 }
 
 impl ListenerMetrics {

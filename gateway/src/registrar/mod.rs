@@ -17,6 +17,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpRespo
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::EtcdConfig;
 pub use value::{default_instance_id, instance_value};
 
@@ -52,6 +53,24 @@ pub enum RegistrarError {
     IdTaken { key: String, lease: i64 },
     #[error(transparent)]
     Discovery(#[from] crate::discovery::etcd::DiscoveryError),
+    #[error("the registration task {0}")]
+    TaskFailed(String),
+}
+
+/// A registration task's end: its own result, or the panic that ended it (never "fine").
+fn task_result(
+    joined: Result<Result<(), RegistrarError>, tokio::task::JoinError>,
+) -> Result<(), RegistrarError> {
+    joined.unwrap_or_else(|e| {
+        Err(RegistrarError::TaskFailed(if e.is_panic() {
+            format!(
+                "panicked: {}",
+                crate::background::panic_message(e.into_panic())
+            )
+        } else {
+            format!("was cancelled: {e}")
+        }))
+    })
 }
 
 /// A running registration. Dropping it does not deregister: call `shutdown`.
@@ -83,12 +102,12 @@ impl Registrar {
     /// registration's result (an error only for a refused id).
     pub async fn shutdown(self) -> Result<(), RegistrarError> {
         self.stop.notify_one();
-        self.done.await.unwrap_or(Ok(()))
+        task_result(self.done.await)
     }
 
     /// Waits until the registration ends by itself (only on a fatal error such as a taken id).
     pub async fn wait(&mut self) -> Result<(), RegistrarError> {
-        (&mut self.done).await.unwrap_or(Ok(()))
+        task_result((&mut self.done).await)
     }
 }
 
@@ -102,7 +121,8 @@ async fn run(
 ) -> Result<(), RegistrarError> {
     let key = reg.key();
     info!(key, addr = %reg.addr, ttl_ms = reg.ttl.as_millis() as u64, "registrar starting");
-    let mut backoff = BACKOFF_START;
+    // Jittered, so a fleet of registrars does not retry in lockstep after an etcd outage.
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     // The lease this process held before the current one: after an etcd restart it may still be
     // alive and own our key, which is ours to take over, not a collision.
     let mut previous_lease: Option<i64> = None;
@@ -116,16 +136,16 @@ async fn run(
         let (mut client, lease) = match session {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd unreachable; retrying");
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unreachable; retrying");
                 tokio::select! {
                     _ = &mut stopping => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        backoff = BACKOFF_START;
+        backoff.reset();
         match serve_lease(
             &reg,
             &mut client,
@@ -322,4 +342,22 @@ async fn deregister(
     }
     registered.send_replace(false);
     info!(key, "deregistered");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `strait register` exits non-zero on an error result, so a panicked task must be one.
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error() {
+        let panicked = tokio::spawn(async { panic!("lease keeper broke") }).await;
+        let result = task_result(panicked.map(|()| Ok(())));
+        let message = result.expect_err("a panic is not a clean end").to_string();
+        assert!(
+            message.contains("panicked: lease keeper broke"),
+            "{message}"
+        );
+        assert!(task_result(Ok(Ok(()))).is_ok());
+    }
 }

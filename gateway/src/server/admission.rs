@@ -15,7 +15,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::frame_guard::{GuardedStream, ResetBudget};
+use super::frame_guard::{FrameRules, GuardedStream, Violation};
 use crate::metrics::{ListenerMetrics, Rejection};
 
 /// What must happen, within the deadline, before the app gets the connection.
@@ -44,8 +44,9 @@ pub struct Admission<A> {
     inner: Arc<A>,
     slots: Arc<Semaphore>,
     handshake: Handshake,
-    /// HTTP/2 listeners: how fast a client may reset streams before it is disconnected.
-    reset_budget: Option<ResetBudget>,
+    /// HTTP/2 listeners: how fast a client may reset streams and how long a begun frame may
+    /// take, before it is disconnected.
+    frame_rules: Option<FrameRules>,
     metrics: Option<ListenerMetrics>,
 }
 
@@ -55,7 +56,7 @@ impl<A> Admission<A> {
         inner: A,
         max_connections: u32,
         handshake: Handshake,
-        reset_budget: Option<ResetBudget>,
+        frame_rules: Option<FrameRules>,
         metrics: Option<ListenerMetrics>,
     ) -> Self {
         Self {
@@ -63,29 +64,40 @@ impl<A> Admission<A> {
             inner: Arc::new(inner),
             slots: Arc::new(Semaphore::new(max_connections as usize)),
             handshake,
-            reset_budget,
+            frame_rules,
             metrics,
         }
     }
 
     fn guard(&self, (stream, replay): (Stream, Vec<u8>)) -> Stream {
-        // Only HTTP/2 listeners have a budget; only TLS (an HTTP/2 listener) leaves bytes to
+        // Only HTTP/2 listeners have frame rules; only TLS (an HTTP/2 listener) leaves bytes to
         // replay.
-        let Some(budget) = self.reset_budget else {
+        let Some(rules) = self.frame_rules else {
             return stream;
         };
         let listener = self.listener.clone();
         let metrics = self.metrics.clone();
         let peer = peer_of(&stream);
-        let on_abuse = Box::new(move || {
-            tracing::warn!(listener = %listener, peer, resets = budget.resets,
-                           window_ms = budget.window.as_millis() as u64,
-                           "closing a connection that resets streams too fast (rapid reset)");
+        let on_violation = Box::new(move |violation| {
+            let reason = match violation {
+                Violation::RapidReset => {
+                    tracing::warn!(listener = %listener, peer, resets = rules.resets.resets,
+                                   window_ms = rules.resets.window.as_millis() as u64,
+                                   "closing a connection that resets streams too fast (rapid reset)");
+                    Rejection::RapidReset
+                }
+                Violation::HeaderTimeout => {
+                    tracing::info!(listener = %listener, peer,
+                                   timeout_ms = rules.header_timeout.as_millis() as u64,
+                                   "closing a connection that left a frame or header block incomplete (request_header_timeout)");
+                    Rejection::HeaderTimeout
+                }
+            };
             if let Some(m) = metrics {
-                m.rejected(Rejection::RapidReset);
+                m.rejected(reason);
             }
         });
-        Box::new(GuardedStream::new(stream, replay, budget, on_abuse))
+        Box::new(GuardedStream::new(stream, replay, rules, on_violation))
     }
 
     fn reject(&self, stream: &Stream, reason: Rejection, detail: &str) {

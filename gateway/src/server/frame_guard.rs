@@ -1,8 +1,12 @@
-//! A watch on the HTTP/2 frames a client sends, below pingora: it counts the client's
-//! RST_STREAM frames and closes a connection that resets streams faster than any legitimate
-//! client does (the "rapid reset" attack, CVE-2023-44487). Each reset stream already cost a
-//! request task; without a budget, a few connections can fill the runtime's queues and starve
-//! every other caller.
+//! A watch on the HTTP/2 frames a client sends, below pingora. It closes a connection that
+//! - resets streams faster than any legitimate client does (the "rapid reset" attack,
+//!   CVE-2023-44487): each reset stream already cost a request task; without a budget, a few
+//!   connections can fill the runtime's queues and starve every other caller;
+//! - trickles a frame or a header block: a frame that has begun to arrive, and a HEADERS block
+//!   with its CONTINUATION frames, must be complete within the header timeout (a slowloris
+//!   client would otherwise hold its connection and its request-header memory until the idle
+//!   timeout). Between frames a connection may stay quiet as long as it likes: gRPC clients
+//!   connect early and call later.
 //!
 //! The watch only reads frame headers (9 bytes each) as the bytes pass; it buffers nothing.
 
@@ -18,16 +22,36 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
+const CONTINUATION: u8 = 9;
+const END_HEADERS: u8 = 0x4;
 
 /// How many stream resets a connection may send per window.
 #[derive(Debug, Clone, Copy)]
 pub struct ResetBudget {
     pub resets: u32,
     pub window: Duration,
+}
+
+/// What an HTTP/2 listener asks of its clients' frames.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRules {
+    pub resets: ResetBudget,
+    /// The longest a begun frame or header block may take to arrive whole.
+    pub header_timeout: Duration,
+}
+
+/// Why the watch closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    RapidReset,
+    HeaderTimeout,
 }
 
 #[derive(Debug)]
@@ -49,6 +73,12 @@ pub struct FrameWatch {
     budget: ResetBudget,
     window_start: Option<Instant>,
     resets_in_window: u32,
+    /// When the frame (or preface) now arriving began; `None` between frames.
+    frame_started: Option<Instant>,
+    /// When the HEADERS frame of an unfinished header block began.
+    block_started: Option<Instant>,
+    /// The frame whose payload is being skipped ends a header block.
+    payload_ends_block: bool,
 }
 
 impl FrameWatch {
@@ -58,11 +88,26 @@ impl FrameWatch {
             budget,
             window_start: None,
             resets_in_window: 0,
+            frame_started: None,
+            block_started: None,
+            payload_ends_block: false,
+        }
+    }
+
+    /// Since when something the client began is still incomplete: the oldest of an
+    /// unfinished header block and a partly arrived frame. `None` at a frame boundary.
+    pub fn incomplete_since(&self) -> Option<Instant> {
+        match (self.block_started, self.frame_started) {
+            (Some(block), _) => Some(block),
+            (None, frame) => frame,
         }
     }
 
     /// Follows `bytes`; `false` when the client has overspent its reset budget.
     pub fn observe(&mut self, mut bytes: &[u8], now: Instant) -> bool {
+        if !bytes.is_empty() && !matches!(self.position, Position::Off) {
+            self.frame_started.get_or_insert(now);
+        }
         while !bytes.is_empty() {
             match &mut self.position {
                 Position::Off => return true,
@@ -70,12 +115,14 @@ impl FrameWatch {
                     let take = (PREFACE.len() - *seen).min(bytes.len());
                     if bytes[..take] != PREFACE[*seen..*seen + take] {
                         self.position = Position::Off;
+                        self.frame_started = None;
                         return true;
                     }
                     *seen += take;
                     bytes = &bytes[take..];
                     if *seen == PREFACE.len() {
                         self.position = Position::Header([0; 9], 0);
+                        self.frame_done(false);
                     }
                 }
                 Position::Header(header, seen) => {
@@ -86,11 +133,20 @@ impl FrameWatch {
                     if *seen == 9 {
                         let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
                         let kind = header[3];
-                        self.position = if length > 0 {
-                            Position::Payload(length)
+                        let flags = header[4];
+                        if kind == HEADERS {
+                            // The block began with this frame's first byte.
+                            self.block_started = self.frame_started.or(Some(now));
+                        }
+                        let ends_block =
+                            matches!(kind, HEADERS | CONTINUATION) && flags & END_HEADERS != 0;
+                        if length > 0 {
+                            self.position = Position::Payload(length);
+                            self.payload_ends_block = ends_block;
                         } else {
-                            Position::Header([0; 9], 0)
-                        };
+                            self.position = Position::Header([0; 9], 0);
+                            self.frame_done(ends_block);
+                        }
                         if kind == RST_STREAM && !self.count_reset(now) {
                             return false;
                         }
@@ -102,11 +158,23 @@ impl FrameWatch {
                     bytes = &bytes[take..];
                     if *remaining == 0 {
                         self.position = Position::Header([0; 9], 0);
+                        self.frame_done(self.payload_ends_block);
                     }
                 }
             }
+            // More bytes left means another frame has begun arriving, now.
+            if !bytes.is_empty() && self.frame_started.is_none() {
+                self.frame_started = Some(now);
+            }
         }
         true
+    }
+
+    fn frame_done(&mut self, ends_block: bool) {
+        self.frame_started = None;
+        if ends_block {
+            self.block_started = None;
+        }
     }
 
     fn count_reset(&mut self, now: Instant) -> bool {
@@ -120,19 +188,23 @@ impl FrameWatch {
     }
 }
 
-/// Called once when a connection overspends its budget (log line, metric).
-pub type OnAbuse = Box<dyn FnOnce() + Send + Sync>;
+/// Called once when a connection breaks a rule (log line, metric).
+pub type OnViolation = Box<dyn FnOnce(Violation) + Send + Sync>;
 
-/// A downstream stream whose incoming frames are watched; past the budget, reads fail and the
-/// connection is torn down.
+/// A downstream stream whose incoming frames are watched; once a rule is broken, reads fail and
+/// the connection is torn down.
 pub struct GuardedStream {
     inner: Stream,
     /// Bytes already read from `inner` (the TLS client's first bytes, read under the handshake
     /// deadline), handed out before anything else.
     replay: Vec<u8>,
     watch: FrameWatch,
-    on_abuse: Option<OnAbuse>,
-    tripped: bool,
+    header_timeout: Duration,
+    /// Armed while something is incomplete, so a client that stops mid-frame is still cut
+    /// (without it nothing would poll us again until the client sent more).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    on_violation: Option<OnViolation>,
+    tripped: Option<Violation>,
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -145,14 +217,37 @@ impl std::fmt::Debug for GuardedStream {
 }
 
 impl GuardedStream {
-    pub fn new(inner: Stream, replay: Vec<u8>, budget: ResetBudget, on_abuse: OnAbuse) -> Self {
+    pub fn new(
+        inner: Stream,
+        replay: Vec<u8>,
+        rules: FrameRules,
+        on_violation: OnViolation,
+    ) -> Self {
         Self {
             inner,
             replay,
-            watch: FrameWatch::new(budget),
-            on_abuse: Some(on_abuse),
-            tripped: false,
+            watch: FrameWatch::new(rules.resets),
+            header_timeout: rules.header_timeout,
+            timer: None,
+            on_violation: Some(on_violation),
+            tripped: None,
         }
+    }
+
+    fn trip(&mut self, violation: Violation) -> std::io::Error {
+        self.tripped = Some(violation);
+        self.timer = None;
+        if let Some(callback) = self.on_violation.take() {
+            callback(violation);
+        }
+        violation_error(violation)
+    }
+
+    /// The instant by which the incomplete frame or header block must be whole.
+    fn incomplete_deadline(&self) -> Option<Instant> {
+        self.watch
+            .incomplete_since()
+            .map(|since| since + self.header_timeout)
     }
 }
 
@@ -162,8 +257,8 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.tripped {
-            return Poll::Ready(Err(rapid_reset_error()));
+        if let Some(violation) = self.tripped {
+            return Poll::Ready(Err(violation_error(violation)));
         }
         let before = buf.filled().len();
         let result = if self.replay.is_empty() {
@@ -174,24 +269,48 @@ impl AsyncRead for GuardedStream {
             self.replay.drain(..n);
             Poll::Ready(Ok(()))
         };
+        let this = &mut *self;
+        let now = Instant::now();
         if let Poll::Ready(Ok(())) = &result {
-            let this = &mut *self;
-            if !this.watch.observe(&buf.filled()[before..], Instant::now()) {
-                this.tripped = true;
-                if let Some(callback) = this.on_abuse.take() {
-                    callback();
-                }
-                return Poll::Ready(Err(rapid_reset_error()));
+            if !this.watch.observe(&buf.filled()[before..], now) {
+                return Poll::Ready(Err(this.trip(Violation::RapidReset)));
+            }
+        }
+        let Some(deadline) = this.incomplete_deadline() else {
+            this.timer = None;
+            return result;
+        };
+        if now >= deadline {
+            return Poll::Ready(Err(this.trip(Violation::HeaderTimeout)));
+        }
+        if result.is_pending() {
+            // Wake up at the deadline even if the client sends nothing more.
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(this.trip(Violation::HeaderTimeout)));
             }
         }
         result
     }
 }
 
-fn rapid_reset_error() -> std::io::Error {
+fn violation_error(violation: Violation) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
-        "client reset streams faster than the listener allows (rapid reset)",
+        match violation {
+            Violation::RapidReset => {
+                "client reset streams faster than the listener allows (rapid reset)"
+            }
+            Violation::HeaderTimeout => {
+                "client did not complete a frame or header block within request_header_timeout"
+            }
+        },
     )
 }
 
@@ -350,10 +469,81 @@ mod tests {
         assert!(!watch.observe(&reset, start + Duration::from_secs(1)));
     }
 
+    fn frame_with_flags(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = frame(kind, stream, payload);
+        f[4] = flags;
+        f
+    }
+
+    #[test]
+    fn a_quiet_connection_between_frames_is_complete() {
+        let mut watch = FrameWatch::new(budget(10));
+        let t0 = Instant::now();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(4, 0, &[0; 6])); // SETTINGS
+        assert!(watch.observe(&bytes, t0));
+        assert_eq!(watch.incomplete_since(), None);
+        // A whole request's HEADERS (END_HEADERS) and DATA leave nothing incomplete either.
+        let mut call = frame_with_flags(HEADERS, END_HEADERS, 1, b"block");
+        call.extend(frame(0, 1, b"data"));
+        assert!(watch.observe(&call, t0 + Duration::from_secs(60)));
+        assert_eq!(watch.incomplete_since(), None);
+    }
+
+    #[test]
+    fn a_trickled_frame_is_incomplete_since_its_first_byte() {
+        let mut watch = FrameWatch::new(budget(10));
+        let t0 = Instant::now();
+        assert!(watch.observe(PREFACE, t0));
+        let headers = frame_with_flags(HEADERS, END_HEADERS, 1, b"a-header-block");
+        for (i, byte) in headers.iter().enumerate().take(headers.len() - 1) {
+            assert!(watch.observe(&[*byte], t0 + Duration::from_secs(1 + i as u64)));
+            assert_eq!(watch.incomplete_since(), Some(t0 + Duration::from_secs(1)));
+        }
+        assert!(watch.observe(&headers[headers.len() - 1..], t0 + Duration::from_secs(99)));
+        assert_eq!(watch.incomplete_since(), None);
+    }
+
+    #[test]
+    fn a_header_block_is_incomplete_until_end_headers() {
+        let mut watch = FrameWatch::new(budget(10));
+        let t0 = Instant::now();
+        assert!(watch.observe(PREFACE, t0));
+        let t1 = t0 + Duration::from_secs(1);
+        // HEADERS without END_HEADERS: whole frame, unfinished block.
+        assert!(watch.observe(&frame_with_flags(HEADERS, 0, 1, b"part-one"), t1));
+        assert_eq!(watch.incomplete_since(), Some(t1));
+        // A CONTINUATION without END_HEADERS keeps the block's start.
+        let t2 = t0 + Duration::from_secs(5);
+        assert!(watch.observe(&frame_with_flags(CONTINUATION, 0, 1, b"two"), t2));
+        assert_eq!(watch.incomplete_since(), Some(t1));
+        assert!(watch.observe(
+            &frame_with_flags(CONTINUATION, END_HEADERS, 1, b"three"),
+            t2
+        ));
+        assert_eq!(watch.incomplete_since(), None);
+    }
+
+    #[test]
+    fn a_new_frame_in_the_same_read_starts_now() {
+        let mut watch = FrameWatch::new(budget(10));
+        let t0 = Instant::now();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(4, 0, &[]));
+        bytes.extend(&frame(0, 1, b"data")[..5]); // half a DATA frame header
+        assert!(watch.observe(&bytes, t0));
+        assert_eq!(watch.incomplete_since(), Some(t0));
+    }
+
     #[test]
     fn non_http2_bytes_are_not_watched() {
         let mut watch = FrameWatch::new(budget(0));
         assert!(watch.observe(b"GET / HTTP/1.1\r\n\r\n", Instant::now()));
         assert!(watch.observe(&frame(RST_STREAM, 1, &[0; 4]), Instant::now()));
+        assert_eq!(
+            watch.incomplete_since(),
+            None,
+            "HTTP/1 is refused by the proxy, not timed here"
+        );
     }
 }

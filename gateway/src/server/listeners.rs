@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::admission::{Admission, Handshake};
-use super::frame_guard::ResetBudget;
+use super::frame_guard::{FrameRules, ResetBudget};
 use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::Metrics;
@@ -399,16 +399,19 @@ impl ListenerSet {
             ),
         };
         // Legitimate clients cancel calls, but not hundreds a second on one connection.
-        let reset_budget = ResetBudget {
-            resets: (2 * limits.max_concurrent_streams).max(200),
-            window: Duration::from_secs(1),
+        let frame_rules = FrameRules {
+            resets: ResetBudget {
+                resets: (2 * limits.max_concurrent_streams).max(200),
+                window: Duration::from_secs(1),
+            },
+            header_timeout: limits.request_header_timeout,
         };
         let app = Admission::new(
             &listener.name,
             proxy,
             limits.max_connections,
             handshake,
-            Some(reset_budget),
+            Some(frame_rules),
             d.metrics.as_ref().map(|m| m.listener(&listener.name)),
         );
         let mut service = Service::new(format!("grpc listener {}", listener.name), app);

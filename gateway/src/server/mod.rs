@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 use tracing::info;
 
 use crate::admin::AdminApp;
+use crate::background::{FaultHooks, Supervisor};
 use crate::config::Config;
 use crate::control::{ControlPlane, ReloadHandle};
 use crate::discovery::etcd;
@@ -98,17 +99,18 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         listeners.clone(),
         metrics.clone(),
     ));
+    let supervisor = Supervisor::new(metrics.clone(), Arc::new(FaultHooks::from_env()));
     let discovery = config.etcd.clone().map(|etcd_config| {
         let status = Arc::new(etcd::DiscoveryStatus::default());
         info!(endpoints = ?etcd_config.endpoints, prefix = %etcd_config.prefix, "starting etcd discovery");
         let control = control.clone();
-        etcd::spawn(etcd_config, status.clone(), move |view| {
+        etcd::spawn(&supervisor, etcd_config, status.clone(), move |view| {
             control.etcd_view_changed(view)
         });
         status
     });
-    crate::health::spawn(routing.clone());
-    let reload = ReloadHandle::spawn(control).map_err(StartError::Signal)?;
+    crate::health::spawn(&supervisor, routing.clone());
+    let reload = ReloadHandle::spawn(&supervisor, control).map_err(StartError::Signal)?;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
@@ -122,6 +124,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             running: running.clone(),
             draining: draining.clone(),
             reload,
+            supervisor,
         };
         let mut service = Service::new("admin".to_string(), app);
         service.add_tcp(&admin.listen.to_string());

@@ -1,7 +1,6 @@
 //! etcd discovery: list the prefix at revision R, watch from R+1, keep the last good view through
 //! any etcd fault, and resync (re-list and replace) after every reconnect.
 
-mod backoff;
 mod client;
 mod status;
 mod view;
@@ -16,8 +15,9 @@ pub use client::connect;
 pub use status::{DiscoveryStatus, RejectReason};
 pub use view::{EtcdView, ViewBuilder};
 
+use crate::background::Supervisor;
+use crate::backoff::Backoff;
 use crate::config::EtcdConfig;
-use backoff::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -44,14 +44,27 @@ pub enum DiscoveryError {
     WatchClosed,
 }
 
-/// Runs discovery on its own thread until the process exits. `publish` gets every new view
-/// (after the first list, after each batch of watch events, after each resync).
+/// Runs discovery on its own supervised thread until the process exits. `publish` gets every
+/// new view (after the first list, after each batch of watch events, after each resync). While
+/// the task is down (it panicked and waits for its restart) the status says disconnected, so
+/// `/readyz`, `strait_etcd_connected` and staleness describe a frozen view as frozen.
 pub fn spawn(
+    supervisor: &Supervisor,
     config: EtcdConfig,
     status: Arc<DiscoveryStatus>,
     publish: impl Fn(Arc<EtcdView>) + Send + Sync + 'static,
 ) {
-    crate::background::spawn("strait-etcd", run(config, status, publish));
+    let publish = Arc::new(publish);
+    let down = status.clone();
+    supervisor.spawn(
+        crate::background::ETCD_WATCH,
+        "strait-etcd",
+        move || down.set_disconnected(Some("the etcd watch task failed; restarting".into())),
+        move || {
+            let publish = publish.clone();
+            run(config.clone(), status.clone(), move |view| publish(view))
+        },
+    );
 }
 
 async fn run(

@@ -125,7 +125,9 @@ impl GrpcProxy {
             })?),
             None => target.timeout,
         };
-        ctx.deadline = budget.map(|b| ctx.started + b);
+        // A budget too far in the future to represent is no deadline at all (checked, never a
+        // panic on the call path whatever the caller sends).
+        ctx.deadline = budget.and_then(|b| ctx.started.checked_add(b));
         ctx.caller_deadline = req.headers.contains_key("grpc-timeout");
         ctx.region = self.preferred_region(req);
         ctx.target = Some(target.clone());
