@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strait_tests::attack::{self, Bystander, BystanderReport};
-use strait_tests::net::{free_addr, http_get, metric};
+use strait_tests::net::{free_addr, http_get, metric, wait_metric};
 use strait_tests::raw::{self, grpc_frame};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tokio::io::AsyncWriteExt;
@@ -299,7 +299,8 @@ async fn continuation_flood_is_cut_off() {
 }
 
 /// Slowloris: the preface a byte at a time, and a HEADERS frame a byte at a time after a good
-/// preface. The first are closed at `handshake_timeout`, the second at `idle_timeout`.
+/// preface. The first are closed at `handshake_timeout`, the second at `idle_timeout` (here
+/// shorter than `request_header_timeout`; the next test has it the other way round).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed() {
     let _heavy = attack::HEAVY.lock().await;
@@ -351,6 +352,88 @@ async fn slowloris_connections_are_closed() {
     let report = bystander.finish().await;
     assert_undisturbed(&report);
     arena.assert_healthy(rss, 32 * 1024);
+}
+
+/// Slow request headers with the default hour-long idle timeout: a HEADERS frame dripped a
+/// byte at a time after a good preface, and a HEADERS frame sent whole but whose block never
+/// ends (no END_HEADERS, CONTINUATION dripped). Both are cut at `request_header_timeout` and
+/// counted as `header_timeout`; connections that only exchanged SETTINGS and wait for their
+/// first call are left alone and still answer a PING afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_headers_are_cut_but_quiet_connections_stay() {
+    let _heavy = attack::HEAVY.lock().await;
+    let limits = format!("{LIMITS}request_header_timeout = \"1s\"\n");
+    let arena = Arena::start("", &limits).await;
+    let bystander = Bystander::start(arena.listen).await;
+    let listen = arena.listen;
+    let mut quiet = Vec::new();
+    for _ in 0..10 {
+        quiet.push(attack::open(listen).await.unwrap());
+    }
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..60 {
+        slow.push(tokio::spawn(async move {
+            let mut s = attack::open(listen).await.unwrap();
+            let block = attack::request_block("/bench.Echo/Unary", &[]);
+            let drip: Vec<u8> = if i % 2 == 0 {
+                attack::frame(attack::HEADERS, attack::END_HEADERS, 1, &block)
+            } else {
+                let (first, rest) = block.split_at(block.len() / 2);
+                s.write_all(&attack::frame(attack::HEADERS, 0, 1, first))
+                    .await
+                    .unwrap();
+                attack::frame(attack::CONTINUATION, attack::END_HEADERS, 1, rest)
+            };
+            for b in drip {
+                if s.write_all(&[b]).await.is_err() {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // The whole frame went through: the gateway never cut it.
+            let (_, closed) = attack::read_frames(&mut s, Duration::from_millis(500)).await;
+            closed.then(|| started.elapsed())
+        }));
+    }
+    let mut closed_after = Vec::new();
+    for t in slow {
+        closed_after.push(t.await.unwrap().expect("a dripped header block was cut"));
+    }
+    closed_after.sort();
+    println!(
+        "slow headers: 60 connections closed after {:?} .. {:?}",
+        closed_after[0],
+        closed_after[closed_after.len() - 1]
+    );
+    // Each dripped block is far longer than 1 s of bytes at 5 a second.
+    assert!(
+        closed_after[0] >= Duration::from_secs(1),
+        "{:?}",
+        closed_after[0]
+    );
+    let timeouts = tokio::task::block_in_place(|| {
+        wait_metric(
+            arena.admin,
+            "strait_listener_rejected_total",
+            &[("reason", "header_timeout")],
+            60.0,
+        )
+    });
+    assert_eq!(timeouts, Some(60.0));
+    for mut s in quiet {
+        s.write_all(&attack::frame(attack::PING, 0, 0, b"quiet-ok"))
+            .await
+            .unwrap();
+        let (frames, closed) = attack::read_frames(&mut s, Duration::from_millis(300)).await;
+        assert!(!closed, "a connection waiting between frames was closed");
+        assert!(
+            frames.iter().any(|f| f.0 == attack::PING && f.1 & 1 == 1),
+            "no PING ack on a quiet connection: {frames:?}"
+        );
+    }
+    let report = bystander.finish().await;
+    assert_undisturbed(&report);
 }
 
 /// A bad request: path, extra headers, body, the expected grpc-status and message.

@@ -15,4 +15,5 @@ mod reload;
 mod routing;
 mod schema;
 mod soak;
+mod supervision;
 mod tcp;

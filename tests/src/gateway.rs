@@ -117,6 +117,8 @@ impl Gateway {
                 "STRAIT_LOG",
                 std::env::var("STRAIT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Lets tests make a background task panic (`POST /test/panic?task=NAME`).
+            .env("STRAIT_TEST_HOOKS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -29,13 +29,18 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
 
 /// A plain HTTP/1.1 GET (Connection: close) for the admin endpoints: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// A plain HTTP/1.1 request without a body (Connection: close): (status, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .expect("connect to admin");
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("send request");
     let mut raw = Vec::new();
