@@ -101,20 +101,28 @@ fn main() -> ExitCode {
             },
         },
         Command::Check { config } => match strait::config::load(&config) {
-            Ok(loaded) => {
-                println!(
-                    "{}: ok ({} listener(s), {} route(s), {} upstream(s))",
-                    config.display(),
-                    loaded.listeners.len(),
-                    loaded.routes.len(),
-                    loaded.upstreams.len()
-                );
-                ExitCode::SUCCESS
-            }
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
+            // Validation bounds every duration; the rehearsal proves that the config's
+            // arithmetic (deadlines, back-off, schedules) is representable before anyone runs it.
+            Ok(loaded) => match strait::rehearsal::rehearse(&loaded) {
+                Err(reason) => {
+                    eprintln!("{}: unsafe to run: {reason}", config.display());
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+                Ok(()) => {
+                    println!(
+                        "{}: ok ({} listener(s), {} route(s), {} upstream(s))",
+                        config.display(),
+                        loaded.listeners.len(),
+                        loaded.routes.len(),
+                        loaded.upstreams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+            },
         },
         Command::Run { config } => {
             let loaded = match strait::config::load(&config) {

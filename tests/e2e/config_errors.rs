@@ -329,3 +329,28 @@ fn listener_limits_out_of_range_are_rejected() {
     let (code, output) = check_config(&path);
     assert_eq!(code, 0, "{output}");
 }
+
+/// The finding behind the duration bounds: a route timeout of 5e15 hours passed `check` and
+/// then panicked every call. Now it is refused at its line, as are bounded fields past their
+/// bound.
+#[test]
+fn durations_past_their_bounds_are_refused_at_their_line() {
+    let huge = GOOD.replace(
+        "upstream = \"echo\"\n",
+        "upstream = \"echo\"\ntimeout = \"5000000000000000h\"\n",
+    );
+    assert_rejected(
+        &huge,
+        "timeout = \"5000000000000000h\"",
+        &["at most 365 days"],
+    );
+    let breaker = GOOD.replace(
+        "[[upstream]]\nname = \"echo\"\n",
+        "[[upstream]]\nname = \"echo\"\nbreaker = { open_for = \"2h\" }\n",
+    );
+    assert_rejected(
+        &breaker,
+        "open_for = \"2h\"",
+        &["upstream[0].breaker.open_for", "must be at most 3600s"],
+    );
+}

@@ -127,3 +127,33 @@ async fn malformed_grpc_timeout_is_refused() {
     assert!(response.headers_ended_stream);
     assert_eq!(setup.backend("a").calls(), 0);
 }
+
+/// The longest route timeout `strait check` accepts (365 days) starts and serves calls, and the
+/// caller's largest grpc-timeout (99999999 hours) too: neither panics, both are forwarded as a
+/// budget no larger than what was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_accepted_timeouts_serve_calls() {
+    let setup = Setup::start_with(&[("a", 100, "eu-west")], "", "timeout = \"8760h\"").await;
+    let response = raw::call(setup.addr, "/bench.Echo/Unary", &[], slow_request(0))
+        .await
+        .expect("h2 call");
+    assert_eq!(response.grpc_status().as_deref(), Some("0"), "{response:?}");
+    let seen = setup
+        .backend("a")
+        .stats
+        .last_timeout_ms
+        .load(Ordering::SeqCst);
+    assert!(
+        seen > 364 * 24 * 3600 * 1000 && seen <= 365 * 24 * 3600 * 1000,
+        "backend saw grpc-timeout {seen} ms"
+    );
+    let response = raw::call(
+        setup.addr,
+        "/bench.Echo/Unary",
+        &[("grpc-timeout", "99999999H")],
+        slow_request(0),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(response.grpc_status().as_deref(), Some("0"), "{response:?}");
+}

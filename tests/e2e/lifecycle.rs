@@ -150,3 +150,93 @@ async fn sigterm_drains_in_flight_calls_then_exits() {
     assert!(status.success(), "exit status {status}");
     assert!(signalled.elapsed() < Duration::from_secs(8));
 }
+
+/// `make run`'s demo (scripts/demo.sh) stops cleanly: after Ctrl-C (SIGINT to its process
+/// group, as a terminal sends it) or SIGTERM to the script, none of the processes it started
+/// is left, and none of its ports is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_leaves_nothing_behind() {
+    use std::os::unix::process::CommandExt;
+    use strait_tests::net::wait_for_port;
+    let _heavy = strait_tests::attack::HEAVY.lock().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = strait_tests::gateway::strait_bin()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let ports = [2379u16, 8080, 9901, 50051, 50052];
+    for signal in ["-INT", "-TERM"] {
+        let demo_dir = tempfile::tempdir().unwrap();
+        let mut demo = std::process::Command::new("bash")
+            .arg(root.join("scripts/demo.sh"))
+            .env("STRAIT_BIN_DIR", &bin_dir)
+            .env("STRAIT_DEMO_DIR", demo_dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting the demo");
+        // Serving: a call through the gateway reaches a registered backend.
+        let gateway: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(
+            tokio::task::block_in_place(|| wait_for_port(gateway, Duration::from_secs(60))),
+            "the demo gateway never listened"
+        );
+        let mut client = crate::fixture::client(gateway).await;
+        crate::fixture::call_until(
+            &mut client,
+            Duration::from_secs(30),
+            "a demo backend serves",
+            |b| b.starts_with("echo-"),
+        )
+        .await;
+        drop(client);
+        let target = if signal == "-INT" {
+            format!("-{}", demo.id()) // the whole process group, like Ctrl-C
+        } else {
+            demo.id().to_string()
+        };
+        let sent = std::process::Command::new("kill")
+            .args([signal, "--", &target])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = demo.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not stop after {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "demo exited with {status} after {signal}");
+        // Every process it started is gone: its ports are free and no process still runs from
+        // its data directory or its binaries.
+        for port in ports {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            assert!(
+                !wait_for_port(addr, Duration::from_millis(200)),
+                "port {port} still taken after {signal}"
+            );
+        }
+        let leftovers: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| {
+                c.contains(&demo_dir.path().display().to_string())
+                    || c.contains("--name echo-eu-west")
+                    || c.contains("--name echo-us-east")
+                    || c.contains("--id echo-")
+            })
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "left behind after {signal}: {leftovers:?}"
+        );
+    }
+}
