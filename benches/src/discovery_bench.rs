@@ -30,9 +30,50 @@ struct Args {
     /// Put+delete cycles for the propagation measurement.
     #[arg(long, default_value_t = 200)]
     changes: usize,
-    /// Instances for the scale measurement.
+    /// Instances for the scale measurement (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     instances: usize,
+    /// Client threads making back-to-back calls through the gateway during the propagation
+    /// measurement (0: no load).
+    #[arg(long, default_value_t = 2)]
+    load_threads: usize,
+    /// Propagation runs, each of `--changes` put+delete cycles.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// Back-to-back calls from `threads` OS threads (each its own runtime and connection) until
+/// the returned flag is set; returns the flag and the threads, which report their call counts.
+fn background_load(
+    target: SocketAddr,
+    threads: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<u64>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let handles = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let mut client = connect(target).await;
+                    let mut calls = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = client.unary(EchoRequest::default()).await;
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+        })
+        .collect();
+    (stop, handles)
 }
 
 fn gateway_config(listen: SocketAddr, etcd_url: &str, service: &str) -> String {
@@ -124,29 +165,39 @@ async fn propagation(args: &Args, etcd_url: &str, etcd_client: &mut Client) {
     let _gateway = Gateway::start(&gateway_config(listen, etcd_url, "prop"), listen);
     let mut client = connect(listen).await;
     until_served_by(&mut client, "remote", Instant::now()).await;
-    let mut put_h = Histogram::<u64>::new(3).unwrap();
-    let mut del_h = Histogram::<u64>::new(3).unwrap();
+    let (stop, load) = background_load(listen, args.load_threads);
     let local_value = instance_value(local.addr, 100, "eu-west", "v1.0.0", &[]);
-    for _ in 0..args.changes {
-        etcd_client
-            .put("/services/prop/local", local_value.clone(), None)
-            .await
-            .unwrap();
-        let t = Instant::now();
-        put_h
-            .record(until_served_by(&mut client, "local", t).await.as_micros() as u64)
-            .unwrap();
-        etcd_client
-            .delete("/services/prop/local", None)
-            .await
-            .unwrap();
-        let t = Instant::now();
-        del_h
-            .record(until_served_by(&mut client, "remote", t).await.as_micros() as u64)
-            .unwrap();
+    for run in 1..=args.runs {
+        let mut put_h = Histogram::<u64>::new(3).unwrap();
+        let mut del_h = Histogram::<u64>::new(3).unwrap();
+        for _ in 0..args.changes {
+            etcd_client
+                .put("/services/prop/local", local_value.clone(), None)
+                .await
+                .unwrap();
+            let t = Instant::now();
+            put_h
+                .record(until_served_by(&mut client, "local", t).await.as_micros() as u64)
+                .unwrap();
+            etcd_client
+                .delete("/services/prop/local", None)
+                .await
+                .unwrap();
+            let t = Instant::now();
+            del_h
+                .record(until_served_by(&mut client, "remote", t).await.as_micros() as u64)
+                .unwrap();
+        }
+        println!(
+            "run {run} of {}, {} load threads:",
+            args.runs, args.load_threads
+        );
+        print_histogram("  propagation put -> first call routed to it", &put_h);
+        print_histogram("  propagation delete -> first call routed away", &del_h);
     }
-    print_histogram("propagation put -> first call routed to it", &put_h);
-    print_histogram("propagation delete -> first call routed away", &del_h);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load_calls: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
+    println!("background load: {load_calls} calls");
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -275,7 +326,8 @@ fn main() {
         let mut member = Etcd::single(dir.path());
         let mut client = etcd::client(&[member.url()]).await;
         propagation(&args, &member.url(), &mut client).await;
-        tokio::task::block_in_place(|| ());
-        scale(&args, &mut member, &mut client).await;
+        if args.instances > 0 {
+            scale(&args, &mut member, &mut client).await;
+        }
     });
 }

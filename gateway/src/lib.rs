@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod grpc;
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod registrar;

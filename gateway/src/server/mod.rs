@@ -71,6 +71,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     if let Some(m) = &metrics {
         m.config_loaded(true);
     }
+    crate::memory::spawn_trimmer();
     let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
     let snapshot = RoutingSnapshot::build(&config, None, &registry, None)?;
     let routing = Arc::new(Routing::new(snapshot));
