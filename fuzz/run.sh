@@ -14,7 +14,10 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${1:-5}
 shift || true
 TARGETS=${*:-config etcd_value grpc_timeout grpc_path grpc_frames}
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# From crates.io; where the index cannot be reached but cargo's cache already holds the crates
+# (a machine behind a TLS-intercepting proxy whose CA cargo does not trust), from the cache.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked \
+  || cargo install cargo-fuzz --locked --offline
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cargo fuzz build -s none  # every target; `run` below reuses the build
