@@ -12,7 +12,6 @@ mod probe;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -24,8 +23,9 @@ use crate::endpoint::EndpointState;
 use crate::routing::Routing;
 
 /// Runs the probes on their own supervised thread for the life of the process. A probe task
-/// that panics or returns is restarted by `manage` (counted as `health_probe`); a failure of
-/// `manage` itself aborts its probes (they are aborted as its probe set drops) and the supervisor starts it again.
+/// that panics or returns is restarted by `manage` (counted as `health_probe`); when `manage`
+/// itself fails, its probes are aborted as its probe set drops, and the supervisor starts it
+/// again.
 pub fn spawn(supervisor: &Supervisor, routing: Arc<Routing>) {
     let owner = supervisor.clone();
     supervisor.spawn(
