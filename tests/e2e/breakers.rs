@@ -1,7 +1,8 @@
 //! Circuit breakers and health probes against real backends (tasks and processes).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strait_tests::gateway::EchoProcess;
@@ -259,8 +260,12 @@ async fn not_serving_on_watch_stops_calls_at_once() {
         "health = { interval = \"10s\", timeout = \"1s\", unhealthy_after = 2, healthy_after = 1 }",
     );
     let mut c = client(listen).await;
-    // Give the probes their first (spread) start and their Watch streams.
-    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    // The probes start spread over the interval; wait until each has connected (no call has
+    // been made, so only a probe connects). Its Watch then reports the current status at once.
+    wait_until(Duration::from_secs(15), "both probes connect", || {
+        b.iter().all(|x| x.connections() >= 1)
+    })
+    .await;
     assert_eq!(count(&outcomes(&mut c, 10).await, "draining"), 5);
     b[0].set_health(ServingStatus::NotServing).await;
     let mut clean = 0;
@@ -336,12 +341,27 @@ async fn hung_backend_is_excluded_after_the_probe_timeout() {
     .await;
 }
 
+/// Call ids that reached each backend: the victim process's arrivals log plus the in-process
+/// backend's own count.
+fn arrivals_by_id(log: &std::path::Path, steady: &Backend) -> HashMap<String, u32> {
+    let mut seen = steady.arrivals();
+    for id in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        *seen.entry(id.to_string()).or_default() += 1;
+    }
+    seen
+}
+
 /// A backend killed under steady load: only calls in flight on it fail, later calls go
-/// elsewhere, its breaker opens; restarted, it comes back through half-open.
+/// elsewhere, its breaker opens; restarted, it comes back through half-open. No call the victim
+/// received is sent again (gRPC calls are not idempotent): every call id arrives at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_fails_only_its_in_flight_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("victim-arrivals");
     let victim_addr = free_addr();
-    let mut victim = tokio::task::block_in_place(|| EchoProcess::start("victim", victim_addr));
+    let mut victim = tokio::task::block_in_place(|| {
+        EchoProcess::start_logging("victim", victim_addr, Some(&log))
+    });
     let steady = Backend::start(BackendOptions::named("steady")).await;
     let (gateway, listen) = start_gateway(
         &[
@@ -360,58 +380,107 @@ async fn killed_backend_fails_only_its_in_flight_calls() {
     );
     let c = client(listen).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
+    let failed_ids = Arc::new(Mutex::new(Vec::<String>::new()));
     let calls = Arc::new(AtomicU64::new(0));
     const WORKERS: u64 = 4;
     let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        let (stop, failures, calls, mut c) =
-            (stop.clone(), failures.clone(), calls.clone(), c.clone());
+    for w in 0..WORKERS {
+        let (stop, failed_ids, calls, mut c) =
+            (stop.clone(), failed_ids.clone(), calls.clone(), c.clone());
         workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let request = EchoRequest {
+                let id = format!("w{w}-{n}");
+                n += 1;
+                let mut request = tonic::Request::new(EchoRequest {
                     delay_ms: 20,
                     ..Default::default()
-                };
+                });
+                request
+                    .metadata_mut()
+                    .insert("x-call-id", id.parse().unwrap());
                 if c.unary(request).await.is_err() {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                    failed_ids.lock().unwrap().push(id);
                 }
                 calls.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failures = || failed_ids.lock().unwrap().len() as u64;
+    // Kill only once both backends carry load.
+    wait_until(Duration::from_secs(10), "both backends serve", || {
+        steady.calls() >= 10 && std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() >= 10)
+    })
+    .await;
+    assert_eq!(failures(), 0, "no failure before the kill");
     tokio::task::block_in_place(|| victim.kill());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let failed_at_kill = failures.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(10),
+        "the victim's breaker opens",
+        || !transitions(&gateway, victim_addr, "open").is_empty(),
+    )
+    .await;
+    // Settled: 100 further calls finish after the breaker opened.
+    let settled = calls.load(Ordering::Relaxed) + 100;
+    wait_until(Duration::from_secs(20), "calls flow on", || {
+        calls.load(Ordering::Relaxed) >= settled
+    })
+    .await;
+    let failed_at_kill = failures();
     assert!(
         failed_at_kill <= WORKERS,
         "{failed_at_kill} calls failed; only the {WORKERS} in flight may"
     );
-    assert!(
-        !transitions(&gateway, victim_addr, "open").is_empty(),
-        "the victim's breaker opened"
-    );
 
-    let _victim = tokio::task::block_in_place(|| EchoProcess::start("victim", victim_addr));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while transitions(&gateway, victim_addr, "closed").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "breaker never closed after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _victim = tokio::task::block_in_place(|| {
+        EchoProcess::start_logging("victim", victim_addr, Some(&log))
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "breaker closes after the restart",
+        || !transitions(&gateway, victim_addr, "closed").is_empty(),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        failures(),
         failed_at_kill,
         "no failure after the kill settled"
     );
-    assert!(calls.load(Ordering::Relaxed) > 100);
+    let total = calls.load(Ordering::Relaxed);
+    assert!(total > 100, "{total}");
+    let seen = arrivals_by_id(&log, &steady);
+    let replayed: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(replayed.is_empty(), "calls sent twice: {replayed:?}");
+    // Every successful call arrived exactly once; a failed one at most once (at the victim).
+    let failed = failed_ids.lock().unwrap().clone();
+    assert_eq!(
+        seen.len() as u64 + failed.iter().filter(|id| !seen.contains_key(*id)).count() as u64,
+        total,
+        "every call accounted for"
+    );
+    for id in &failed {
+        assert_eq!(
+            steady.arrivals_of(id),
+            0,
+            "failed call {id} also reached steady"
+        );
+    }
+}
+
+/// Polls `done` every 10 ms until it holds; panics after `timeout` naming `what`.
+async fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// When every endpoint is open the call fails fast with UNAVAILABLE saying so.

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use strait_tests::pb::EchoRequest;
+use strait_tests::pb::{EchoReply, EchoRequest};
 use strait_tests::raw;
 use tokio_stream::StreamExt;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
@@ -312,7 +311,15 @@ async fn raw_h2_unary_has_normal_shape() {
         .expect("h2 call");
     assert_eq!(response.status, 200);
     assert!(!response.headers_ended_stream);
-    assert!(response.body.len() >= 5, "one framed reply");
     assert_eq!(response.grpc_status().as_deref(), Some("0"));
-    let _ = Bytes::new();
+    // Exactly one uncompressed, length-prefixed message, and it is the backend's reply.
+    let body = &response.body;
+    assert!(body.len() >= 5, "a framed reply: {body:?}");
+    assert_eq!(body[0], 0, "not compressed");
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert_eq!(body.len(), 5 + length, "one message, nothing after it");
+    let reply: EchoReply = prost::Message::decode(&body[5..]).expect("an EchoReply");
+    assert_eq!(reply.served_by, "a");
+    assert!(reply.payload.is_empty());
+    assert_eq!(reply.received, 1);
 }

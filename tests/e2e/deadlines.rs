@@ -3,11 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use strait_tests::h2_backend::{Misbehaviour, RawH2Backend};
+use strait_tests::net::free_addr;
 use strait_tests::pb::EchoRequest;
-use strait_tests::raw;
-use tonic::Request;
+use strait_tests::{raw, Backend, BackendOptions, Gateway};
 
-use crate::fixture::{req, Setup};
+use crate::fixture::{config, Ep, Setup};
 
 fn slow_request(delay_ms: u32) -> bytes::Bytes {
     raw::grpc_frame(&prost::Message::encode_to_vec(&EchoRequest {
@@ -70,23 +71,107 @@ async fn route_timeout_applies_without_caller_deadline() {
     );
 }
 
-/// The backend sees the remaining budget, not more than the caller gave.
+/// The backend sees the remaining budget, not the caller's original value: the first attempt
+/// is held for 400 ms by a backend that then refuses the stream, and the retry on the echo
+/// backend carries at most 10 s - 400 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remaining_budget_is_forwarded() {
-    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
-    let mut client = setup.client().await;
-    let mut request = Request::new(req(b"x"));
-    request.set_timeout(Duration::from_secs(10));
-    client.unary(request).await.expect("ok");
-    let seen = setup
-        .backend("a")
-        .stats
-        .last_timeout_ms
-        .load(Ordering::SeqCst);
-    assert!(
-        seen > 8_000 && seen <= 10_000,
-        "backend saw grpc-timeout {seen} ms"
+    let refuser = RawH2Backend::start(Misbehaviour::RefuseAfter(Duration::from_millis(400))).await;
+    let echo = Backend::start(BackendOptions::named("a")).await;
+    let listen = free_addr();
+    // Smooth WRR gives the heavier endpoint the first call.
+    let text = config(
+        listen,
+        &[
+            Ep {
+                addr: refuser.addr,
+                weight: 100,
+                region: "eu-west",
+            },
+            Ep {
+                addr: echo.addr,
+                weight: 1,
+                region: "eu-west",
+            },
+        ],
+        "",
+        "",
     );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let response = raw::call(
+        listen,
+        "/bench.Echo/Unary",
+        &[("grpc-timeout", "10S")],
+        slow_request(0),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(response.grpc_status().as_deref(), Some("0"), "{response:?}");
+    assert_eq!(refuser.requests(), 1, "the first attempt was refused");
+    assert_eq!(echo.calls(), 1, "and retried on the echo backend");
+    let seen = echo.stats.last_timeout_ms.load(Ordering::SeqCst);
+    assert!(
+        seen <= 10_000 - 400,
+        "backend saw grpc-timeout {seen} ms: more than what was left after the 400 ms spent"
+    );
+    assert!(seen > 5_000, "backend saw grpc-timeout {seen} ms");
+}
+
+/// A deadline that runs out after the response headers went out: the caller gets the replies
+/// sent so far, then DEADLINE_EXCEEDED in the trailers (not trailers-only), and the backend's
+/// stream is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_expiring_mid_stream_ends_it_in_trailers() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let request = EchoRequest {
+        reply_count: 20,
+        delay_ms: 200,
+        ..Default::default()
+    };
+    let response = raw::call(
+        setup.addr,
+        "/bench.Echo/ServerStream",
+        &[("grpc-timeout", "900m")],
+        raw::grpc_frame(&prost::Message::encode_to_vec(&request)),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(response.status, 200);
+    assert!(
+        !response.headers_ended_stream,
+        "headers went out before the deadline"
+    );
+    let replies = count_messages(&response.body);
+    assert!(
+        (1..20).contains(&replies),
+        "some replies, not all: {replies}"
+    );
+    let trailers = response.trailers.as_ref().expect("trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"4"[..]),
+        "{response:?}"
+    );
+    let backend = setup.backend("a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend.active() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the backend's stream still runs after the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Length-prefixed gRPC messages in a response body.
+fn count_messages(mut body: &[u8]) -> usize {
+    let mut n = 0;
+    while body.len() >= 5 {
+        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        body = &body[(5 + length).min(body.len())..];
+        n += 1;
+    }
+    n
 }
 
 /// A long quiet stream without a deadline is not cut by any idle timer.

@@ -244,3 +244,63 @@ pub async fn served_by(client: &mut EchoClient<Channel>, n: usize) -> Vec<String
 pub fn count(names: &[String], name: &str) -> usize {
     names.iter().filter(|n| *n == name).count()
 }
+
+/// One bidi stream and its way of sending the next ping and reading the reply.
+pub struct PingPong {
+    tx: tokio::sync::mpsc::Sender<strait_tests::pb::EchoRequest>,
+    replies: tonic::Streaming<strait_tests::pb::EchoReply>,
+    round: u32,
+}
+
+impl PingPong {
+    pub async fn open(addr: SocketAddr) -> PingPong {
+        Self::on(client(addr).await).await
+    }
+
+    /// A stream on an existing client (a TLS channel, say).
+    pub async fn on(mut c: EchoClient<Channel>) -> PingPong {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let replies = c
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("bidi starts")
+            .into_inner();
+        PingPong {
+            tx,
+            replies,
+            round: 0,
+        }
+    }
+
+    /// One round trip; returns who served the stream.
+    pub async fn ping(&mut self) -> String {
+        let payload = format!("ping-{}", self.round);
+        self.tx
+            .send(req(payload.as_bytes()))
+            .await
+            .expect("stream open");
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_stream::StreamExt::next(&mut self.replies),
+        )
+        .await
+        .expect("a reply")
+        .expect("stream not ended")
+        .expect("reply ok");
+        assert_eq!(reply.payload, payload.into_bytes());
+        self.round += 1;
+        reply.served_by
+    }
+
+    /// Half-closes and expects the stream to end with OK.
+    pub async fn finish(mut self) {
+        drop(self.tx);
+        assert!(
+            tokio_stream::StreamExt::next(&mut self.replies)
+                .await
+                .is_none(),
+            "the stream ends cleanly after the client half-closes"
+        );
+        assert!(self.replies.trailers().await.is_ok(), "ends with OK");
+    }
+}

@@ -56,6 +56,7 @@ async fn upstream_tls_is_verified_with_the_configured_ca() {
         addr: None,
         tls: Some((cert, key)),
         client_ca: None,
+        arrivals_log: None,
     })
     .await;
     for (server_name, should_work) in [("localhost", true), ("wrong.example", false)] {
@@ -132,7 +133,14 @@ async fn sigterm_drains_in_flight_calls_then_exits() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup.backend("a").active() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let signalled = Instant::now();
     setup.gateway.signal("TERM");
     let reply = in_flight
@@ -140,7 +148,7 @@ async fn sigterm_drains_in_flight_calls_then_exits() {
         .unwrap()
         .expect("in-flight call completes during drain");
     assert_eq!(reply.into_inner().payload, b"finish me");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The listener closed when the drain began (the call above was still running then).
     assert!(
         std::net::TcpStream::connect_timeout(&setup.addr, Duration::from_millis(500)).is_err(),
         "listener still accepts during drain"

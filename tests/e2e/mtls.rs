@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use strait_tests::net::{free_addr, http_get, metric};
+use strait_tests::net::{free_addr, metric, wait_metrics};
 use strait_tests::pb::echo_client::EchoClient;
 use strait_tests::tls::{self, Issued};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::fixture::{req, single_backend_config, tls_listener_config};
+use crate::fixture::{req, single_backend_config, tls_listener_config, PingPong};
 
 /// A TLS client trusting `ca_pem`, presenting `identity` if given; one call's outcome.
 async fn call(
@@ -125,6 +125,7 @@ async fn upstream_client_certificate_is_presented() {
             std::fs::read_to_string(&pki.server_key).unwrap(),
         )),
         client_ca: Some(pki.ca_pem.clone()),
+        arrivals_log: None,
     })
     .await;
     let ca = pki.ca_cert.display().to_string();
@@ -145,7 +146,7 @@ async fn upstream_client_certificate_is_presented() {
             "max_attempts = 3",
             &format!(
                 "max_attempts = 1\ntls = {{ ca = \"{ca}\", server_name = \"localhost\"{identity} }}\n\
-                 health = {{ interval = \"300ms\", timeout = \"200ms\" }}"
+                 health = {{ interval = \"1s\", timeout = \"1s\" }}"
             ),
         );
         let admin = free_addr();
@@ -153,11 +154,16 @@ async fn upstream_client_certificate_is_presented() {
         let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
         let mut client = crate::fixture::client(listen).await;
         if should_work {
-            // Probes run over the same mutual TLS: they pass, none fails.
-            tokio::time::sleep(Duration::from_millis(900)).await;
-            let (_, metrics) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
-            let ok = metric(&metrics, "strait_health_probes_total", &[("result", "ok")]);
-            assert!(ok.unwrap_or(0.0) >= 1.0, "{metrics}");
+            // Probes run over the same mutual TLS: they pass, none fails. (The generous probe
+            // timeout of a whole second keeps a slow handshake on a busy machine from counting
+            // as a failure.)
+            let metrics = tokio::task::block_in_place(|| {
+                wait_metrics(admin, Duration::from_secs(10), |m| {
+                    metric(m, "strait_health_probes_total", &[("result", "ok")])
+                        .is_some_and(|ok| ok >= 2.0)
+                })
+            })
+            .expect("two probes passed");
             let failed = metric(
                 &metrics,
                 "strait_health_probes_total",
@@ -225,6 +231,9 @@ async fn listener_certificate_is_reread_on_reload_without_dropping_connections()
         .unary(req(b"before"))
         .await
         .expect("old certificate works");
+    // A stream open across the rotation runs to completion.
+    let mut stream = PingPong::on(established.clone()).await;
+    assert_eq!(stream.ping().await, "a");
 
     replace_files(&rotated, &old_ca.server_cert, &old_ca.server_key);
     gateway.signal("HUP");
@@ -247,5 +256,7 @@ async fn listener_certificate_is_reread_on_reload_without_dropping_connections()
             .unary(req(format!("after {i}").as_bytes()))
             .await
             .expect("the connection opened before the rotation keeps working");
+        assert_eq!(stream.ping().await, "a", "the stream outlives the rotation");
     }
+    stream.finish().await;
 }

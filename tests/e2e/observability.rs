@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use strait_tests::etcd::{self, instance_value, Etcd};
-use strait_tests::net::{dead_addr, free_addr, free_port, http_get, metric};
+use strait_tests::net::{dead_addr, free_addr, free_port, http_get, metric, wait_metrics};
 use strait_tests::pb::EchoRequest;
 use strait_tests::{raw, Backend, BackendOptions, Gateway};
 use tonic::Code;
@@ -79,8 +79,20 @@ max_attempts = 1
         .unwrap();
     assert_eq!(response.grpc_status().as_deref(), Some("12"));
 
-    let (status, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
-    assert_eq!(status, 200);
+    // pingora's logging phase, which counts a call, runs a moment after the client has its
+    // answer: wait until all 17 calls are counted and none is in flight.
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(10), |m| {
+            let counted: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("strait_calls_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            counted == 17.0
+                && metric(m, "strait_calls_in_flight", &[("listener", "public")]) == Some(0.0)
+        })
+    })
+    .expect("all 17 calls counted");
     let calls = |route: &str, upstream: &str, code: &str| {
         metric(
             &text,

@@ -117,6 +117,56 @@ async fn wait_keys(
     }
 }
 
+/// Remaining seconds of a lease (-1 once it is gone).
+async fn lease_ttl(c: &mut etcd_client::Client, lease: i64) -> i64 {
+    match c.lease_time_to_live(lease, None).await {
+        Ok(r) => r.ttl(),
+        Err(_) => -1,
+    }
+}
+
+/// Waits until `lease` outlives its TTL: only a lease someone keeps alive does. Returns false
+/// if it expires instead.
+async fn lease_outlives_its_ttl(c: &mut etcd_client::Client, lease: i64) -> bool {
+    let granted = match c.lease_time_to_live(lease, None).await {
+        Ok(r) if r.ttl() > 0 => r.granted_ttl(),
+        _ => return false,
+    };
+    let past_ttl = tokio::time::Instant::now() + Duration::from_secs(granted as u64 + 1);
+    loop {
+        if lease_ttl(c, lease).await <= 0 {
+            return false;
+        }
+        if tokio::time::Instant::now() > past_ttl {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The lease of the one key registered, waiting for it to exist.
+async fn registered_lease(c: &mut etcd_client::Client, timeout: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let r = c
+            .get(
+                "/services/echo/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        if let [kv] = r.kvs() {
+            return kv.lease();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no single registered key: {} keys",
+            r.kvs().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_backend_is_routed_and_sigterm_deregisters_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,12 +254,24 @@ async fn etcd_outage_longer_than_the_ttl_reregisters() {
         member.wait_ready();
     });
     let mut e = etcd::client(&[member.url()]).await;
-    // Whatever etcd does with the old lease, the key must be there, and stay there, afterwards.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    wait_keys(&mut e, "registered again", Duration::from_secs(20), |k| {
-        k.len() == 1
-    })
-    .await;
+    // Whatever etcd did with the old lease, a key is there under a lease the registrar keeps
+    // alive (its TTL goes up), so it stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lease = registered_lease(&mut e, Duration::from_secs(20)).await;
+        if lease_outlives_its_ttl(&mut e, lease).await {
+            assert_eq!(
+                registered_lease(&mut e, Duration::from_secs(1)).await,
+                lease
+            );
+            break;
+        }
+        // The old lease expired with its key: the registrar must register again.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no registration stays alive"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +286,24 @@ async fn health_gated_registration_follows_the_backend() {
         &["--ttl", "3s", "--health-check"],
     );
     let mut e = etcd::client(&[member.url()]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The registrar is connected and holds its lease (it asks for health after the grant and
+    // before each keep-alive): once the lease has outlived its TTL, it was refreshed, so
+    // health was checked at least once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        if let Some(lease) = e.leases().await.unwrap().leases().first() {
+            break lease.id();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the registrar never took a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        lease_outlives_its_ttl(&mut e, lease).await,
+        "the registrar keeps its lease alive"
+    );
     assert!(
         keys(&mut e).await.is_empty(),
         "not registered while NOT_SERVING"
@@ -333,6 +412,7 @@ async fn rolling_deploy_with_drain_fails_no_call() {
             addr: Some(addr),
             tls: None,
             client_ca: None,
+            arrivals_log: None,
         })
         .await;
         backends[i] = Some(fresh);

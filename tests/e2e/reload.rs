@@ -4,15 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strait_tests::gateway::strait_command;
-use strait_tests::net::{dead_addr, free_addr, http_get, metric};
+use strait_tests::net::{dead_addr, free_addr, http_get, metric, wait_metric};
 use strait_tests::tcp::{exchange, TcpEcho};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tokio_stream::StreamExt;
 
-use crate::fixture::{client, req};
+use crate::fixture::{client, req, PingPong};
 
 /// Renders a config from parts; every test below edits only the parts it changes.
 struct Parts {
@@ -157,7 +157,15 @@ async fn reload_applies_routes_upstreams_and_listeners() {
         request.delay_ms = 1000;
         slow_client.unary(request).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow call is in flight once a backend has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.active() + b.active() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow call never reached a backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     parts.listeners = grpc_listener("public", public)
         + &format!("[[listener]]\nname = \"raw\"\nlisten = \"{raw}\"\nprotocol = \"tcp\"\nupstream = \"tcp\"\n\n");
     parts.routes = route("public", "two");
@@ -241,14 +249,16 @@ async fn refused_reloads_keep_the_running_config() {
         || gateway.wait_for_log(&["reload refused"], Duration::from_secs(5))
     )
     .is_some());
-    let (_, text) = tokio::task::block_in_place(|| {
-        std::thread::sleep(Duration::from_millis(200));
-        http_get(admin, "/metrics")
+    let refused = tokio::task::block_in_place(|| {
+        wait_metric(
+            admin,
+            "strait_config_reloads_total",
+            &[("result", "error")],
+            cases.len() as f64 + 1.0,
+        )
     });
-    assert_eq!(
-        metric(&text, "strait_config_reloads_total", &[("result", "error")]),
-        Some(cases.len() as f64 + 1.0)
-    );
+    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    assert_eq!(refused, Some(cases.len() as f64 + 1.0));
     assert_eq!(
         metric(&text, "strait_config_reloads_total", &[("result", "ok")]),
         None
@@ -408,4 +418,51 @@ async fn listener_replaced_on_the_same_address_refuses_no_connection() {
         0,
         "a connection was refused during a restart"
     );
+}
+
+/// A stream opened before reloads runs to completion across them: one that moves its upstream
+/// to another backend, then one that replaces its listener on the same address. New calls see
+/// each new config at once; the stream stays on the backend it started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_stream_survives_reloads_that_change_its_path() {
+    let a = Backend::start(BackendOptions::named("a")).await;
+    let b = Backend::start(BackendOptions::named("b")).await;
+    let (public, admin) = (free_addr(), free_addr());
+    let mut parts = Parts {
+        admin,
+        listeners: grpc_listener("public", public),
+        routes: route("public", "one"),
+        upstreams: upstream("one", &[(a.addr, 100)], ""),
+    };
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&parts.render(), public));
+    let mut stream = PingPong::open(public).await;
+    assert_eq!(stream.ping().await, "a");
+
+    parts.upstreams = upstream("one", &[(b.addr, 100)], "");
+    gateway.write_config(&parts.render());
+    let (code, output) = tokio::task::block_in_place(|| reload(admin));
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        served_by(public).await,
+        "b",
+        "new calls follow the new upstream"
+    );
+    assert_eq!(
+        stream.ping().await,
+        "a",
+        "the open stream keeps its backend"
+    );
+
+    parts.listeners =
+        grpc_listener("public", public) + "[listener.limits]\nmax_concurrent_streams = 50\n\n";
+    gateway.write_config(&parts.render());
+    let (code, output) = tokio::task::block_in_place(|| reload(admin));
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("restarted: public"), "{output}");
+    assert_eq!(served_by(public).await, "b");
+    for _ in 0..3 {
+        assert_eq!(stream.ping().await, "a", "the stream outlives its listener");
+    }
+    stream.finish().await;
+    assert_eq!(a.calls(), 1, "only the long-lived stream reached a");
 }

@@ -268,4 +268,25 @@ endpoints = [{{ addr = "{}" }}]
             .contains("no route"),
         "the '*' route forwarded the call instead of the gateway refusing it"
     );
+    // The positive side: a service only "*" matches is served, by the fallback upstream. Only
+    // the fallback backend reports NOT_SERVING (no health probes are configured, so the
+    // gateway still routes to it): that answer can have come from nowhere else.
+    fallback
+        .set_health(tonic_health::ServingStatus::NotServing)
+        .await;
+    let health = raw::call(
+        listen,
+        "/grpc.health.v1.Health/Check",
+        &[],
+        raw::grpc_frame(&[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(health.grpc_status().as_deref(), Some("0"), "{health:?}");
+    let answer: tonic_health::pb::HealthCheckResponse =
+        prost::Message::decode(&health.body[5..]).expect("a HealthCheckResponse");
+    assert_eq!(
+        answer.status, 2,
+        "NOT_SERVING, as only the fallback backend says"
+    );
 }

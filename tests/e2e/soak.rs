@@ -33,13 +33,20 @@ struct Fault {
 }
 
 #[derive(Debug)]
-#[allow(dead_code)] // `kind` is read through Debug in the failure report.
+#[allow(dead_code)] // `kind` and `id` are read through Debug in the failure report.
 struct Failure {
     at: Instant,
+    worker: usize,
+    id: String,
     kind: &'static str,
     code: tonic::Code,
     message: String,
 }
+
+/// The calls the load keeps going: one server stream and four unary callers, each with at most
+/// one call in flight.
+const WORKERS: usize = 5;
+const STREAM_REPLIES: usize = 10;
 
 fn config(listen: SocketAddr, admin: SocketAddr, etcd_url: &str, consecutive: u32) -> String {
     format!(
@@ -85,13 +92,30 @@ listen = "{admin}"
     )
 }
 
-fn record(failures: &Mutex<Vec<Failure>>, kind: &'static str, status: tonic::Status) {
+fn record(
+    failures: &Mutex<Vec<Failure>>,
+    (worker, id): (usize, &str),
+    kind: &'static str,
+    status: tonic::Status,
+) {
     failures.lock().unwrap().push(Failure {
         at: Instant::now(),
+        worker,
+        id: id.to_string(),
         kind,
         code: status.code(),
         message: status.message().to_string(),
     });
+}
+
+/// A request carrying `x-call-id`, so the backends' arrival logs can show a call sent twice.
+fn tagged<T>(message: T, id: &str, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+        .metadata_mut()
+        .insert("x-call-id", id.parse().expect("ascii id"));
+    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,11 +132,12 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     let urls = vec![member.url()];
     let mut etcd_client = etcd::client(&urls).await;
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut backends: Vec<EchoProcess> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| EchoProcess::start(&format!("b{i}"), *a))
+    let logs: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("arrivals-b{i}")))
         .collect();
+    let start_backend =
+        |i: usize| EchoProcess::start_logging(&format!("b{i}"), addrs[i], Some(&logs[i]));
+    let mut backends: Vec<EchoProcess> = (0..3).map(start_backend).collect();
     for (i, a) in addrs.iter().enumerate() {
         etcd_client
             .put(
@@ -148,42 +173,53 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     let failures = Arc::new(Mutex::new(Vec::<Failure>::new()));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
-    for w in 0..5 {
+    for w in 0..WORKERS {
         let (stop, failures, sent) = (stop.clone(), failures.clone(), sent.clone());
         let mut client = EchoClient::new(channel.clone());
         workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 sent.fetch_add(1, Ordering::Relaxed);
+                let id = format!("w{w}-{n}");
+                n += 1;
                 if w == 0 {
                     // A server stream: 10 replies 20 ms apart.
-                    let mut request = tonic::Request::new(EchoRequest {
-                        reply_count: 10,
+                    let request = EchoRequest {
+                        reply_count: STREAM_REPLIES as u32,
                         delay_ms: 20,
                         ..Default::default()
-                    });
-                    request.set_timeout(Duration::from_secs(2));
+                    };
+                    let request = tagged(request, &id, Duration::from_secs(2));
                     match client.server_stream(request).await {
                         Ok(r) => {
                             let mut stream = r.into_inner();
-                            let mut n = 0;
+                            let mut got = 0;
+                            let mut failed = false;
                             while let Some(item) = stream.next().await {
                                 match item {
-                                    Ok(_) => n += 1,
+                                    Ok(_) => got += 1,
                                     Err(s) => {
-                                        record(&failures, "stream", s);
+                                        record(&failures, (w, &id), "stream", s);
+                                        failed = true;
                                         break;
                                     }
                                 }
                             }
-                            let _ = n;
+                            // A stream that ends OK but short lost replies: no fault explains
+                            // that (the code OK matches no fault's failures).
+                            if !failed && got != STREAM_REPLIES {
+                                let s = tonic::Status::ok(format!(
+                                    "stream ended OK after {got} of {STREAM_REPLIES} replies"
+                                ));
+                                record(&failures, (w, &id), "short stream", s);
+                            }
                         }
-                        Err(s) => record(&failures, "stream", s),
+                        Err(s) => record(&failures, (w, &id), "stream", s),
                     }
                 } else {
-                    let mut request = tonic::Request::new(EchoRequest::default());
-                    request.set_timeout(Duration::from_secs(1));
+                    let request = tagged(EchoRequest::default(), &id, Duration::from_secs(1));
                     if let Err(s) = client.unary(request).await {
-                        record(&failures, "unary", s);
+                        record(&failures, (w, &id), "unary", s);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -201,8 +237,7 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
             0 => {
                 backends[k].kill();
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                backends[k] =
-                    tokio::task::block_in_place(|| EchoProcess::start(&format!("b{k}"), addrs[k]));
+                backends[k] = tokio::task::block_in_place(|| start_backend(k));
                 faults.push(Fault {
                     kind: KILLED,
                     backend: Some(addrs[k]),
@@ -270,12 +305,15 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     let mut by_code: BTreeMap<String, usize> = BTreeMap::new();
     let mut unexplained = Vec::new();
     let mut explained_by: BTreeMap<&str, usize> = BTreeMap::new();
+    // Per fault: which workers lost a call to it. Each worker has one call in flight, so a
+    // fault can cost each worker at most one call, and at most WORKERS in all.
+    let mut lost_to: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for f in failures.iter() {
         *by_code.entry(format!("{:?}", f.code)).or_default() += 1;
         // A kill explains UNAVAILABLE naming that backend; a hang explains a deadline (the
         // gateway's, or the client's own timer firing first, which tonic reports as
         // CANCELLED "Timeout expired").
-        let cause = faults.iter().find(|fault| {
+        let cause = faults.iter().enumerate().find(|(_, fault)| {
             let Some(backend) = fault.backend else {
                 return false;
             };
@@ -292,7 +330,10 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
                 }
         });
         match cause {
-            Some(fault) => *explained_by.entry(fault.kind).or_default() += 1,
+            Some((index, fault)) => {
+                *explained_by.entry(fault.kind).or_default() += 1;
+                lost_to.entry(index).or_default().push(f.worker);
+            }
             None => unexplained.push(f),
         }
     }
@@ -316,6 +357,30 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     assert!(
         unexplained.is_empty(),
         "failures no fault explains: {unexplained:#?}"
+    );
+    for (index, workers) in &lost_to {
+        let mut distinct = workers.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() == workers.len() && workers.len() <= WORKERS,
+            "{:?} cost more calls than were in flight: workers {workers:?}",
+            faults[*index]
+        );
+    }
+    // No call reached the backends twice (retries only what no backend saw).
+    let mut arrivals: BTreeMap<String, u32> = BTreeMap::new();
+    for log in &logs {
+        for id in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            *arrivals.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    let replayed: Vec<_> = arrivals.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(replayed.is_empty(), "calls sent twice: {replayed:?}");
+    assert!(
+        arrivals.len() as u64 <= total,
+        "{} > {total}",
+        arrivals.len()
     );
     assert!(
         cycle >= 4,

@@ -153,7 +153,7 @@ async fn tcp_listener_closes_connections_it_cannot_place() {
 async fn tcp_idle_connections_are_closed() {
     let a = TcpEcho::start("a").await;
     let (listen, admin) = (free_addr(), free_addr());
-    let text = tcp_config(listen, admin, &[(a.addr, 100)], "idle_timeout = \"400ms\"");
+    let text = tcp_config(listen, admin, &[(a.addr, 100)], "idle_timeout = \"2s\"");
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, admin));
 
     let mut busy = tokio::net::TcpStream::connect(listen).await.unwrap();
@@ -161,18 +161,27 @@ async fn tcp_idle_connections_are_closed() {
     let mut greeting = [0u8; 2];
     busy.read_exact(&mut greeting).await.unwrap();
     quiet.read_exact(&mut greeting).await.unwrap();
-    // The busy connection sends something every 100 ms for 1.2 s: never idle.
-    for _ in 0..12 {
+    let opened = Instant::now();
+    let quiet_closed = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), quiet.read_to_end(&mut rest))
+            .await
+            .map(|read| read.unwrap_or(0))
+    });
+    // The busy connection exchanges a byte every 50 ms for as long as the quiet one stays open,
+    // and well past the idle timeout: it is never idle, so it must outlive the quiet one.
+    while !quiet_closed.is_finished() || opened.elapsed() < Duration::from_secs(3) {
         busy.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
-        busy.read_exact(&mut one).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        busy.read_exact(&mut one)
+            .await
+            .expect("the busy connection relays while the quiet one idles");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut rest))
+    let n = quiet_closed
         .await
-        .expect("the quiet connection is closed by the gateway")
-        .unwrap_or(0);
+        .unwrap()
+        .expect("the quiet connection is closed by the gateway");
     assert_eq!(n, 0, "closed without data");
     busy.write_all(b"y").await.unwrap();
     let mut one = [0u8; 1];

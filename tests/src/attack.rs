@@ -138,6 +138,10 @@ pub struct BystanderReport {
     pub slowest: Duration,
 }
 
+/// How long a bystander call may take before it counts as stalled: far beyond any healthy
+/// call on a busy machine, far below what a blocked event loop or connection slot would cost.
+pub const STALL: Duration = Duration::from_secs(10);
+
 impl Bystander {
     pub async fn start(addr: SocketAddr) -> Bystander {
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -157,14 +161,17 @@ impl Bystander {
                 let request = tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
                 };
-                let result = client.check(request).await;
+                // A call that takes longer than STALL is what the attacks must never cause: it
+                // counts as a failure. How slow calls get is measured by the benchmarks.
+                let result = tokio::time::timeout(STALL, client.check(request)).await;
                 let took = started.elapsed();
                 {
                     let mut r = report2.lock().unwrap();
                     r.slowest = r.slowest.max(took);
                     match result {
-                        Ok(_) => r.ok += 1,
-                        Err(e) => r.failures.push(format!("{e:?}")),
+                        Ok(Ok(_)) => r.ok += 1,
+                        Ok(Err(e)) => r.failures.push(format!("{e:?}")),
+                        Err(_) => r.failures.push(format!("stalled for more than {STALL:?}")),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -173,9 +180,15 @@ impl Bystander {
         Bystander { stop, report, task }
     }
 
-    /// Keeps calling a little longer (the attack's aftermath counts too), then stops.
+    /// Keeps calling a little longer (the attack's aftermath counts too: 20 more calls must
+    /// finish, within STALL each), then stops.
     pub async fn finish(self) -> BystanderReport {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = |r: &BystanderReport| r.ok + r.failures.len() as u64;
+        let target = done(&self.report.lock().unwrap()) + 20;
+        let deadline = Instant::now() + STALL * 20;
+        while done(&self.report.lock().unwrap()) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         let report = self.report.lock().unwrap().clone();

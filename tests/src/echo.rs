@@ -30,13 +30,39 @@ pub struct BackendStats {
     pub connections: AtomicU64,
     /// When non-zero, every call ends with this gRPC status (after the replies, for streams).
     pub forced_code: std::sync::atomic::AtomicI32,
+    /// How often each `x-call-id` reached a handler: a call sent twice shows up as 2.
+    pub arrivals: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Where a backend process appends each arrival's call id, one per line, before serving it
+    /// (a test reads it after killing the process).
+    pub arrivals_log: Option<std::sync::Mutex<std::fs::File>>,
+}
+
+impl BackendStats {
+    fn note_arrival(&self, metadata: &MetadataMap) {
+        let Some(id) = metadata.get("x-call-id").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        *self
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        if let Some(log) = &self.arrivals_log {
+            use std::io::Write;
+            let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+            // One write per line on an O_APPEND file: a kill leaves whole lines behind.
+            let _ = file.write_all(format!("{id}\n").as_bytes());
+        }
+    }
 }
 
 /// Decrements `active` when the call's work is dropped (finished or cancelled).
 struct ActiveGuard(Arc<BackendStats>);
 
 impl ActiveGuard {
-    fn new(stats: &Arc<BackendStats>) -> Self {
+    fn new(stats: &Arc<BackendStats>, metadata: &MetadataMap) -> Self {
+        stats.note_arrival(metadata);
         stats.calls.fetch_add(1, Ordering::SeqCst);
         stats.active.fetch_add(1, Ordering::SeqCst);
         Self(stats.clone())
@@ -147,7 +173,7 @@ fn parse_timeout_ms(value: &str) -> Option<u64> {
 #[tonic::async_trait]
 impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let _active = ActiveGuard::new(&self.stats);
+        let _active = ActiveGuard::new(&self.stats, request.metadata());
         self.note_timeout(request.metadata());
         let headers = echoed_headers(request.metadata());
         let metadata = request.metadata().clone();
@@ -167,7 +193,7 @@ impl Echo for EchoService {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoReply>, Status> {
-        let _active = ActiveGuard::new(&self.stats);
+        let _active = ActiveGuard::new(&self.stats, request.metadata());
         self.note_timeout(request.metadata());
         let headers = echoed_headers(request.metadata());
         let metadata = request.metadata().clone();
@@ -193,7 +219,7 @@ impl Echo for EchoService {
         &self,
         request: Request<EchoRequest>,
     ) -> Result<Response<Self::ServerStreamStream>, Status> {
-        let active = ActiveGuard::new(&self.stats);
+        let active = ActiveGuard::new(&self.stats, request.metadata());
         self.note_timeout(request.metadata());
         let headers = echoed_headers(request.metadata());
         let metadata = request.metadata().clone();
@@ -229,7 +255,7 @@ impl Echo for EchoService {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<Self::BidiStream>, Status> {
-        let active = ActiveGuard::new(&self.stats);
+        let active = ActiveGuard::new(&self.stats, request.metadata());
         self.note_timeout(request.metadata());
         let headers = echoed_headers(request.metadata());
         let metadata = request.metadata().clone();
@@ -272,6 +298,8 @@ pub struct BackendOptions {
     pub tls: Option<(String, String)>,
     /// PEM CA bundle: with `tls`, require client certificates it signed (mutual TLS).
     pub client_ca: Option<String>,
+    /// A file to append each call's `x-call-id` to as it arrives (see `BackendStats`).
+    pub arrivals_log: Option<std::path::PathBuf>,
 }
 
 impl BackendOptions {
@@ -281,6 +309,7 @@ impl BackendOptions {
             addr: None,
             tls: None,
             client_ca: None,
+            arrivals_log: None,
         }
     }
 }
@@ -306,7 +335,19 @@ impl Backend {
         .await
         .expect("binding the echo backend");
         let addr = listener.local_addr().expect("bound address");
-        let stats = Arc::new(BackendStats::default());
+        let arrivals_log = options.arrivals_log.as_ref().map(|path| {
+            std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("opening the arrivals log"),
+            )
+        });
+        let stats = Arc::new(BackendStats {
+            arrivals_log,
+            ..Default::default()
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
         health.set_serving::<EchoServer<EchoService>>().await;
@@ -372,6 +413,26 @@ impl Backend {
         self.stats.connections.load(Ordering::SeqCst)
     }
 
+    /// How many times the call with this `x-call-id` reached the backend.
+    pub fn arrivals_of(&self, id: &str) -> u32 {
+        self.stats
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every call id that arrived, with its count.
+    pub fn arrivals(&self) -> std::collections::HashMap<String, u32> {
+        self.stats
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn active(&self) -> i64 {
         self.stats.active.load(Ordering::SeqCst)
     }
@@ -401,12 +462,17 @@ impl Drop for Backend {
 }
 
 /// Runs a backend until the process is killed: used by the `strait-echo` binary.
-pub async fn serve_forever(name: String, addr: SocketAddr) {
+pub async fn serve_forever(
+    name: String,
+    addr: SocketAddr,
+    arrivals_log: Option<std::path::PathBuf>,
+) {
     let backend = Backend::start(BackendOptions {
         name,
         addr: Some(addr),
         tls: None,
         client_ca: None,
+        arrivals_log,
     })
     .await;
     eprintln!(

@@ -46,11 +46,21 @@ pub struct EchoProcess {
 
 impl EchoProcess {
     pub fn start(name: &str, addr: SocketAddr) -> EchoProcess {
-        let child = Command::new(sibling_bin("strait-echo"))
+        Self::start_logging(name, addr, None)
+    }
+
+    /// `start`, appending each arriving call's `x-call-id` to `arrivals` (one per line).
+    pub fn start_logging(name: &str, addr: SocketAddr, arrivals: Option<&Path>) -> EchoProcess {
+        let mut command = Command::new(sibling_bin("strait-echo"));
+        command
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--name")
-            .arg(name)
+            .arg(name);
+        if let Some(path) = arrivals {
+            command.arg("--arrivals").arg(path);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

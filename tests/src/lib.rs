@@ -6,6 +6,7 @@ pub mod attack;
 pub mod echo;
 pub mod etcd;
 pub mod gateway;
+pub mod h2_backend;
 pub mod net;
 pub mod raw;
 pub mod tcp;

@@ -88,6 +88,26 @@ pub fn wait_metric(
     }
 }
 
+/// Polls `/metrics` on `admin` until `done` holds for its text (bounded by `timeout`); returns
+/// the text that satisfied it, or `None` on timeout.
+pub fn wait_metrics(
+    admin: SocketAddr,
+    timeout: Duration,
+    mut done: impl FnMut(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, text) = http_get(admin, "/metrics");
+        if status == 200 && done(&text) {
+            return Some(text);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// An address where nothing listens and nothing ever will: port 1 on a distinct loopback
 /// address per call. Unlike a "free" ephemeral port, it cannot be picked as the source port of a
 /// connection to itself (a TCP self-connect) while other tests churn through connections.

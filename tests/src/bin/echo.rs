@@ -13,6 +13,9 @@ struct Args {
     /// Name reported in every reply's `served_by`.
     #[arg(long, default_value = "echo")]
     name: String,
+    /// Append each call's `x-call-id` to this file as it arrives (for replay checks).
+    #[arg(long)]
+    arrivals: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -26,5 +29,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    runtime.block_on(strait_tests::echo::serve_forever(args.name, args.listen));
+    runtime.block_on(strait_tests::echo::serve_forever(
+        args.name,
+        args.listen,
+        args.arrivals,
+    ));
 }
