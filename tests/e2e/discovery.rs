@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions, PutOptions};
 use strait_tests::etcd::{self, instance_value, Etcd};
-use strait_tests::net::{free_addr, free_port};
+use strait_tests::net::{free_addr, free_port, metric, wait_metrics};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tonic::Code;
 
@@ -304,7 +304,8 @@ async fn etcd_restart_is_ridden_out_on_the_last_known_view() {
     );
 }
 
-/// A three-member cluster loses its leader: updates keep arriving through the others.
+/// A three-member cluster loses its leader: updates keep arriving through the others, and no
+/// call fails while a new leader is elected (calls never wait on etcd).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_leader_loss_does_not_stop_updates() {
     let mut w = World::start(3, 2, "").await;
@@ -312,6 +313,23 @@ async fn cluster_leader_loss_does_not_stop_updates() {
     register(&mut etcd, "b0", w.addr(0), 100).await;
     let mut c = client(w.listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, calls, failures, mut c) =
+            (stop.clone(), calls.clone(), failures.clone(), c.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut request = tonic::Request::new(req(b""));
+                request.set_timeout(Duration::from_secs(5));
+                if c.unary(request).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
 
     let leader_id = etcd.status().await.unwrap().leader();
     let members = etcd.member_list().await.unwrap();
@@ -346,6 +364,135 @@ async fn cluster_leader_loss_does_not_stop_updates() {
         |b| b == "b1",
     )
     .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let calls = calls.load(Ordering::Relaxed);
+    assert!(calls > 20, "load ran through the election: {calls}");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "calls failed during the election ({calls} made)"
+    );
+}
+
+/// A member that hangs (SIGSTOP) without closing its connections: the etcd client's HTTP/2
+/// keep-alive notices (strait_etcd_connected drops to 0) instead of the watch waiting forever;
+/// calls go on from the last known view; once the member resumes, what changed meanwhile
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_member_is_noticed_by_the_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = tokio::task::block_in_place(|| Etcd::cluster(dir.path(), 3));
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        backends.push(Backend::start(BackendOptions::named(&format!("b{i}"))).await);
+    }
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "{}\n[admin]\nlisten = \"{admin}\"\n",
+        etcd_config(listen, &[members[0].url()], "")
+    );
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut etcd = etcd::client(&[members[1].url(), members[2].url()]).await;
+    register(&mut etcd, "b0", backends[0].addr, 100).await;
+    let mut c = client(listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let connected = |want: f64| {
+        tokio::task::block_in_place(|| {
+            wait_metrics(admin, Duration::from_secs(30), |m| {
+                metric(m, "strait_etcd_connected", &[]) == Some(want)
+            })
+        })
+        .is_some()
+    };
+    assert!(connected(1.0), "the watch is live");
+
+    members[0].signal("STOP");
+    assert!(
+        connected(0.0),
+        "the hung member was never noticed: {:?}",
+        gateway.logs().last()
+    );
+    assert_eq!(
+        count(&served_by(&mut c, 20).await, "b0"),
+        20,
+        "last view serves"
+    );
+    wait_writable(&mut etcd).await;
+    register(&mut etcd, "b1", backends[1].addr, 100).await;
+
+    members[0].signal("CONT");
+    call_until(
+        &mut c,
+        Duration::from_secs(30),
+        "b1, registered while the member hung, serves",
+        |b| b == "b1",
+    )
+    .await;
+    drop(members);
+}
+
+/// A watch etcd cancels while connected, because the gateway fell behind and the history it
+/// still needed was compacted (the gateway process is stopped while 10 MB of changes pile up,
+/// then compacted): the gateway lists again and routes to exactly the live set, losing none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_cancelled_by_compaction_while_connected_resyncs() {
+    let w = World::start(1, 3, "").await;
+    let mut etcd = w.etcd_client().await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
+    register(&mut etcd, "b1", w.addr(1), 100).await;
+    let mut c = client(w.listen).await;
+    call_until_served_by_n(&mut c, PROPAGATION, 2).await;
+
+    w.gateway.signal("STOP");
+    // Far more than the watch's buffers hold: etcd marks the watcher as lagging. The changes
+    // that matter come after it, so only a fresh list can show them.
+    let filler = "x".repeat(10_000);
+    for i in 0..1000 {
+        let value = instance_value(w.addr(0), 1, "eu-west", "v1.0.0", &[("filler", &filler)]);
+        etcd.put(format!("/services/noise/n{}", i % 10), value, None)
+            .await
+            .unwrap();
+    }
+    etcd.delete("/services/echo/b0", None).await.unwrap();
+    register(&mut etcd, "b2", w.addr(2), 100).await;
+    let revision = etcd
+        .get("/services/noise/n0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    w.gateway.signal("CONT");
+
+    let cancelled = tokio::task::block_in_place(|| {
+        w.gateway
+            .wait_for_log(&["watch cancelled by etcd"], Duration::from_secs(30))
+    });
+    assert!(cancelled.is_some(), "etcd did not cancel the lagging watch");
+    let mut clean = 0;
+    call_until(
+        &mut c,
+        Duration::from_secs(30),
+        "only b1 and b2 after the resync",
+        |b| {
+            clean = if b == "b0" { 0 } else { clean + 1 };
+            clean >= 20
+        },
+    )
+    .await;
+    let names = served_by(&mut c, 100).await;
+    assert_eq!(
+        (
+            count(&names, "b0"),
+            count(&names, "b1"),
+            count(&names, "b2")
+        ),
+        (0, 50, 50)
+    );
 }
 
 /// The gateway knows only member A. While A is down, instances change through member B and

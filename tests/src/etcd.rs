@@ -182,6 +182,16 @@ impl Etcd {
         }
     }
 
+    /// Sends a signal (STOP, CONT, ...) to this member's process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -189,6 +199,7 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        self.signal("CONT");
         self.kill();
     }
 }
