@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 RELEASE_DIR := target/release
 
-.PHONY: run test deps build lint unit e2e fuzz bench clean
+.PHONY: run test deps build lint unit e2e fuzz mutants bench clean
 
 ## make run: install what is missing, build, start etcd, two demo backends registered through
 ## `strait register` in two regions, and the gateway with an etcd upstream.
@@ -21,6 +21,13 @@ test: deps lint
 ## make fuzz: ten minutes per fuzz target (FUZZ_SECONDS to change it).
 fuzz:
 	bash fuzz/run.sh $${FUZZ_SECONDS:-600}
+
+## make mutants: mutation testing of the pure-logic modules against the unit and property
+## tests (cargo-mutants; the files are listed in .cargo/mutants.toml, the figures in
+## docs/testing.md). About 25 minutes on 2 cores; not part of `make test`.
+mutants: deps
+	command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
+	$(CARGO) mutants --jobs 1 --output target/mutants-report
 
 deps:
 	@bash .ci/install-deps

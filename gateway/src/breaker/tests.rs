@@ -195,6 +195,96 @@ fn backoff_kinds() {
     assert_eq!(s.max_ejected(1), 0);
 }
 
+#[test]
+fn labels_are_the_documented_strings() {
+    let states = [State::Closed, State::Open, State::HalfOpen];
+    assert_eq!(states.map(State::as_str), ["closed", "open", "half_open"]);
+    assert_eq!(
+        states.map(|s| s.to_string()),
+        ["closed", "open", "half_open"]
+    );
+    let reasons = [
+        Reason::ConsecutiveFailures,
+        Reason::FailureRate,
+        Reason::ProbeFailed,
+        Reason::OpenPeriodOver,
+        Reason::TrialFailed,
+        Reason::TrialsSucceeded,
+    ];
+    assert_eq!(
+        reasons.map(Reason::as_str),
+        [
+            "consecutive_failures",
+            "failure_rate",
+            "probe_failed",
+            "open_period_over",
+            "trial_failed",
+            "trials_succeeded"
+        ]
+    );
+}
+
+#[test]
+fn reloaded_settings_apply_and_the_state_stays() {
+    let now = Instant::now();
+    let mut b = Breaker::new(settings());
+    for _ in 0..3 {
+        fail(&mut b, now);
+    }
+    let reloaded = BreakerSettings {
+        half_open_calls: 4,
+        ..settings()
+    };
+    b.set_settings(reloaded.clone());
+    assert_eq!(b.settings(), &reloaded);
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "a reload does not close an open breaker"
+    );
+    let later = now + Duration::from_secs(1);
+    for _ in 0..4 {
+        assert_eq!(b.admit(later).0, Admission::Trial, "the new quota applies");
+    }
+    assert_eq!(b.admit(later).0, Admission::Rejected);
+}
+
+#[test]
+fn probe_hold_is_visible_and_released() {
+    let now = Instant::now();
+    let mut b = Breaker::new(settings());
+    assert!(!b.held_by_probe());
+    b.probe_unhealthy(now, true);
+    assert!(b.held_by_probe());
+    b.probe_healthy(now);
+    assert!(!b.held_by_probe());
+}
+
+/// Settings built in code (validation allows at most an hour) still never hold a breaker open
+/// for more than a day.
+#[test]
+fn no_breaker_stays_open_longer_than_a_day() {
+    let now = Instant::now();
+    let day = Duration::from_secs(24 * 3600);
+    let mut b = Breaker::new(BreakerSettings {
+        open_for: 2 * day,
+        max_open_for: 2 * day,
+        backoff: Backoff::Fixed,
+        ..settings()
+    });
+    for _ in 0..3 {
+        fail(&mut b, now);
+    }
+    assert_eq!(b.open_until(), Some(now + day));
+    assert!(!b.would_admit(now + day - Duration::from_millis(1)));
+    assert_eq!(
+        b.admit(now + day - Duration::from_millis(1)).0,
+        Admission::Rejected
+    );
+    assert!(b.would_admit(now + day));
+    assert_eq!(b.admit(now + day).0, Admission::Trial);
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Result(bool),
@@ -237,7 +327,10 @@ proptest! {
                     let before = b.state();
                     let until = b.open_until();
                     let held = b.held_by_probe();
+                    let predicted = b.would_admit(now);
                     let (admission, transition) = b.admit(now);
+                    // The balancer's read-only filter agrees with what admit then does.
+                    prop_assert_eq!(predicted, admission != Admission::Rejected);
                     if before == State::Open && (held || until.is_some_and(|u| now < u)) {
                         prop_assert_eq!(admission, Admission::Rejected);
                     }
@@ -266,4 +359,73 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_window_holds_exactly_window_calls() {
+    let now = Instant::now();
+    let mut b = Breaker::new(BreakerSettings {
+        consecutive_failures: 100,
+        window: 4,
+        min_calls: 4,
+        failure_rate: 0.5,
+        ..settings()
+    });
+    for outcome in [Outcome::Success, Outcome::Failure, Outcome::Success] {
+        assert_eq!(b.record(outcome, false, now, true), None);
+    }
+    let t = b
+        .record(Outcome::Failure, false, now, true)
+        .expect("2 of the last 4 failed: the rate trips once 4 calls were seen");
+    assert_eq!(t.reason, Reason::FailureRate);
+}
+
+#[test]
+fn a_released_trial_gives_its_slot_back() {
+    let now = Instant::now();
+    let mut b = Breaker::new(settings());
+    b.release_trial();
+    for _ in 0..3 {
+        fail(&mut b, now);
+    }
+    let later = now + Duration::from_secs(1);
+    assert_eq!(b.admit(later).0, Admission::Trial);
+    assert_eq!(b.admit(later).0, Admission::Trial);
+    assert_eq!(b.admit(later).0, Admission::Rejected, "quota of 2 used");
+    b.release_trial();
+    assert_eq!(b.admit(later).0, Admission::Trial, "the released slot");
+    assert_eq!(b.admit(later).0, Admission::Rejected);
+}
+
+#[test]
+fn failing_probes_on_an_open_breaker_hold_it_without_a_new_trip() {
+    let now = Instant::now();
+    let mut b = Breaker::new(settings());
+    for _ in 0..3 {
+        fail(&mut b, now);
+    }
+    let until = b.open_until();
+    assert_eq!(
+        b.probe_unhealthy(now, true),
+        None,
+        "already open: no new transition"
+    );
+    assert_eq!(b.open_until(), until, "the open period is not restarted");
+    assert!(b.held_by_probe());
+}
+
+#[test]
+fn recovering_probes_end_the_open_period_at_once() {
+    let now = Instant::now();
+    let mut b = Breaker::new(settings());
+    b.probe_unhealthy(now, true);
+    let soon = now + Duration::from_millis(100);
+    assert_eq!(b.admit(soon).0, Admission::Rejected);
+    b.probe_healthy(soon);
+    assert_eq!(b.open_until(), Some(soon));
+    assert_eq!(
+        b.admit(soon).0,
+        Admission::Trial,
+        "no need to wait out the 1 s period"
+    );
 }

@@ -9,6 +9,9 @@ mod spanned;
 mod tls_files;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
 
 pub use diagnostics::{ConfigError, Problem};

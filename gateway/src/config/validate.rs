@@ -12,12 +12,17 @@ use super::model::*;
 use super::spanned::Spanned;
 use super::tls_files;
 
+/// How `serde_path_to_error` names the inside of a `toml::Spanned` value.
+const SPANNED_FIELD: &str = ".$__serde_spanned_private_value";
+
 /// Parses the TOML text into the external model. Syntax and type errors stop here (a parser
 /// cannot go on after them); they are still reported with line, column and key path.
 pub fn deserialize(source: &str, file: &Path) -> Result<FileConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(source);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        // A value read through `Spanned` shows the toml crate's private field in the path; the
+        // operator wrote `threads`, not `threads.$__serde_spanned_private_value`.
+        let path = err.path().to_string().replace(SPANNED_FIELD, "");
         let inner = err.into_inner();
         let position = inner
             .span()

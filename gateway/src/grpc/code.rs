@@ -107,3 +107,44 @@ impl std::str::FromStr for Code {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_grpc_spec_names_and_parse_back() {
+        let names: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "OK",
+                "CANCELLED",
+                "UNKNOWN",
+                "INVALID_ARGUMENT",
+                "DEADLINE_EXCEEDED",
+                "NOT_FOUND",
+                "ALREADY_EXISTS",
+                "PERMISSION_DENIED",
+                "RESOURCE_EXHAUSTED",
+                "FAILED_PRECONDITION",
+                "ABORTED",
+                "OUT_OF_RANGE",
+                "UNIMPLEMENTED",
+                "INTERNAL",
+                "UNAVAILABLE",
+                "DATA_LOSS",
+                "UNAUTHENTICATED"
+            ]
+        );
+        for (number, code) in Code::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, number, "{code} has its wire number");
+            assert_eq!(code.to_string(), code.as_str());
+            assert_eq!(code.as_str().parse::<Code>(), Ok(code));
+            assert_eq!(Code::from_header(number.to_string().as_bytes()), code);
+        }
+        let unknown = "SOMETIMES".parse::<Code>().unwrap_err();
+        assert!(unknown.contains("\"SOMETIMES\""), "{unknown}");
+        assert!("not_found".parse::<Code>().is_err(), "names are exact");
+    }
+}

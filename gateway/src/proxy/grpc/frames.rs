@@ -92,6 +92,20 @@ mod tests {
     }
 
     #[test]
+    fn a_message_of_exactly_the_limit_passes() {
+        let mut s = FrameScanner::default();
+        assert_eq!(s.feed(&message(1000), true, 1000), Ok(()));
+        let mut s = FrameScanner::default();
+        assert_eq!(
+            s.feed(&message(1001), true, 1000),
+            Err(FrameError::TooLarge {
+                length: 1001,
+                limit: 1000
+            })
+        );
+    }
+
+    #[test]
     fn truncated_bodies_are_noticed() {
         let m = message(10);
         for cut in 1..m.len() {

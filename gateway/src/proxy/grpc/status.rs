@@ -89,4 +89,12 @@ mod tests {
         assert_eq!(resp.headers["grpc-status"], "14");
         assert_eq!(resp.headers["grpc-message"], "no endpoint");
     }
+
+    #[test]
+    fn trailers_carry_the_status_and_encoded_message() {
+        let trailers = LocalStatus::new(Code::DeadlineExceeded, "late: 5%").trailers();
+        assert_eq!(trailers.len(), 2);
+        assert_eq!(trailers["grpc-status"], "4");
+        assert_eq!(trailers["grpc-message"], "late: 5%25");
+    }
 }

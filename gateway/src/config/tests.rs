@@ -1,0 +1,945 @@
+//! Validation, case by case: every bound accepted at its edge and refused one past it, every
+//! refusal at its key, and accepted values landing in the internal model. The end-to-end
+//! `config_errors` tests prove the same through `strait check`; these run in-process, so the
+//! mutation tests (`make mutants`) can use them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const LISTEN: &str = "127.0.0.1:50051";
+
+/// One grpc listener "public", one route to upstream "echo" with one endpoint. `listener` and
+/// `upstream` are lines inside those tables (keys, then any sub-tables); `tail` comes last.
+fn text(gateway: &str, listener: &str, upstream: &str, tail: &str) -> String {
+    format!(
+        "[gateway]\n{gateway}\n\n\
+         [[listener]]\nname = \"public\"\nlisten = \"{LISTEN}\"\n{listener}\n\n\
+         [[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\n\
+         [[upstream]]\nname = \"echo\"\nendpoints = [{{ addr = \"127.0.0.1:9001\" }}]\n{upstream}\n\n\
+         {tail}\n"
+    )
+}
+
+fn parse_in(source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    super::parse(source, Path::new("test.toml"), base_dir)
+}
+
+fn accepted(source: &str) -> Config {
+    parse_in(source, Path::new("/nonexistent"))
+        .unwrap_or_else(|e| panic!("refused:\n{e}\n--- config ---\n{source}"))
+}
+
+fn problems(source: &str) -> Vec<Problem> {
+    match parse_in(source, Path::new("/nonexistent")) {
+        Ok(_) => panic!("accepted:\n{source}"),
+        Err(e) => e.problems,
+    }
+}
+
+/// Refused with a problem at `key` whose message contains `needle`.
+#[track_caller]
+fn refused(source: &str, key: &str, needle: &str) {
+    let found = problems(source);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key_path == key && p.message.contains(needle)),
+        "no problem at {key} containing {needle:?} in {found:#?}"
+    );
+}
+
+fn gateway(lines: &str) -> String {
+    text(lines, "", "", "")
+}
+
+fn limits(lines: &str) -> String {
+    text("", &format!("[listener.limits]\n{lines}"), "", "")
+}
+
+fn upstream(lines: &str) -> String {
+    text("", "", lines, "")
+}
+
+#[test]
+fn a_minimal_file_gets_every_default() {
+    let config = accepted(&gateway(""));
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(config.gateway.threads, parallelism);
+    assert_eq!(config.gateway.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(config.gateway.region, None);
+    let listener = &config.listeners[0];
+    assert_eq!(listener.listen, LISTEN.parse().unwrap());
+    assert_eq!(listener.kind, ListenerKind::Grpc);
+    assert_eq!(listener.idle_timeout, DEFAULT_GRPC_IDLE_TIMEOUT);
+    assert_eq!(listener.limits, ListenerLimits::default());
+    let upstream = &config.upstreams[0];
+    assert!(matches!(upstream.discovery, Discovery::Static));
+    assert_eq!(upstream.endpoints[0].weight, DEFAULT_WEIGHT);
+    assert_eq!(upstream.endpoints[0].region, None);
+    assert_eq!(upstream.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert!(upstream.health.is_none() && upstream.tls.is_none());
+    assert_eq!(upstream.breaker, crate::breaker::BreakerSettings::default());
+    let route = &config.routes[0];
+    assert_eq!(route.service, ServiceMatch::Exact("bench.Echo".into()));
+    assert_eq!((route.method.as_deref(), route.timeout), (None, None));
+    assert!(config.etcd.is_none() && config.admin.is_none());
+}
+
+#[test]
+fn gateway_settings_within_bounds() {
+    let config = accepted(&gateway(
+        "threads = 1\nregion = \"eu\"\nregion_header = \"x-region\"\nshutdown_grace = \"1h\"",
+    ));
+    assert_eq!(config.gateway.threads, 1);
+    assert_eq!(config.gateway.region.as_deref(), Some("eu"));
+    assert_eq!(
+        config.gateway.region_header.as_ref().map(|h| h.as_str()),
+        Some("x-region")
+    );
+    assert_eq!(config.gateway.shutdown_grace, Duration::from_secs(3600));
+    assert_eq!(accepted(&gateway("threads = 1024")).gateway.threads, 1024);
+    assert_eq!(accepted(&gateway("region = \"\"")).gateway.region, None);
+    refused(
+        &gateway("threads = 0"),
+        "gateway.threads",
+        "between 1 and 1024",
+    );
+    refused(&gateway("threads = 1025"), "gateway.threads", "got 1025");
+    refused(
+        &gateway("region_header = \"bad header\""),
+        "gateway.region_header",
+        "not a valid HTTP header name",
+    );
+    refused(
+        &gateway("shutdown_grace = \"3601s\""),
+        "gateway.shutdown_grace",
+        "at most 3600s",
+    );
+}
+
+#[test]
+fn problems_point_at_their_line_and_column() {
+    let found = problems(&gateway("threads = 0"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].position, Some((2, 11)), "{found:#?}");
+    let found = problems(&upstream("max_attempts = 11"));
+    assert_eq!(found[0].key_path, "upstream[0].max_attempts");
+    assert_eq!(found[0].position, Some((17, 16)), "{found:#?}");
+}
+
+#[test]
+fn listener_limits_at_their_edges() {
+    let l = accepted(&limits(
+        "max_connections = 1\nmax_concurrent_streams = 100000\nmax_header_list_size = 16777216\n\
+         max_message_size = 1073741824\nhandshake_timeout = \"1h\"\nrequest_header_timeout = \"1ms\"\n\
+         keepalive = \"32767s\"",
+    ))
+    .listeners[0]
+        .limits
+        .clone();
+    assert_eq!(l.max_connections, 1);
+    assert_eq!(l.max_concurrent_streams, 100_000);
+    assert_eq!(l.max_header_list_size, 16 * 1024 * 1024);
+    assert_eq!(l.max_message_size, 1024 * 1024 * 1024);
+    assert_eq!(l.handshake_timeout, Duration::from_secs(3600));
+    assert_eq!(l.request_header_timeout, Duration::from_millis(1));
+    assert_eq!(l.keepalive, Some(Duration::from_secs(32767)));
+    let l = accepted(&limits(
+        "max_connections = 1000000\nmax_header_list_size = 1024\nmax_message_size = 1024\nkeepalive = \"0s\"",
+    ))
+    .listeners[0]
+        .limits
+        .clone();
+    assert_eq!(
+        (
+            l.max_connections,
+            l.max_header_list_size,
+            l.max_message_size
+        ),
+        (1_000_000, 1024, 1024)
+    );
+    assert_eq!(l.keepalive, None, "0s turns keep-alive off");
+    let l = accepted(&limits("keepalive = \"1s\"")).listeners[0]
+        .limits
+        .clone();
+    assert_eq!(l.keepalive, Some(Duration::from_secs(1)));
+
+    let key = |k: &str| format!("listener[0].limits.{k}");
+    refused(
+        &limits("max_connections = 0"),
+        &key("max_connections"),
+        "between 1 and 1000000",
+    );
+    refused(
+        &limits("max_connections = 1000001"),
+        &key("max_connections"),
+        "got 1000001",
+    );
+    refused(
+        &limits("max_concurrent_streams = 100001"),
+        &key("max_concurrent_streams"),
+        "between",
+    );
+    refused(
+        &limits("max_header_list_size = 1023"),
+        &key("max_header_list_size"),
+        "between 1024 and 16777216",
+    );
+    refused(
+        &limits("max_header_list_size = 16777217"),
+        &key("max_header_list_size"),
+        "got 16777217",
+    );
+    refused(
+        &limits("max_message_size = 1023"),
+        &key("max_message_size"),
+        "between 1024 and 1073741824",
+    );
+    refused(
+        &limits("max_message_size = 1073741825"),
+        &key("max_message_size"),
+        "got 1073741825",
+    );
+    refused(
+        &limits("handshake_timeout = \"0s\""),
+        &key("handshake_timeout"),
+        "greater than 0",
+    );
+    refused(
+        &limits("handshake_timeout = \"3601s\""),
+        &key("handshake_timeout"),
+        "at most 3600s",
+    );
+    refused(
+        &limits("request_header_timeout = \"0s\""),
+        &key("request_header_timeout"),
+        "greater than 0",
+    );
+    refused(
+        &limits("keepalive = \"32768s\""),
+        &key("keepalive"),
+        "whole seconds",
+    );
+    refused(
+        &limits("keepalive = \"1500ms\""),
+        &key("keepalive"),
+        "whole seconds",
+    );
+}
+
+#[test]
+fn listeners_are_named_addressed_and_typed() {
+    let tcp = text("", "protocol = \"tcp\"\nupstream = \"echo\"", "", "").replace(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n",
+        "",
+    );
+    let config = accepted(&tcp);
+    assert_eq!(
+        config.listeners[0].kind,
+        ListenerKind::Tcp {
+            upstream: "echo".into(),
+            idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT
+        }
+    );
+    assert_eq!(config.listeners[0].idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT);
+    let tcp_idle = tcp.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nidle_timeout = \"5s\"",
+    );
+    assert_eq!(
+        accepted(&tcp_idle).listeners[0].idle_timeout,
+        Duration::from_secs(5)
+    );
+    refused(
+        &tcp.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nidle_timeout = \"0s\"",
+        ),
+        "listener[0].idle_timeout",
+        "greater than 0",
+    );
+    refused(
+        &tcp.replace("upstream = \"echo\"\n\n", "\n\n"),
+        "listener[0].upstream",
+        "needs `upstream",
+    );
+    refused(
+        &tcp.replace("upstream = \"echo\"\n\n", "upstream = \"nope\"\n\n"),
+        "listener[0].upstream",
+        "no upstream named \"nope\"",
+    );
+    refused(
+        &tcp.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\ntls = { cert = \"c\", key = \"k\" }",
+        ),
+        "listener[0].tls",
+        "TLS passthrough",
+    );
+    refused(
+        &text("", "protocol = \"udp\"", "", ""),
+        "listener[0].protocol",
+        "unknown protocol \"udp\"",
+    );
+    assert_eq!(
+        accepted(&text("", "protocol = \"grpc\"", "", "")).listeners[0].kind,
+        ListenerKind::Grpc
+    );
+    refused(
+        &text("", "upstream = \"echo\"", "", ""),
+        "listener[0].upstream",
+        "choose an upstream per call",
+    );
+    refused(
+        &text("", "idle_timeout = \"0s\"", "", ""),
+        "listener[0].idle_timeout",
+        "greater than 0",
+    );
+    assert_eq!(
+        accepted(&text("", "idle_timeout = \"7s\"", "", "")).listeners[0].idle_timeout,
+        Duration::from_secs(7)
+    );
+
+    let second = |name: &str, listen: &str| {
+        gateway("") + &format!("[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\n")
+    };
+    assert_eq!(
+        accepted(&second("other", "127.0.0.1:50052"))
+            .listeners
+            .len(),
+        2
+    );
+    refused(
+        &second("public", "127.0.0.1:50052"),
+        "listener[1].name",
+        "duplicate listener name",
+    );
+    refused(
+        &second("other", LISTEN),
+        "listener[1].listen",
+        "already used by listener \"public\"",
+    );
+    refused(
+        &second("other", "localhost:1"),
+        "listener[1].listen",
+        "not an IP:port address",
+    );
+    let long = "n".repeat(64);
+    assert_eq!(
+        accepted(&second(&long, "127.0.0.1:50052")).listeners[1].name,
+        long
+    );
+    refused(
+        &second(&"n".repeat(65), "127.0.0.1:50052"),
+        "listener[1].name",
+        "1-64 characters",
+    );
+    refused(
+        &second("", "127.0.0.1:50052"),
+        "listener[1].name",
+        "1-64 characters",
+    );
+    refused(
+        &second("a b", "127.0.0.1:50052"),
+        "listener[1].name",
+        "1-64 characters",
+    );
+    assert!(
+        accepted(&second("a-b_c.d9", "127.0.0.1:50052"))
+            .listeners
+            .len()
+            == 2
+    );
+
+    let none = "[[upstream]]\nname = \"echo\"\nendpoints = [{ addr = \"127.0.0.1:9001\" }]\n";
+    refused(none, "listener", "no [[listener]] is defined");
+}
+
+#[test]
+fn upstreams_and_endpoints() {
+    let endpoints = |list: &str| {
+        text("", "", "", "").replace(
+            "endpoints = [{ addr = \"127.0.0.1:9001\" }]",
+            &format!("endpoints = [{list}]"),
+        )
+    };
+    let config = accepted(&endpoints(
+        "{ addr = \"127.0.0.1:1\", weight = 0 }, { addr = \"127.0.0.1:2\", weight = 100, region = \"eu\" }, { addr = \"127.0.0.1:3\", region = \"\" }",
+    ));
+    let eps = &config.upstreams[0].endpoints;
+    assert_eq!(
+        eps.iter().map(|e| e.weight).collect::<Vec<_>>(),
+        vec![0, 100, 100]
+    );
+    assert_eq!(eps[1].region.as_deref(), Some("eu"));
+    assert_eq!(eps[2].region, None);
+    let key = "upstream[0].endpoints[0]";
+    refused(
+        &endpoints("{ addr = \"127.0.0.1:1\", weight = 101 }"),
+        &format!("{key}.weight"),
+        "between 0 and 100, got 101",
+    );
+    refused(
+        &endpoints("{ addr = \"127.0.0.1:1\", weight = -1 }"),
+        &format!("{key}.weight"),
+        "got -1",
+    );
+    refused(
+        &endpoints("{ addr = \"nowhere\" }"),
+        &format!("{key}.addr"),
+        "not an IP:port address",
+    );
+    refused(
+        &endpoints("{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:1\" }"),
+        "upstream[0].endpoints[1].addr",
+        "listed twice",
+    );
+    refused(
+        &endpoints(""),
+        "upstream[0].endpoints",
+        "at least one endpoint",
+    );
+
+    assert_eq!(
+        accepted(&upstream("max_attempts = 1")).upstreams[0].max_attempts,
+        1
+    );
+    assert_eq!(
+        accepted(&upstream("max_attempts = 10")).upstreams[0].max_attempts,
+        10
+    );
+    refused(
+        &upstream("max_attempts = 0"),
+        "upstream[0].max_attempts",
+        "between 1 and 10",
+    );
+    refused(
+        &upstream("max_attempts = 11"),
+        "upstream[0].max_attempts",
+        "got 11",
+    );
+    assert_eq!(
+        accepted(&upstream("connect_timeout = \"250ms\"")).upstreams[0].connect_timeout,
+        Duration::from_millis(250)
+    );
+    refused(
+        &upstream("connect_timeout = \"0s\""),
+        "upstream[0].connect_timeout",
+        "greater than 0",
+    );
+    refused(
+        &upstream("service = \"echo\""),
+        "upstream[0].service",
+        "belongs to etcd upstreams",
+    );
+    refused(
+        &upstream("select = { version = \"1\" }"),
+        "upstream[0].select",
+        "belongs to etcd upstreams",
+    );
+    refused(
+        &upstream("discovery = \"dns\""),
+        "upstream[0].discovery",
+        "unknown discovery \"dns\"",
+    );
+    assert!(matches!(
+        accepted(&upstream("discovery = \"static\"")).upstreams[0].discovery,
+        Discovery::Static
+    ));
+    refused(
+        &upstream("tls = { cert = \"c.pem\" }"),
+        "upstream[0].tls",
+        "cert and key go together",
+    );
+    let tls = accepted(&upstream("tls = { server_name = \"svc\" }")).upstreams[0]
+        .tls
+        .clone()
+        .expect("tls");
+    assert_eq!(
+        (tls.server_name.as_str(), tls.ca, tls.identity),
+        ("svc", None, None)
+    );
+
+    let twice = text(
+        "",
+        "",
+        "",
+        "[[upstream]]\nname = \"echo\"\nendpoints = [{ addr = \"127.0.0.1:9002\" }]\n",
+    );
+    refused(&twice, "upstream[1].name", "duplicate upstream name");
+    refused(
+        &text(
+            "",
+            "",
+            "",
+            "[[upstream]]\nname = \"\"\nendpoints = [{ addr = \"127.0.0.1:9002\" }]\n",
+        ),
+        "upstream[1].name",
+        "1-64 characters",
+    );
+}
+
+fn health(lines: &str) -> String {
+    upstream(&format!("[upstream.health]\n{lines}"))
+}
+
+#[test]
+fn health_probe_settings() {
+    let h = accepted(&health(
+        "interval = \"100ms\"\ntimeout = \"100ms\"\nservice = \"svc\"\nunhealthy_after = 1\nhealthy_after = 100",
+    ))
+    .upstreams[0]
+        .health
+        .clone()
+        .expect("health");
+    assert_eq!(h.interval, Duration::from_millis(100));
+    assert_eq!(
+        h.timeout,
+        Duration::from_millis(100),
+        "a timeout equal to the interval"
+    );
+    assert_eq!(
+        (h.service.as_str(), h.unhealthy_after, h.healthy_after),
+        ("svc", 1, 100)
+    );
+    assert_eq!(
+        accepted(&health("")).upstreams[0].health,
+        Some(HealthSettings::default())
+    );
+    let key = |k: &str| format!("upstream[0].health.{k}");
+    refused(
+        &health("interval = \"99ms\"\ntimeout = \"50ms\""),
+        &key("interval"),
+        "at least 100ms",
+    );
+    refused(
+        &health("interval = \"1s\"\ntimeout = \"1001ms\""),
+        &key("timeout"),
+        "at most the interval",
+    );
+    refused(
+        &health("timeout = \"0s\""),
+        &key("timeout"),
+        "greater than 0",
+    );
+    refused(
+        &health("unhealthy_after = 0"),
+        &key("unhealthy_after"),
+        "between 1 and 100",
+    );
+    refused(
+        &health("healthy_after = 101"),
+        &key("healthy_after"),
+        "got 101",
+    );
+}
+
+fn breaker(lines: &str) -> String {
+    upstream(&format!("[upstream.breaker]\n{lines}"))
+}
+
+#[test]
+fn breaker_settings() {
+    use crate::breaker::Backoff;
+    use crate::grpc::Code;
+    let b = accepted(&breaker(
+        "consecutive_failures = 1\nfailure_rate = 1.0\nwindow = 10000\nmin_calls = 10000\n\
+         open_for = \"1s\"\nmax_open_for = \"1s\"\nhalf_open_calls = 1000\nbackoff = \"fixed\"\n\
+         failure_codes = [\"UNAVAILABLE\", \"RESOURCE_EXHAUSTED\"]\nmax_ejected_percent = 0",
+    ))
+    .upstreams[0]
+        .breaker
+        .clone();
+    assert_eq!(b.consecutive_failures, 1);
+    assert_eq!(b.failure_rate, 1.0);
+    assert_eq!(
+        (b.window, b.min_calls, b.half_open_calls),
+        (10_000, 10_000, 1000)
+    );
+    assert_eq!(
+        (b.open_for, b.max_open_for),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
+    assert_eq!(b.backoff, Backoff::Fixed);
+    assert_eq!(
+        b.failure_codes,
+        [Code::Unavailable, Code::ResourceExhausted]
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(b.max_ejected_percent, 0);
+    let b = accepted(&breaker(
+        "failure_rate = 0.01\nbackoff = \"jittered\"\nmax_ejected_percent = 100",
+    ))
+    .upstreams[0]
+        .breaker
+        .clone();
+    assert_eq!(
+        (b.failure_rate, b.backoff, b.max_ejected_percent),
+        (0.01, Backoff::Jittered, 100)
+    );
+    assert_eq!(
+        accepted(&breaker("backoff = \"exponential\"")).upstreams[0]
+            .breaker
+            .backoff,
+        Backoff::Exponential
+    );
+    let key = |k: &str| format!("upstream[0].breaker.{k}");
+    refused(
+        &breaker("failure_rate = 0.0"),
+        &key("failure_rate"),
+        "must be in (0, 1]",
+    );
+    refused(
+        &breaker("failure_rate = 1.01"),
+        &key("failure_rate"),
+        "got 1.01",
+    );
+    refused(
+        &breaker("failure_rate = -0.5"),
+        &key("failure_rate"),
+        "got -0.5",
+    );
+    refused(
+        &breaker("backoff = \"linear\""),
+        &key("backoff"),
+        "unknown backoff \"linear\"",
+    );
+    refused(
+        &breaker("failure_codes = [\"OK\"]"),
+        &key("failure_codes"),
+        "OK cannot be a failure",
+    );
+    refused(
+        &breaker("failure_codes = [\"SOMETIMES\"]"),
+        &key("failure_codes"),
+        "SOMETIMES",
+    );
+    refused(
+        &breaker("open_for = \"0s\""),
+        &key("open_for"),
+        "greater than 0",
+    );
+    refused(
+        &breaker("open_for = \"2s\"\nmax_open_for = \"1s\""),
+        &key("max_open_for"),
+        "at least open_for",
+    );
+    refused(
+        &breaker("window = 5\nmin_calls = 6"),
+        &key("min_calls"),
+        "cannot exceed window",
+    );
+    refused(
+        &breaker("consecutive_failures = 1001"),
+        &key("consecutive_failures"),
+        "between 1 and 1000",
+    );
+    refused(
+        &breaker("max_ejected_percent = 101"),
+        &key("max_ejected_percent"),
+        "between 0 and 100",
+    );
+}
+
+const ETCD: &str = "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+
+fn etcd_upstream(lines: &str, tail: &str) -> String {
+    text("", "", "", tail).replace(
+        "endpoints = [{ addr = \"127.0.0.1:9001\" }]\n",
+        &format!("discovery = \"etcd\"\n{lines}\n"),
+    )
+}
+
+#[test]
+fn etcd_upstreams() {
+    let config = accepted(&etcd_upstream(
+        "service = \"echo\"\nselect = { version = \"^1.2\", labels = { tier = \"gold\" } }",
+        ETCD,
+    ));
+    let Discovery::Etcd { service, select } = &config.upstreams[0].discovery else {
+        panic!("an etcd upstream");
+    };
+    assert_eq!(service, "echo");
+    assert_eq!(
+        select.version.as_ref().map(|v| v.to_string()).as_deref(),
+        Some("^1.2")
+    );
+    assert_eq!(select.labels.get("tier").map(String::as_str), Some("gold"));
+    assert!(config.upstreams[0].endpoints.is_empty());
+
+    refused(
+        &etcd_upstream("service = \"echo\"", ""),
+        "upstream[0].discovery",
+        "needs an [etcd] section",
+    );
+    refused(
+        &etcd_upstream("", ETCD),
+        "upstream[0].service",
+        "needs `service`",
+    );
+    refused(
+        &etcd_upstream("service = \"\"", ETCD),
+        "upstream[0].service",
+        "non-empty name without '/'",
+    );
+    refused(
+        &etcd_upstream("service = \"a/b\"", ETCD),
+        "upstream[0].service",
+        "non-empty name without '/'",
+    );
+    refused(
+        &etcd_upstream("service = \"echo\"\nselect = { version = \"one\" }", ETCD),
+        "upstream[0].select.version",
+        "not a semver range",
+    );
+    refused(
+        &etcd_upstream(
+            "service = \"echo\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]",
+            ETCD,
+        ),
+        "upstream[0].endpoints",
+        "takes its endpoints from etcd",
+    );
+}
+
+fn etcd(lines: &str) -> String {
+    etcd_upstream("service = \"echo\"", &format!("[etcd]\n{lines}"))
+}
+
+#[test]
+fn etcd_section() {
+    let e = accepted(&etcd(
+        "endpoints = [\"http://127.0.0.1:2379\", \"https://10.0.0.1:2379\"]\nprefix = \"/svc\"\ndial_timeout = \"3s\"",
+    ))
+    .etcd
+    .expect("etcd");
+    assert_eq!(
+        e.endpoints,
+        vec!["http://127.0.0.1:2379", "https://10.0.0.1:2379"]
+    );
+    assert_eq!(e.prefix, "/svc/", "a trailing slash is added");
+    assert_eq!(e.dial_timeout, Duration::from_secs(3));
+    assert!(e.auth.is_none() && e.tls.is_none());
+    let e = accepted(&etcd("endpoints = [\"http://a:1\"]\nprefix = \"/x/\""))
+        .etcd
+        .unwrap();
+    assert_eq!(e.prefix, "/x/");
+    let e = accepted(&etcd("endpoints = [\"http://a:1\"]"))
+        .etcd
+        .unwrap();
+    assert_eq!(e.prefix, DEFAULT_ETCD_PREFIX);
+
+    refused(
+        &etcd("endpoints = []"),
+        "etcd.endpoints",
+        "at least one etcd member URL",
+    );
+    for bad in ["http://", "https://a:1/path", "ftp://a:1", "a:1"] {
+        refused(
+            &etcd(&format!("endpoints = [\"{bad}\"]")),
+            "etcd.endpoints[0]",
+            "is not an etcd URL",
+        );
+    }
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\nprefix = \"svc/\""),
+        "etcd.prefix",
+        "must start with '/'",
+    );
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\nusername = \"u\""),
+        "etcd",
+        "go together",
+    );
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\npassword_file = \"p\""),
+        "etcd",
+        "go together",
+    );
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\nusername = \"u\"\npassword_file = \"missing\""),
+        "etcd.password_file",
+        "cannot read /nonexistent/missing",
+    );
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\ntls = { cert = \"c\" }"),
+        "etcd.tls",
+        "go together",
+    );
+    refused(
+        &etcd("endpoints = [\"http://a:1\"]\ntls = { key = \"k\" }"),
+        "etcd.tls",
+        "go together",
+    );
+    let e = accepted(&etcd("endpoints = [\"https://a:1\"]\ntls = {}"))
+        .etcd
+        .unwrap();
+    assert_eq!(e.tls.map(|t| (t.ca, t.identity)), Some((None, None)));
+}
+
+#[test]
+fn relative_files_resolve_against_the_config_directory() {
+    let dir = std::env::temp_dir().join(format!("strait-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("password"), "secret\n").unwrap();
+    let relative =
+        etcd("endpoints = [\"http://a:1\"]\nusername = \"u\"\npassword_file = \"password\"");
+    let auth = parse_in(&relative, &dir)
+        .expect("accepted")
+        .etcd
+        .unwrap()
+        .auth
+        .unwrap();
+    assert_eq!(auth.username, "u");
+    assert_eq!(auth.password_file, dir.join("password"));
+    let absolute = relative.replace(
+        "password_file = \"password\"",
+        &format!("password_file = \"{}\"", dir.join("password").display()),
+    );
+    let auth = parse_in(&absolute, Path::new("/elsewhere"))
+        .expect("accepted")
+        .etcd
+        .unwrap()
+        .auth
+        .unwrap();
+    assert_eq!(auth.password_file, dir.join("password"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn route(lines: &str) -> String {
+    text("", "", "", "").replace(
+        "service = \"bench.Echo\"\nupstream = \"echo\"\n",
+        &format!("{lines}\n"),
+    )
+}
+
+#[test]
+fn routes() {
+    let r = accepted(&route(
+        "service = \"pkg.v1.Svc_2\"\nmethod = \"Call_1\"\nupstream = \"echo\"\ntimeout = \"2s\"",
+    ))
+    .routes[0]
+        .clone();
+    assert_eq!(r.service, ServiceMatch::Exact("pkg.v1.Svc_2".into()));
+    assert_eq!(r.method.as_deref(), Some("Call_1"));
+    assert_eq!(
+        (r.listener.as_str(), r.upstream.as_str()),
+        ("public", "echo")
+    );
+    assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+    let r = accepted(&route(
+        "service = \"*\"\nupstream = \"echo\"\ntimeout = \"0s\"",
+    ))
+    .routes[0]
+        .clone();
+    assert_eq!(
+        (r.service, r.timeout),
+        (ServiceMatch::Any, None),
+        "0s: no timeout"
+    );
+
+    refused(
+        &route("service = \"x.Y\"\nupstream = \"nope\""),
+        "route[0].upstream",
+        "no upstream named \"nope\"",
+    );
+    for bad in ["", "a..b", ".a", "a.", "a-b.C", "a b"] {
+        refused(
+            &route(&format!("service = \"{bad}\"\nupstream = \"echo\"")),
+            "route[0].service",
+            "is not a gRPC service name",
+        );
+    }
+    refused(
+        &route("service = \"*\"\nmethod = \"M\"\nupstream = \"echo\""),
+        "route[0].method",
+        "needs a named service",
+    );
+    for bad in ["a.b", "", "a-b"] {
+        refused(
+            &route(&format!(
+                "service = \"x.Y\"\nmethod = \"{bad}\"\nupstream = \"echo\""
+            )),
+            "route[0].method",
+            "is not a gRPC method name",
+        );
+    }
+    let twice = route("service = \"x.Y\"\nupstream = \"echo\"")
+        + "[[route]]\nlistener = \"public\"\nservice = \"x.Y\"\nupstream = \"echo\"\n";
+    refused(
+        &twice,
+        "route[1]",
+        "already matches the same service and method",
+    );
+    let other_method = twice.replacen(
+        "service = \"x.Y\"\nupstream = \"echo\"\n",
+        "service = \"x.Y\"\nmethod = \"A\"\nupstream = \"echo\"\n",
+        1,
+    );
+    assert_eq!(accepted(&other_method).routes.len(), 2);
+    refused(
+        &text("", "", "", "").replace(
+            "listener = \"public\"\nservice",
+            "listener = \"nope\"\nservice",
+        ),
+        "route[0].listener",
+        "no listener named \"nope\"",
+    );
+    let on_tcp = text("", "", "", "[[listener]]\nname = \"raw\"\nlisten = \"127.0.0.1:7000\"\nprotocol = \"tcp\"\nupstream = \"echo\"\n")
+        + "[[route]]\nlistener = \"raw\"\nservice = \"x.Y\"\nupstream = \"echo\"\n";
+    refused(&on_tcp, "route[1].listener", "is a tcp listener");
+}
+
+#[test]
+fn admin_section() {
+    let with_admin = |lines: &str| text("", "", "", &format!("[admin]\n{lines}"));
+    let admin = accepted(&with_admin("listen = \"127.0.0.1:9901\""))
+        .admin
+        .unwrap();
+    assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert!(admin.endpoint_labels);
+    let admin = accepted(&with_admin(
+        "listen = \"127.0.0.1:9901\"\nendpoint_labels = false",
+    ))
+    .admin
+    .unwrap();
+    assert!(!admin.endpoint_labels);
+    refused(
+        &with_admin("listen = \"nowhere\""),
+        "admin.listen",
+        "not an IP:port address",
+    );
+    refused(
+        &with_admin(&format!("listen = \"{LISTEN}\"")),
+        "admin.listen",
+        "already used by listener \"public\"",
+    );
+}
+
+#[test]
+fn syntax_errors_stop_at_the_first_with_its_place() {
+    let found = problems("[gateway]\nthreads = \"two\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].key_path, "gateway.threads");
+    assert_eq!(found[0].position.map(|p| p.0), Some(2));
+    let found = problems("[gateway\n");
+    assert_eq!(found[0].key_path, "");
+    assert!(found[0].position.is_some());
+}
+
+#[test]
+fn durations_are_an_inline_string_pattern_in_the_schema() {
+    let schema = super::json_schema();
+    assert!(
+        schema.contains("\"pattern\": \"^([0-9]+(ms|s|m|h))+$\""),
+        "{schema}"
+    );
+    assert!(
+        !schema.contains("#/$defs/Duration"),
+        "durations are inlined, not a shared definition"
+    );
+}
