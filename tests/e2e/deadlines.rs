@@ -3,12 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use strait_tests::h2_backend::{Misbehaviour, RawH2Backend};
-use strait_tests::net::free_addr;
+use strait_tests::h2_backend::Misbehaviour;
 use strait_tests::pb::EchoRequest;
-use strait_tests::{raw, Backend, BackendOptions, Gateway};
+use strait_tests::raw;
 
-use crate::fixture::{config, Ep, Setup};
+use crate::fixture::{behind_misbehaving, Setup};
 
 fn slow_request(delay_ms: u32) -> bytes::Bytes {
     raw::grpc_frame(&prost::Message::encode_to_vec(&EchoRequest {
@@ -76,28 +75,8 @@ async fn route_timeout_applies_without_caller_deadline() {
 /// backend carries at most 10 s - 400 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remaining_budget_is_forwarded() {
-    let refuser = RawH2Backend::start(Misbehaviour::RefuseAfter(Duration::from_millis(400))).await;
-    let echo = Backend::start(BackendOptions::named("a")).await;
-    let listen = free_addr();
-    // Smooth WRR gives the heavier endpoint the first call.
-    let text = config(
-        listen,
-        &[
-            Ep {
-                addr: refuser.addr,
-                weight: 100,
-                region: "eu-west",
-            },
-            Ep {
-                addr: echo.addr,
-                weight: 1,
-                region: "eu-west",
-            },
-        ],
-        "",
-        "",
-    );
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let (refuser, echo, _gateway, listen) =
+        behind_misbehaving(Misbehaviour::RefuseAfter(Duration::from_millis(400))).await;
     let response = raw::call(
         listen,
         "/bench.Echo/Unary",

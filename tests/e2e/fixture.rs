@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strait_tests::h2_backend::{Misbehaviour, RawH2Backend};
 use strait_tests::net::free_addr;
 use strait_tests::pb::echo_client::EchoClient;
 use strait_tests::pb::EchoRequest;
@@ -187,6 +188,35 @@ connect_timeout = "500ms"
 "#,
         urls.join(", ")
     )
+}
+
+/// A gateway whose first pick is the misbehaving backend (weight 100 against 1: smooth WRR
+/// gives the heavier endpoint the first call), the echo backend second.
+pub async fn behind_misbehaving(
+    behaviour: Misbehaviour,
+) -> (RawH2Backend, Backend, Gateway, SocketAddr) {
+    let odd = RawH2Backend::start(behaviour).await;
+    let echo = Backend::start(BackendOptions::named("echo")).await;
+    let listen = free_addr();
+    let text = config(
+        listen,
+        &[
+            Ep {
+                addr: odd.addr,
+                weight: 100,
+                region: "eu-west",
+            },
+            Ep {
+                addr: echo.addr,
+                weight: 1,
+                region: "eu-west",
+            },
+        ],
+        "",
+        "",
+    );
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    (odd, echo, gateway, listen)
 }
 
 /// Makes calls until `done` holds for the backend that served one, or `timeout` passes.

@@ -2,38 +2,10 @@
 //! (REFUSED_STREAM, or a stream above a GOAWAY's last-stream-id). gRPC calls are not
 //! idempotent, so a call the backend may have seen is never sent twice.
 
-use strait_tests::h2_backend::{Misbehaviour, RawH2Backend};
-use strait_tests::net::free_addr;
-use strait_tests::{raw, Backend, BackendOptions, Gateway};
+use strait_tests::h2_backend::Misbehaviour;
+use strait_tests::raw;
 
-use crate::fixture::{config, Ep};
-
-/// A gateway whose first pick is the misbehaving backend (weight 100 against 1: smooth WRR
-/// gives the heavier endpoint the first call), the echo backend second.
-async fn behind(behaviour: Misbehaviour) -> (RawH2Backend, Backend, Gateway, std::net::SocketAddr) {
-    let odd = RawH2Backend::start(behaviour).await;
-    let echo = Backend::start(BackendOptions::named("echo")).await;
-    let listen = free_addr();
-    let text = config(
-        listen,
-        &[
-            Ep {
-                addr: odd.addr,
-                weight: 100,
-                region: "eu-west",
-            },
-            Ep {
-                addr: echo.addr,
-                weight: 1,
-                region: "eu-west",
-            },
-        ],
-        "",
-        "",
-    );
-    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    (odd, echo, gateway, listen)
-}
+use crate::fixture::behind_misbehaving as behind;
 
 async fn unary(listen: std::net::SocketAddr) -> raw::RawResponse {
     raw::call(listen, "/bench.Echo/Unary", &[], raw::grpc_frame(&[]))

@@ -185,10 +185,7 @@ impl Etcd {
     /// Sends a signal (STOP, CONT, ...) to this member's process.
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
+            crate::gateway::send_signal(child.id(), signal);
         }
     }
 

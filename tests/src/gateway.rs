@@ -37,6 +37,14 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// `kill -SIGNAL pid`, best effort (the process may already be gone).
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
 /// The echo backend as its own process, for tests that kill -9 or SIGSTOP it.
 pub struct EchoProcess {
     pub name: String,
@@ -78,10 +86,7 @@ impl EchoProcess {
 
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
+            send_signal(child.id(), signal);
         }
     }
 

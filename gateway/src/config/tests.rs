@@ -943,3 +943,62 @@ fn durations_are_an_inline_string_pattern_in_the_schema() {
         "durations are inlined, not a shared definition"
     );
 }
+
+/// A self-signed certificate and its key written to `dir` as `name.crt` and `name.key`.
+fn write_identity(dir: &Path, name: &str) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn certificates_and_keys_are_checked_and_resolved() {
+    let dir = std::env::temp_dir().join(format!("strait-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_identity(&dir, "a");
+    write_identity(&dir, "b");
+    let listener_tls = |cert: &str, key: &str| {
+        text(
+            "",
+            &format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+            "",
+            "",
+        )
+    };
+    let config = parse_in(&listener_tls("a.crt", "a.key"), &dir).expect("accepted");
+    let tls = config.listeners[0].tls.clone().expect("tls");
+    assert_eq!((tls.cert, tls.key), (dir.join("a.crt"), dir.join("a.key")));
+
+    // A certificate that cannot be read: only it is reported (the key is fine, and the pair
+    // cannot be compared without the certificate).
+    let found = parse_in(&listener_tls("missing.crt", "a.key"), &dir)
+        .expect_err("refused")
+        .problems;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].key_path, "listener[0].tls.cert");
+    // Both readable but not a pair.
+    let found = parse_in(&listener_tls("a.crt", "b.key"), &dir)
+        .expect_err("refused")
+        .problems;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].key_path, "listener[0].tls.key");
+
+    let etcd_tls =
+        etcd("endpoints = [\"https://a:1\"]\ntls = { cert = \"b.crt\", key = \"b.key\" }");
+    let e = parse_in(&etcd_tls, &dir).expect("accepted").etcd.unwrap();
+    assert_eq!(
+        e.tls.and_then(|t| t.identity),
+        Some((dir.join("b.crt"), dir.join("b.key")))
+    );
+    let upstream_tls = upstream("tls = { cert = \"a.crt\", key = \"a.key\" }");
+    let u = parse_in(&upstream_tls, &dir).expect("accepted").upstreams[0]
+        .tls
+        .clone()
+        .unwrap();
+    assert_eq!(u.identity, Some((dir.join("a.crt"), dir.join("a.key"))));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
