@@ -322,6 +322,14 @@ impl PingPong {
         reply.served_by
     }
 
+    /// Cancels the stream the way a caller giving up does: RST_STREAM(CANCEL) while the
+    /// request side is still open (a half-close first would let the backend finish with OK).
+    pub fn cancel(self) {
+        let PingPong { tx, replies, .. } = self;
+        drop(replies);
+        drop(tx);
+    }
+
     /// Half-closes and expects the stream to end with OK.
     pub async fn finish(mut self) {
         drop(self.tx);

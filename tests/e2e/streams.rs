@@ -197,7 +197,7 @@ async fn stream_metrics_are_exact() {
         // Cancelled by the caller mid-stream.
         let mut stream = PingPong::on(client.clone()).await;
         stream.ping().await;
-        drop(stream);
+        stream.cancel();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while backend.active() != 0 {
