@@ -255,7 +255,7 @@ async fn etcd_outage_longer_than_the_ttl_reregisters() {
     });
     let mut e = etcd::client(&[member.url()]).await;
     // Whatever etcd did with the old lease, a key is there under a lease the registrar keeps
-    // alive (its TTL goes up), so it stays.
+    // alive (it outlives its TTL), so it stays.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let lease = registered_lease(&mut e, Duration::from_secs(20)).await;
