@@ -26,7 +26,8 @@ fuzz:
 ## tests (cargo-mutants; the files are listed in .cargo/mutants.toml, the figures in
 ## docs/testing.md). About 35 minutes on 2 cores; not part of `make test`.
 mutants: deps
-	command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
+	command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked \
+	  || $(CARGO) install cargo-mutants --locked --offline
 	$(CARGO) mutants --jobs 1 --output target/mutants-report
 
 deps:
