@@ -97,6 +97,14 @@ async fn only_b1_and_b2_after_the_resync(
     );
 }
 
+/// Compacts (physically) all of etcd's history up to now.
+async fn compact_history(c: &mut Client) {
+    let revision = c.get("/", None).await.unwrap().header().unwrap().revision();
+    c.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+}
+
 /// Waits until the cluster accepts writes again (a killed member may have been the leader).
 async fn wait_writable(c: &mut Client) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -483,16 +491,7 @@ async fn watch_cancelled_by_compaction_while_connected_resyncs() {
     }
     etcd.delete("/services/echo/b0", None).await.unwrap();
     register(&mut etcd, "b2", w.addr(2), 100).await;
-    let revision = etcd
-        .get("/services/noise/n0", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    etcd.compact(revision, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    compact_history(&mut etcd).await;
     w.gateway.signal("CONT");
 
     let cancelled = tokio::task::block_in_place(|| {
@@ -532,16 +531,7 @@ async fn resync_after_compaction_routes_to_exactly_the_live_set() {
             .await
             .unwrap();
     }
-    let revision = etcd
-        .get("/unrelated/churn", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    etcd.compact(revision, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    compact_history(&mut etcd).await;
     // During the outage the gateway still serves its last view (b0 and b1 are both alive).
     let during = served_by(&mut c, 20).await;
     assert_eq!(count(&during, "b2"), 0);
