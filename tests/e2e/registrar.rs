@@ -78,15 +78,20 @@ impl Drop for Registrar {
     }
 }
 
+/// Everything registered for service "echo".
+async fn registered(c: &mut etcd_client::Client) -> etcd_client::GetResponse {
+    c.get(
+        "/services/echo/",
+        Some(etcd_client::GetOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap()
+}
+
 async fn keys(c: &mut etcd_client::Client) -> Vec<(String, String)> {
-    let r = c
-        .get(
-            "/services/echo/",
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
+    registered(c)
         .await
-        .unwrap();
-    r.kvs()
+        .kvs()
         .iter()
         .map(|kv| {
             (
@@ -148,13 +153,7 @@ async fn lease_outlives_its_ttl(c: &mut etcd_client::Client, lease: i64) -> bool
 async fn registered_lease(c: &mut etcd_client::Client, timeout: Duration) -> i64 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let r = c
-            .get(
-                "/services/echo/",
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
+        let r = registered(c).await;
         if let [kv] = r.kvs() {
             return kv.lease();
         }

@@ -23,6 +23,16 @@ struct Parts {
 }
 
 impl Parts {
+    /// Listener "public" routing everything to upstream "one" with a single endpoint.
+    fn one_route(public: SocketAddr, admin: SocketAddr, endpoint: SocketAddr) -> Parts {
+        Parts {
+            admin,
+            listeners: grpc_listener("public", public),
+            routes: route("public", "one"),
+            upstreams: upstream("one", &[(endpoint, 100)], ""),
+        }
+    }
+
     fn render(&self) -> String {
         format!(
             "[gateway]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}\n{}\n{}\n[admin]\nlisten = \"{}\"\n",
@@ -379,12 +389,7 @@ async fn reloads_under_load_fail_no_call() {
 async fn listener_replaced_on_the_same_address_refuses_no_connection() {
     let a = Backend::start(BackendOptions::named("a")).await;
     let (public, admin) = (free_addr(), free_addr());
-    let mut parts = Parts {
-        admin,
-        listeners: grpc_listener("public", public),
-        routes: route("public", "one"),
-        upstreams: upstream("one", &[(a.addr, 100)], ""),
-    };
+    let mut parts = Parts::one_route(public, admin, a.addr);
     let gateway = tokio::task::block_in_place(|| Gateway::start(&parts.render(), public));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
@@ -428,12 +433,7 @@ async fn long_lived_stream_survives_reloads_that_change_its_path() {
     let a = Backend::start(BackendOptions::named("a")).await;
     let b = Backend::start(BackendOptions::named("b")).await;
     let (public, admin) = (free_addr(), free_addr());
-    let mut parts = Parts {
-        admin,
-        listeners: grpc_listener("public", public),
-        routes: route("public", "one"),
-        upstreams: upstream("one", &[(a.addr, 100)], ""),
-    };
+    let mut parts = Parts::one_route(public, admin, a.addr);
     let gateway = tokio::task::block_in_place(|| Gateway::start(&parts.render(), public));
     let mut stream = PingPong::open(public).await;
     assert_eq!(stream.ping().await, "a");
