@@ -79,7 +79,11 @@ pub async fn send(
     }
     let request = builder.body(()).expect("valid request");
     let (response, mut send) = client.send_request(request, false)?;
-    send.send_data(body, true)?;
+    // A server may answer the whole call, and reset the stream with NO_ERROR, before it has read
+    // the request body (RFC 9113 §8.1): the gateway does so for calls it refuses. Sending the body
+    // then fails on the closed stream, yet the response stands, so it is read regardless; a real
+    // failure shows up when awaiting the response.
+    let _ = send.send_data(body, true);
     let response = response.await?;
     let (parts, mut recv) = response.into_parts();
     let headers_ended_stream = recv.is_end_stream();
