@@ -25,7 +25,7 @@ use strait_tests::pb::{EchoReply, EchoRequest};
 use strait_tests::raw;
 
 #[derive(Parser, Clone)]
-#[command(about = "gRPC load generator for bench.Echo/Unary")]
+#[command(about = "gRPC load generator for bench.Echo/Unary and ServerStream")]
 struct Args {
     /// Address of the gateway (or backend) to call.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -42,9 +42,15 @@ struct Args {
     /// Open loop: calls per second on a fixed schedule.
     #[arg(long)]
     rate: Option<u64>,
-    /// Payload bytes per request.
+    /// Payload bytes per request (and per reply: the backend echoes it).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Method of bench.Echo to call: `Unary` or `ServerStream`.
+    #[arg(long, default_value = "Unary")]
+    method: String,
+    /// ServerStream: replies the backend sends per call.
+    #[arg(long, default_value_t = 100)]
+    replies: u32,
     /// Make exactly this many sequential calls and stop (with --show, print each answer).
     #[arg(long)]
     calls: Option<u64>,
@@ -69,6 +75,7 @@ struct Outcome {
 struct Caller {
     send: h2::client::SendRequest<Bytes>,
     target: SocketAddr,
+    path: Arc<str>,
     body: Bytes,
     region: Option<String>,
 }
@@ -84,7 +91,7 @@ impl Caller {
         let response = raw::send(
             self.send.clone(),
             self.target,
-            "/bench.Echo/Unary",
+            &self.path,
             &region,
             self.body.clone(),
         )
@@ -92,12 +99,16 @@ impl Caller {
         let status = response.grpc_status().unwrap_or_else(|| "missing".into());
         let message = response.grpc_message().unwrap_or_default();
         let data = &response.body;
-        let served_by = if data.len() > 5 {
-            EchoReply::decode(&data[5..])
-                .map(|r| r.served_by)
-                .unwrap_or_default()
-        } else {
-            String::new()
+        // The first message names the backend (a stream carries many).
+        let served_by = match data.get(1..5) {
+            Some(len) => {
+                let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+                data.get(5..5 + len)
+                    .and_then(|m| EchoReply::decode(m).ok())
+                    .map(|r| r.served_by)
+                    .unwrap_or_default()
+            }
+            None => String::new(),
         };
         Ok(Outcome {
             ok: response.status == 200 && status == "0",
@@ -111,9 +122,10 @@ impl Caller {
     }
 }
 
-fn framed_request(payload: usize) -> Bytes {
+fn framed_request(payload: usize, reply_count: u32) -> Bytes {
     let message = EchoRequest {
         payload: vec![b'x'; payload],
+        reply_count,
         ..Default::default()
     }
     .encode_to_vec();
@@ -140,7 +152,9 @@ async fn open_connection(target: SocketAddr) -> std::io::Result<h2::client::Send
 }
 
 async fn connect(args: &Args) -> Vec<Caller> {
-    let body = framed_request(args.payload);
+    let streaming = args.method == "ServerStream";
+    let body = framed_request(args.payload, if streaming { args.replies } else { 0 });
+    let path: Arc<str> = format!("/bench.Echo/{}", args.method).into();
     let mut callers = Vec::new();
     for _ in 0..args.connections.max(1) {
         let send = match open_connection(args.target).await {
@@ -153,6 +167,7 @@ async fn connect(args: &Args) -> Vec<Caller> {
         callers.push(Caller {
             send,
             target: args.target,
+            path: path.clone(),
             body: body.clone(),
             region: args.region.clone(),
         });
