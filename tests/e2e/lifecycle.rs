@@ -239,7 +239,10 @@ async fn the_demo_leaves_nothing_behind() {
                 c.contains(&demo_dir.path().display().to_string())
                     || c.contains("--name echo-eu-west")
                     || c.contains("--name echo-us-east")
-                    || c.contains("--id echo-")
+                    // The demo's own ids, not the registrar tests' `--id echo-1` running
+                    // beside this test.
+                    || c.contains("--id echo-eu-west")
+                    || c.contains("--id echo-us-east")
             })
             .collect();
         assert!(

@@ -7,6 +7,7 @@ mod deadlines;
 mod discovery;
 mod fixture;
 mod hostile;
+mod keepalive;
 mod lifecycle;
 mod mtls;
 mod observability;

@@ -132,6 +132,12 @@ pub struct LimitsSection {
     /// TCP keepalive: probe a connection idle this long, so dead peers are noticed (default
     /// 60s; whole seconds up to 32767s; "0s" turns it off).
     pub keepalive: Option<Spanned<ConfigDuration>>,
+    /// grpc: send an HTTP/2 PING on each client connection this often (default 30s; "0s" turns
+    /// it off; otherwise 1s to 1h).
+    pub ping_interval: Option<Spanned<ConfigDuration>>,
+    /// grpc: a client that has not answered a PING within this is closed and its calls end
+    /// (default 10s, at most 1h).
+    pub ping_timeout: Option<Spanned<ConfigDuration>>,
 }
 
 /// TLS termination for a gRPC listener (ALPN h2).

@@ -99,6 +99,10 @@ pub struct ListenerLimits {
     pub request_header_timeout: Duration,
     /// TCP keepalive idle time; `None` turns keepalive off.
     pub keepalive: Option<Duration>,
+    /// HTTP/2 PING keepalive towards clients; `None` turns it off.
+    pub ping_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub ping_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -111,6 +115,8 @@ impl Default for ListenerLimits {
             handshake_timeout: Duration::from_secs(10),
             request_header_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
+            ping_interval: Some(Duration::from_secs(30)),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -166,8 +166,45 @@ fn listener_limits_at_their_edges() {
         .limits
         .clone();
     assert_eq!(l.keepalive, Some(Duration::from_secs(1)));
+    let l = accepted(&limits("")).listeners[0].limits.clone();
+    assert_eq!(
+        (l.ping_interval, l.ping_timeout),
+        (Some(Duration::from_secs(30)), Duration::from_secs(10)),
+        "PING keepalive is on by default"
+    );
+    let l = accepted(&limits("ping_interval = \"1s\"\nping_timeout = \"1ms\"")).listeners[0]
+        .limits
+        .clone();
+    assert_eq!(
+        (l.ping_interval, l.ping_timeout),
+        (Some(Duration::from_secs(1)), Duration::from_millis(1))
+    );
+    let l = accepted(&limits("ping_interval = \"0s\"")).listeners[0]
+        .limits
+        .clone();
+    assert_eq!(l.ping_interval, None, "0s turns PINGs off");
 
     let key = |k: &str| format!("listener[0].limits.{k}");
+    refused(
+        &limits("ping_interval = \"999ms\""),
+        &key("ping_interval"),
+        "from 1s to 3600s",
+    );
+    refused(
+        &limits("ping_interval = \"3601s\""),
+        &key("ping_interval"),
+        "from 1s to 3600s",
+    );
+    refused(
+        &limits("ping_timeout = \"0s\""),
+        &key("ping_timeout"),
+        "greater than 0",
+    );
+    refused(
+        &limits("ping_timeout = \"3601s\""),
+        &key("ping_timeout"),
+        "at most 3600s",
+    );
     refused(
         &limits("max_connections = 0"),
         &key("max_connections"),

@@ -290,6 +290,36 @@ fn validate_limits(
             "must be greater than 0",
         );
     }
+    let ping_interval = match section.ping_interval.as_ref() {
+        None => defaults.ping_interval,
+        Some(d) if d.get_ref().0.is_zero() => None,
+        // More often than once a second is traffic, not keepalive.
+        Some(d) if (std::time::Duration::from_secs(1)..=ONE_HOUR).contains(&d.get_ref().0) => {
+            Some(d.get_ref().0)
+        }
+        Some(d) => {
+            diag.at(
+                span(d),
+                format!("{path}.ping_interval"),
+                "must be \"0s\" (off) or from 1s to 3600s",
+            );
+            defaults.ping_interval
+        }
+    };
+    let ping_timeout = duration_up_to(
+        &section.ping_timeout,
+        defaults.ping_timeout,
+        ONE_HOUR,
+        format!("{path}.ping_timeout"),
+        diag,
+    );
+    if ping_timeout.is_zero() {
+        diag.at(
+            section.ping_timeout.as_ref().and_then(span),
+            format!("{path}.ping_timeout"),
+            "must be greater than 0",
+        );
+    }
     ListenerLimits {
         max_connections: int_in(
             &section.max_connections,
@@ -321,6 +351,8 @@ fn validate_limits(
         ),
         handshake_timeout,
         request_header_timeout,
+        ping_interval,
+        ping_timeout,
         keepalive: match section.keepalive.as_ref().map(|d| d.get_ref()) {
             None => defaults.keepalive,
             Some(d) if d.0.is_zero() => None,

@@ -5,7 +5,10 @@
 //! was built. The registry hands out one `Arc<EndpointState>` per (upstream, address) and the
 //! snapshot keeps a clone. All state is atomics: the call path never takes a lock here.
 
+mod dial;
 mod peer;
+
+pub use dial::{DialGate, DialTicket, DialTurn};
 
 pub use peer::{PeerTemplate, PeerTemplateError, PeerTls};
 
@@ -43,6 +46,8 @@ pub struct EndpointState {
     last_transition: Mutex<Option<TransitionRecord>>,
     transitions: AtomicU64,
     metrics: Option<EndpointMetrics>,
+    /// At most one upstream dial in flight to this endpoint.
+    pub dial: Arc<DialGate>,
 }
 
 fn mirror(state: State) -> u8 {
@@ -70,6 +75,7 @@ impl EndpointState {
             last_transition: Mutex::new(None),
             transitions: AtomicU64::new(0),
             metrics: metrics.map(|m| m.endpoint(upstream, addr)),
+            dial: Arc::default(),
         }
     }
 

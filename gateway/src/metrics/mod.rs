@@ -469,15 +469,18 @@ pub enum Rejection {
     RapidReset,
     /// Closed later: a begun frame or header block did not arrive whole in time.
     HeaderTimeout,
+    /// Closed later: the client did not answer an HTTP/2 PING in time.
+    PingTimeout,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 6] = [
         Rejection::MaxConnections,
         Rejection::HandshakeTimeout,
         Rejection::HandshakeError,
         Rejection::RapidReset,
         Rejection::HeaderTimeout,
+        Rejection::PingTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -487,6 +490,7 @@ impl Rejection {
             Rejection::HandshakeError => "handshake_error",
             Rejection::RapidReset => "rapid_reset",
             Rejection::HeaderTimeout => "header_timeout",
+            Rejection::PingTimeout => "ping_timeout",
         }
     }
 }
@@ -495,7 +499,7 @@ impl Rejection {
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     pub open: IntGauge,
-    rejected: [prometheus::IntCounter; 5],
+    rejected: [prometheus::IntCounter; 6],
 }
 
 impl ListenerMetrics {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::TcpSocketOptions;
-use pingora::protocols::http::v2::server::default_h2_options;
+use pingora::protocols::http::v2::server::{default_h2_options, H2Keepalive};
 use pingora::protocols::TcpKeepalive;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
@@ -19,13 +19,13 @@ use pingora::server::{Fds, ListenFds};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::admission::{Admission, Handshake};
 use super::frame_guard::{FrameRules, ResetBudget};
 use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 use crate::proxy::grpc::{CallSettings, GrpcProxy};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::InFlightCalls;
@@ -384,6 +384,19 @@ impl ListenerSet {
         // h2c with prior knowledge; HTTP/1.x still reaches the proxy and gets a clear refusal.
         server_options.h2c = true;
         server_options.h2_idle_timeout = Some(listener.idle_timeout);
+        server_options.h2_keepalive = limits.ping_interval.map(|interval| {
+            let listener_metrics = d.metrics.as_ref().map(|m| m.listener(&listener.name));
+            H2Keepalive {
+                interval,
+                timeout: limits.ping_timeout,
+                on_timeout: Some(Arc::new(move || {
+                    warn!("closed a client connection that did not answer an HTTP/2 PING in time");
+                    if let Some(m) = &listener_metrics {
+                        m.rejected(Rejection::PingTimeout);
+                    }
+                })),
+            }
+        });
         proxy.server_options = Some(server_options);
         let mut h2 = default_h2_options();
         h2.max_concurrent_streams(limits.max_concurrent_streams)

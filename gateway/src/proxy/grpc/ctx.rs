@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::breaker::Outcome;
-use crate::endpoint::{EndpointState, InFlightGuard};
+use crate::endpoint::{DialTicket, EndpointState, InFlightGuard};
 use crate::metrics::AttemptOutcome;
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
@@ -17,6 +17,8 @@ pub struct Attempt {
     pub endpoint: Arc<EndpointState>,
     /// Admitted as a half-open trial: its result decides the breaker.
     pub trial: bool,
+    /// This attempt dials the endpoint for every call waiting on it (see `DialGate`).
+    pub dial: Option<DialTicket>,
     _in_flight: InFlightGuard,
 }
 
@@ -26,6 +28,7 @@ impl Attempt {
         Self {
             endpoint,
             trial,
+            dial: None,
             _in_flight: in_flight,
         }
     }

@@ -1,7 +1,9 @@
 //! The L7 gRPC proxy: pingora's phase hooks, each doing one step of a call.
 //!
 //! request_filter      -> parse `:path`, find the route, fix the deadline and preferred region
-//! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried)
+//! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried); one dial
+//!                        in flight per endpoint
+//! connected_to_upstream -> the dial is up: calls waiting on it go ahead
 //! upstream_request    -> forward the remaining budget as `grpc-timeout`
 //! fail_to_connect /
 //! error_while_proxy   -> decide whether another endpoint may be tried
@@ -34,6 +36,7 @@ pub use frames::{FrameError, FrameScanner};
 pub use status::{encode_grpc_message, Code, LocalStatus};
 
 use crate::breaker::{Admission, Outcome};
+use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
@@ -338,11 +341,36 @@ impl ProxyHttp for GrpcProxy {
         ctx.tried.push(index);
         // A retry replays the request body through request_body_filter from its start.
         ctx.frames = frames::FrameScanner::default();
-        ctx.attempt = Some(Attempt::new(
-            endpoint.state.clone(),
-            admission == Admission::Trial,
-        ));
+        let mut attempt = Attempt::new(endpoint.state.clone(), admission == Admission::Trial);
+        match endpoint.state.dial.turn() {
+            DialTurn::Go => {}
+            DialTurn::Dial(ticket) => attempt.dial = Some(ticket),
+            DialTurn::Wait => {
+                // Another call is dialing this endpoint: open a stream on its connection
+                // once it is up, instead of dialing one more.
+                let bound = ctx.remaining().map_or(upstream.connect_timeout, |r| {
+                    r.min(upstream.connect_timeout)
+                });
+                endpoint.state.dial.wait_settled(bound).await;
+            }
+        }
+        ctx.attempt = Some(attempt);
         Ok(endpoint.peer.for_attempt(ctx.remaining()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(ticket) = ctx.attempt.as_mut().and_then(|a| a.dial.take()) {
+            ticket.connected();
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -396,6 +424,9 @@ impl ProxyHttp for GrpcProxy {
         ctx: &mut CallCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.endpoint.dial.connect_failed();
+        }
         Self::attempt_failed(ctx, peer, &e, true);
         // Nothing reached the backend: another endpoint may take the call.
         e.set_retry(Self::may_try_again(ctx));
