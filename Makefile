@@ -50,9 +50,12 @@ e2e:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p strait-tests --test e2e
 
-## make bench: the throughput/latency comparison in docs/benchmarks.md (needs nginx).
+## make bench: installs nginx, haproxy, nghttpx and h2load, then prints the CPU-per-call table
+## (benches/cpu.sh, each proxy alone on one core) and the throughput/latency comparison
+## (benches/run.sh); docs/benchmarks.md has the figures and the other benches.
 bench: build
 	@bash .ci/install-deps bench
+	bash benches/cpu.sh
 	bash benches/run.sh
 
 clean:

@@ -9,6 +9,10 @@
 #   DURATION=5 REPEATS=1 bash benches/cpu.sh     # quicker
 #   PROXIES="strait nghttpx" bash benches/cpu.sh
 #   SYSCALLS=1 bash benches/cpu.sh               # also syscalls per call (perf stat), per proxy
+#   PROFILE=1 bash benches/cpu.sh                # also a perf profile of each Strait (unary);
+#                                                # PROFILE_OUT=DIR keeps the perf.data files
+#   BEFORE_BIN=/tmp/strait-before bash benches/cpu.sh   # an older strait build beside the
+#                                                # current one ("strait_before"), same run
 #
 # Workloads (the figures of issue #14):
 #   unary      closed loop, 64 calls in flight over 4 connections, 256 B payload (strait-loadgen)
@@ -28,11 +32,14 @@ CLIENT_CORE=${CLIENT_CORE:-1}
 PROXIES=${PROXIES:-"strait nginx haproxy nghttpx"}
 WORKLOADS=${WORKLOADS:-"unary stream rate h2load"}
 SYSCALLS=${SYSCALLS:-0}
+PROFILE=${PROFILE:-0}
+BEFORE_BIN=${BEFORE_BIN:-}
+[ -n "$BEFORE_BIN" ] && PROXIES="strait_before $PROXIES"
 BIN=target/release
 WORK=$(mktemp -d)
 B1=127.0.0.1:50361
 B2=127.0.0.1:50362
-declare -A ADDR=([strait]=127.0.0.1:50371 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
+declare -A ADDR=([strait]=127.0.0.1:50371 [strait_before]=127.0.0.1:50372 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
   [nghttpx]=127.0.0.1:50401 [direct]=$B1)
 declare -A PID
 
@@ -50,18 +57,20 @@ for b in $B1 $B2; do
   pids+=($!)
 done
 
-start_strait() {
-  cat >"$WORK/strait.toml" <<TOML
+# start_strait_as NAME BINARY ADMIN_PORT
+start_strait_as() {
+  local name=$1 bin=$2 admin=$3
+  cat >"$WORK/$name.toml" <<TOML
 [gateway]
 threads = 1
 shutdown_grace = "1s"
 
 [admin]
-listen = "127.0.0.1:50379"
+listen = "127.0.0.1:$admin"
 
 [[listener]]
 name = "bench"
-listen = "${ADDR[strait]}"
+listen = "${ADDR[$name]}"
 
 [[route]]
 listener = "bench"
@@ -72,9 +81,11 @@ upstream = "echo"
 name = "echo"
 endpoints = [{ addr = "$B1" }, { addr = "$B2" }]
 TOML
-  STRAIT_LOG=warn taskset -c "$PROXY_CORE" $BIN/strait run --config "$WORK/strait.toml" >"$WORK/strait.log" 2>&1 &
-  PID[strait]=$!
+  STRAIT_LOG=warn taskset -c "$PROXY_CORE" "$bin" run --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+  PID[$name]=$!
 }
+start_strait() { start_strait_as strait $BIN/strait 50379; }
+start_strait_before() { start_strait_as strait_before "$BEFORE_BIN" 50378; }
 
 start_nginx() {
   mkdir -p "$WORK/nginx"
@@ -233,5 +244,24 @@ if [ "$SYSCALLS" = 1 ]; then
       printf ' %s %s' "$e" "$(awk "BEGIN {printf \"%.2f\", ${n:-0}/$calls}")"
     done
     echo
+  done
+fi
+
+if [ "$PROFILE" = 1 ]; then
+  for proxy in $PROXIES; do
+    [[ $proxy == strait* ]] || continue
+    perf record -q -F 999 --call-graph dwarf,16384 -o "$WORK/perf-$proxy.data" -p "${PID[$proxy]}" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+    run unary "${ADDR[$proxy]}" >/dev/null
+    wait $perf_pid || true
+    [ -n "${PROFILE_OUT:-}" ] && cp "$WORK/perf-$proxy.data" "$PROFILE_OUT/"
+    echo
+    echo "Profile of $proxy, unary (perf record -g, self time):"
+    echo "  by object:"
+    perf report -i "$WORK/perf-$proxy.data" --no-children --sort dso --stdio 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -6 | sed 's/^/  /'
+    echo "  by symbol (>= 1%):"
+    perf report -i "$WORK/perf-$proxy.data" --no-children --sort sym --percent-limit 1 --stdio -g none 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -25 | sed 's/^/  /'
   done
 fi

@@ -153,7 +153,8 @@ pub struct RouteTarget {
     pub upstream: Arc<UpstreamSet>,
     pub timeout: Option<Duration>,
     /// Call counters for this route, resolved once per snapshot (none without `[admin]`).
-    pub metrics: Option<crate::metrics::RouteMetrics>,
+    /// Shared: a target is cloned into every call, and the counters are 35 handles.
+    pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
 }
 
 /// The routes of one listener. Most specific wins: service+method, then service, then "*".
@@ -299,7 +300,7 @@ impl RoutingSnapshot {
             };
             let metrics = registry
                 .metrics()
-                .map(|m| m.route(&route.listener, &route_label(route), &route.upstream));
+                .map(|m| Arc::new(m.route(&route.listener, &route_label(route), &route.upstream)));
             table.insert(
                 route,
                 RouteTarget {

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::admission::{Admission, Handshake};
 use super::frame_guard::{FrameRules, ResetBudget};
+use super::runtime::ListenerRuntime;
 use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::{Metrics, Rejection};
@@ -80,7 +81,7 @@ pub struct ListenerChanges {
 }
 
 pub struct ListenerSet {
-    runtime: tokio::runtime::Runtime,
+    runtime: ListenerRuntime,
     deps: ListenerDeps,
     running: Mutex<HashMap<String, Running>>,
     /// Reloads are refused before `start` and after `stop_all`.
@@ -175,12 +176,7 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
 
 impl ListenerSet {
     pub fn new(deps: ListenerDeps, threads: usize) -> Result<Self, StartError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("strait-listener")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
+        let runtime = ListenerRuntime::new(threads).map_err(StartError::Runtime)?;
         Ok(Self {
             runtime,
             deps,

@@ -7,6 +7,7 @@ mod admission;
 mod drain;
 mod frame_guard;
 mod listeners;
+mod runtime;
 
 pub use listeners::{ListenerChanges, ListenerDeps, ListenerError, ListenerPlan, ListenerSet};
 
