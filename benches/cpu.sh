@@ -258,7 +258,7 @@ if [ "$PROFILE" = 1 ]; then
     echo
     echo "Profile of $proxy, unary (perf record -g, self time):"
     echo "  by object:"
-    perf report -i "$WORK/perf-$proxy.data" --no-children --sort dso --stdio 2>/dev/null \
+    perf report -i "$WORK/perf-$proxy.data" --no-children --sort dso --stdio -g none 2>/dev/null \
       | grep -E '^ +[0-9]' | head -6 | sed 's/^/  /'
     echo "  by symbol (>= 1%):"
     perf report -i "$WORK/perf-$proxy.data" --no-children --sort sym --percent-limit 1 --stdio -g none 2>/dev/null \
