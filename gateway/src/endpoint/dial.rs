@@ -173,6 +173,51 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Turn,
+        Connected,
+        DropTicket,
+    }
+
+    proptest::proptest! {
+        /// Whatever calls arrive and however their dials end, at most one call holds the
+        /// right to dial at a time, and once a dial succeeded nobody waits or dials.
+        #[test]
+        fn one_dial_at_a_time(ops in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(Op::Turn),
+                proptest::strategy::Just(Op::Connected),
+                proptest::strategy::Just(Op::DropTicket),
+            ],
+            0..64,
+        )) {
+            let g = gate();
+            let mut ticket: Option<DialTicket> = None;
+            let mut connected = false;
+            for op in ops {
+                match op {
+                    Op::Turn => match g.turn() {
+                        DialTurn::Dial(t) => {
+                            proptest::prop_assert!(ticket.is_none(), "a second dial");
+                            proptest::prop_assert!(!connected);
+                            ticket = Some(t);
+                        }
+                        DialTurn::Wait => proptest::prop_assert!(ticket.is_some()),
+                        DialTurn::Go => proptest::prop_assert!(connected),
+                    },
+                    Op::Connected => {
+                        if let Some(t) = ticket.take() {
+                            t.connected();
+                            connected = true;
+                        }
+                    }
+                    Op::DropTicket => drop(ticket.take()),
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn no_wait_when_nothing_is_dialing() {
         let g = gate();
