@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use strait_tests::pb::echo_client::EchoClient;
 use strait_tests::pb::{EchoReply, EchoRequest};
 use strait_tests::raw;
 use tokio_stream::StreamExt;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::fixture::{req, Setup};
@@ -222,6 +224,30 @@ async fn trailers_only_response_stays_trailers_only() {
     assert!(response.body.is_empty());
 }
 
+/// 200 unary calls at once, each taking `delay_ms` at the backend; every one must come back
+/// with its own payload.
+async fn burst_of_200(client: &EchoClient<Channel>, delay_ms: u32) {
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .unary(EchoRequest {
+                        payload: i.to_be_bytes().to_vec(),
+                        delay_ms,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().payload)
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let payload = call.await.unwrap().expect("call succeeds");
+        assert_eq!(payload, (i as u32).to_be_bytes().to_vec());
+    }
+}
+
 /// 200 calls at once over one client connection all succeed, and the gateway multiplexes them
 /// over its pooled upstream connection instead of opening one per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,24 +257,7 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
     // One call first puts a connection in the pool (the cold case is the next test).
     client.unary(req(b"warm-up")).await.expect("warm-up call");
     let warm_connections = setup.backend("a").connections();
-    let mut calls = Vec::new();
-    for i in 0..200u32 {
-        let mut client = client.clone();
-        calls.push(tokio::spawn(async move {
-            client
-                .unary(EchoRequest {
-                    payload: i.to_be_bytes().to_vec(),
-                    delay_ms: 300,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().payload)
-        }));
-    }
-    for (i, call) in calls.into_iter().enumerate() {
-        let payload = call.await.unwrap().expect("call succeeds");
-        assert_eq!(payload, (i as u32).to_be_bytes().to_vec());
-    }
+    burst_of_200(&client, 300).await;
     let backend = setup.backend("a");
     eprintln!(
         "upstream connections for 200 concurrent calls: {}",
@@ -271,24 +280,7 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
 async fn a_cold_burst_dials_one_upstream_connection() {
     let setup = Setup::start(&[("a", 100, "eu-west")]).await;
     let client = setup.client().await;
-    let mut calls = Vec::new();
-    for i in 0..200u32 {
-        let mut client = client.clone();
-        calls.push(tokio::spawn(async move {
-            client
-                .unary(EchoRequest {
-                    payload: i.to_be_bytes().to_vec(),
-                    delay_ms: 100,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().payload)
-        }));
-    }
-    for (i, call) in calls.into_iter().enumerate() {
-        let payload = call.await.unwrap().expect("call succeeds");
-        assert_eq!(payload, (i as u32).to_be_bytes().to_vec());
-    }
+    burst_of_200(&client, 100).await;
     let backend = setup.backend("a");
     eprintln!(
         "upstream connections for a cold burst of 200 calls: {}",
