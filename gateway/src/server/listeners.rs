@@ -382,11 +382,13 @@ impl ListenerSet {
         server_options.h2_idle_timeout = Some(listener.idle_timeout);
         server_options.h2_keepalive = limits.ping_interval.map(|interval| {
             let listener_metrics = d.metrics.as_ref().map(|m| m.listener(&listener.name));
+            let name = listener.name.clone();
             H2Keepalive {
                 interval,
                 timeout: limits.ping_timeout,
                 on_timeout: Some(Arc::new(move || {
-                    warn!("closed a client connection that did not answer an HTTP/2 PING in time");
+                    warn!(listener = %name,
+                          "closed a client connection that did not answer an HTTP/2 PING in time");
                     if let Some(m) = &listener_metrics {
                         m.rejected(Rejection::PingTimeout);
                     }
