@@ -275,13 +275,31 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
 }
 
 /// A burst of 200 calls at a cold gateway (no upstream connection yet) dials once: one call
-/// dials, the others wait for its connection and open streams on it (see `DialGate`).
+/// dials, the others wait for its connection and open streams on it (see `DialGate`). The
+/// backend speaks TLS, so each dial takes a handshake: long enough for the whole burst to
+/// arrive while the first dial is under way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_dials_one_upstream_connection() {
-    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
-    let client = setup.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let backend = strait_tests::Backend::start(strait_tests::BackendOptions {
+        tls: Some((
+            std::fs::read_to_string(&pki.server_cert).unwrap(),
+            std::fs::read_to_string(&pki.server_key).unwrap(),
+        )),
+        ..strait_tests::BackendOptions::named("tls-backend")
+    })
+    .await;
+    let listen = strait_tests::net::free_addr();
+    let ca = pki.ca_cert.display().to_string();
+    let text = crate::fixture::single_backend_config(listen, backend.addr).replace(
+        "max_attempts = 3",
+        &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
+    );
+    let _gateway =
+        tokio::task::block_in_place(|| strait_tests::Gateway::start_in(dir, &text, listen));
+    let client = crate::fixture::client(listen).await;
     burst_of_200(&client, 100).await;
-    let backend = setup.backend("a");
     eprintln!(
         "upstream connections for a cold burst of 200 calls: {}",
         backend.connections()
