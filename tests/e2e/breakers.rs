@@ -487,7 +487,7 @@ async fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_open_fails_fast_with_reason() {
     let b = backends(&["a", "b"]).await;
-    let (_gateway, listen) = start_gateway(
+    let (gateway, listen) = start_gateway(
         &eps(&b, &["eu-west", "us-east"]),
         "breaker = { consecutive_failures = 1, open_for = \"60s\", max_ejected_percent = 100 }",
     );
@@ -496,6 +496,16 @@ async fn all_endpoints_open_fails_fast_with_reason() {
         backend.force_status(Some(Code::Unavailable));
     }
     outcomes(&mut c, 2).await;
+    // A call's outcome reaches its breaker in pingora's logging phase, which may run just
+    // after the caller has its answer: wait (bounded) until both breakers have opened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b
+        .iter()
+        .any(|x| transitions(&gateway, x.addr, "open").is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before: u64 = b.iter().map(|x| x.calls()).sum();
     let status = c.unary(req(b"")).await.expect_err("nothing usable");
     assert_eq!(status.code(), Code::Unavailable);
