@@ -23,9 +23,10 @@ use crate::metrics::Metrics;
 pub const ETCD_WATCH: &str = "etcd_watch";
 pub const HEALTH_PROBES: &str = "health_probes";
 pub const CONTROL: &str = "control";
+pub const DNS_DISCOVERY: &str = "dns_discovery";
 /// One endpoint's probe, restarted by the health task itself (it owns the probe tasks).
 pub const HEALTH_PROBE: &str = "health_probe";
-const TASKS: [&str; 3] = [ETCD_WATCH, HEALTH_PROBES, CONTROL];
+const TASKS: [&str; 4] = [ETCD_WATCH, HEALTH_PROBES, CONTROL, DNS_DISCOVERY];
 
 /// First restart after 0.5-1 s, doubling up to 30 s while a task keeps failing.
 const RESTART_BASE: Duration = Duration::from_secs(1);

@@ -160,8 +160,13 @@ service = "echo"
     fn accept_and_run(d: &Durations) -> Result<(), String> {
         let config = crate::config::parse(&text(d), Path::new("p.toml"), Path::new("/nonexistent"))
             .map_err(|e| e.to_string())?;
-        RoutingSnapshot::build(&config, None, &EndpointRegistry::default(), None)
-            .expect("an accepted config builds a snapshot");
+        RoutingSnapshot::build(
+            &config,
+            Default::default(),
+            &EndpointRegistry::default(),
+            None,
+        )
+        .expect("an accepted config builds a snapshot");
         rehearse(&config).expect("an accepted config rehearses");
         Ok(())
     }

@@ -5,6 +5,7 @@ mod calls;
 mod config_errors;
 mod deadlines;
 mod discovery;
+mod dns;
 mod fixture;
 mod hostile;
 mod keepalive;

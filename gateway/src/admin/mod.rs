@@ -23,6 +23,7 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
     pub discovery: Option<Arc<DiscoveryStatus>>,
+    pub dns: Arc<crate::discovery::dns::DnsStatus>,
     /// Set once pingora runs its services (listeners bound).
     pub running: Arc<AtomicBool>,
     /// Set when a graceful shutdown starts.
@@ -63,6 +64,7 @@ impl AdminApp {
         view::gateway_view(
             &self.routing.load_full(),
             self.discovery.as_deref(),
+            Some(&self.dns),
             self.not_ready_reason(),
         )
     }
@@ -96,6 +98,18 @@ impl AdminApp {
             }
             if let Some(stale) = upstream.staleness_seconds {
                 m.staleness.with_label_values(&[&upstream.name]).set(stale);
+            }
+        }
+        m.dns_addresses.reset();
+        for (name, status) in self.dns.all() {
+            m.dns_addresses
+                .with_label_values(&[&name])
+                .set(status.addresses as i64);
+            for outcome in crate::discovery::dns::Outcome::ALL {
+                let c = m
+                    .dns_resolutions
+                    .with_label_values(&[&name, outcome.as_str()]);
+                c.inc_by(status.count(outcome).saturating_sub(c.get()));
             }
         }
         if let Some(status) = &self.discovery {

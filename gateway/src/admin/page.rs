@@ -57,6 +57,28 @@ th{background:#f4f4f4}.usable{color:#0a7d2c}.open,.unhealthy{color:#c0392b;font-
             disc = u.discovery,
             probed = if u.probed { ", health-probed" } else { "" }
         );
+        for n in u.dns.iter().flatten() {
+            let _ = write!(
+                html,
+                "<p class=\"dns-name\">dns {name}:{port} · <span class=\"{class}\">{state}</span> · {addresses} address(es){ttl}{stale}{error}</p>",
+                name = esc(&n.name),
+                port = n.port,
+                class = if n.state == "resolved" { "usable" } else { "open" },
+                state = n.state,
+                addresses = n.addresses,
+                ttl = n.ttl_seconds.map(|t| format!(" · TTL {t} s")).unwrap_or_default(),
+                stale = n
+                    .staleness_seconds
+                    .filter(|s| *s > 0.0)
+                    .map(|s| format!(" · stale {s:.1} s"))
+                    .unwrap_or_default(),
+                error = n
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" · last error: {}", esc(e)))
+                    .unwrap_or_default(),
+            );
+        }
         if u.endpoints.is_empty() {
             let _ = write!(
                 html,
@@ -86,6 +108,7 @@ th{background:#f4f4f4}.usable{color:#0a7d2c}.open,.unhealthy{color:#c0392b;font-
             let source = match &e.source {
                 SourceView::Static => "static".to_string(),
                 SourceView::Etcd { key, revision } => format!("etcd {} @{}", esc(key), revision),
+                SourceView::Dns { name } => format!("dns {}", esc(name)),
             };
             let _ = write!(
                 html,

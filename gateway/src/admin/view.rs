@@ -6,6 +6,7 @@ use std::time::UNIX_EPOCH;
 use serde::Serialize;
 
 use crate::breaker::State;
+use crate::discovery::dns::{DnsStatus, Outcome};
 use crate::discovery::etcd::DiscoveryStatus;
 use crate::discovery::EndpointSource;
 use crate::routing::RoutingSnapshot;
@@ -33,7 +34,25 @@ pub struct UpstreamView {
     pub probed: bool,
     pub empty_reason: Option<String>,
     pub staleness_seconds: Option<f64>,
+    /// dns upstreams: each name's resolution state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<DnsNameView>>,
     pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DnsNameView {
+    pub name: String,
+    pub port: u16,
+    /// "pending", "resolved", "stale" (last good set served while resolution fails) or
+    /// "unresolved" (never resolved).
+    pub state: &'static str,
+    pub addresses: usize,
+    pub ttl_seconds: Option<u64>,
+    pub last_resolved_unix_ms: Option<u64>,
+    pub staleness_seconds: Option<f64>,
+    pub last_error: Option<String>,
+    pub resolutions: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +75,7 @@ pub struct EndpointView {
 pub enum SourceView {
     Static,
     Etcd { key: String, revision: i64 },
+    Dns { name: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -88,9 +108,48 @@ impl EndpointView {
     }
 }
 
+fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn dns_names(hosts: &[(String, u16)], status: Option<&DnsStatus>) -> Vec<DnsNameView> {
+    let now = std::time::SystemTime::now();
+    hosts
+        .iter()
+        .map(|(name, port)| {
+            let s = status.and_then(|s| s.get(name)).unwrap_or_default();
+            DnsNameView {
+                name: name.clone(),
+                port: *port,
+                state: s.state(),
+                addresses: s.addresses,
+                ttl_seconds: s.ttl.map(|t| t.as_secs()),
+                last_resolved_unix_ms: s.last_ok.map(unix_ms),
+                staleness_seconds: s.staleness(now).map(|d| d.as_secs_f64()),
+                last_error: s.last_error.clone(),
+                resolutions: Outcome::ALL
+                    .iter()
+                    .map(|o| (o.as_str(), s.count(*o)))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A dns upstream is as stale as its stalest name; -1 while one has never resolved.
+fn dns_staleness(names: &[DnsNameView]) -> Option<f64> {
+    names
+        .iter()
+        .map(|n| n.staleness_seconds.unwrap_or(-1.0))
+        .reduce(|a, b| if a < 0.0 || b < 0.0 { -1.0 } else { a.max(b) })
+}
+
 pub fn gateway_view(
     snapshot: &RoutingSnapshot,
     discovery: Option<&DiscoveryStatus>,
+    dns: Option<&DnsStatus>,
     not_ready: Option<String>,
 ) -> GatewayView {
     let staleness = discovery.map(|d| {
@@ -104,17 +163,18 @@ pub fn gateway_view(
     let mut upstreams: Vec<UpstreamView> = snapshot
         .upstreams()
         .map(|u| {
-            let is_etcd = u.from_etcd;
+            let dns = (u.discovery == "dns").then(|| dns_names(&u.dns_hosts, dns));
             UpstreamView {
                 name: u.name.clone(),
-                discovery: if is_etcd { "etcd" } else { "static" },
+                discovery: u.discovery,
                 probed: u.health.is_some(),
                 empty_reason: u.empty_reason.clone(),
-                staleness_seconds: if is_etcd {
-                    staleness.map(|s| if s.is_finite() { s } else { -1.0 })
-                } else {
-                    None
+                staleness_seconds: match u.discovery {
+                    "etcd" => staleness.map(|s| if s.is_finite() { s } else { -1.0 }),
+                    "dns" => dns.as_deref().and_then(dns_staleness),
+                    _ => None,
                 },
+                dns,
                 endpoints: u
                     .endpoints
                     .iter()
@@ -130,6 +190,7 @@ pub fn gateway_view(
                                 key: key.clone(),
                                 revision: *mod_revision,
                             },
+                            EndpointSource::Dns { name } => SourceView::Dns { name: name.clone() },
                         },
                         health: match (u.health.is_some(), e.state.healthy()) {
                             (false, _) => "not_probed",
@@ -141,11 +202,7 @@ pub fn gateway_view(
                             from: r.transition.from.as_str(),
                             to: r.transition.to.as_str(),
                             reason: r.transition.reason.as_str(),
-                            at_unix_ms: r
-                                .at
-                                .duration_since(UNIX_EPOCH)
-                                .map(|d| d.as_millis() as u64)
-                                .unwrap_or(0),
+                            at_unix_ms: unix_ms(r.at),
                             open_ms: r.transition.open_for.map(|d| d.as_millis() as u64),
                         }),
                         in_flight: e.state.in_flight(),

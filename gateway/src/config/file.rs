@@ -27,7 +27,20 @@ pub struct FileConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamSection>,
     pub etcd: Option<Spanned<EtcdSection>>,
+    /// How `discovery = "dns"` upstreams resolve their names (default: /etc/resolv.conf).
+    pub dns: Option<DnsSection>,
     pub admin: Option<AdminSection>,
+}
+
+/// The resolver of DNS discovery. Reloadable.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Name servers as "IP" or "IP:port" (port 53 by default), asked in order; without it the
+    /// system resolver configuration (/etc/resolv.conf: servers, search domains, ndots) is used.
+    pub servers: Option<Vec<Spanned<String>>>,
+    /// Time allowed for one query to one server (default 2s, at most 1m).
+    pub timeout: Option<Spanned<ConfigDuration>>,
 }
 
 /// The admin listener: /metrics, /healthz, /readyz, /upstreams, /reload and the status page.
@@ -171,10 +184,16 @@ pub struct RouteSection {
 pub struct UpstreamSection {
     pub name: Spanned<String>,
     /// "static" (default): the `endpoints` list. "etcd": instances registered under
-    /// `{etcd.prefix}{service}/`.
+    /// `{etcd.prefix}{service}/`. "dns": the addresses the `hosts` names resolve to.
     pub discovery: Option<Spanned<String>>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<EndpointSection>>,
+    /// dns discovery: names whose A and AAAA records are the endpoints.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<HostSection>>,
+    /// dns discovery: re-resolve at most this often (default 5s, 1s to 1h); a record TTL
+    /// shorter than this shortens it, never below 1s.
+    pub refresh: Option<Spanned<ConfigDuration>>,
     /// etcd discovery: instances are the keys under `{prefix}{service}/`.
     pub service: Option<Spanned<String>>,
     pub select: Option<Spanned<SelectSection>>,
@@ -193,6 +212,20 @@ pub struct EndpointSection {
     /// IP:port of the backend.
     pub addr: Spanned<String>,
     /// 0-100 (default 100); 0 drains the endpoint.
+    pub weight: Option<Spanned<i64>>,
+    pub region: Option<String>,
+}
+
+/// A DNS name of a `discovery = "dns"` upstream: every address it resolves to is an endpoint.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Host name, like "orders.internal" or a compose service name; not an IP address (those
+    /// go in a static upstream's `endpoints`).
+    pub name: Spanned<String>,
+    /// Port of every address the name resolves to.
+    pub port: Spanned<i64>,
+    /// 0-100 (default 100), for each address; 0 drains them.
     pub weight: Option<Spanned<i64>>,
     pub region: Option<String>,
 }

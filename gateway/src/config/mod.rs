@@ -2,6 +2,7 @@
 //! model. A file with any problem never starts the gateway.
 
 mod diagnostics;
+mod dns;
 mod duration;
 mod file;
 mod model;

@@ -14,6 +14,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Present when any upstream uses etcd discovery.
     pub etcd: Option<EtcdConfig>,
+    /// The resolver of dns upstreams (defaults when the file has no `[dns]`).
+    pub dns: DnsConfig,
     /// The admin listener (metrics, health, status); none without `[admin]`.
     pub admin: Option<AdminConfig>,
 }
@@ -56,6 +58,49 @@ pub enum Discovery {
     Static,
     /// Instances registered under `{etcd.prefix}{service}/`, optionally narrowed by `select`.
     Etcd { service: String, select: Selector },
+    /// The A and AAAA records of `hosts`, re-resolved every `refresh` (or TTL, if shorter).
+    Dns {
+        hosts: Vec<DnsHost>,
+        refresh: Duration,
+    },
+}
+
+impl Discovery {
+    /// The word `/upstreams`, the status page and logs use.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Discovery::Static => "static",
+            Discovery::Etcd { .. } => "etcd",
+            Discovery::Dns { .. } => "dns",
+        }
+    }
+}
+
+/// One name of a dns upstream; each address it resolves to becomes an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsHost {
+    /// Lower case, as written otherwise (a trailing dot keeps it absolute).
+    pub name: String,
+    pub port: u16,
+    pub weight: u32,
+    pub region: Option<String>,
+}
+
+/// How dns upstreams resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Asked in order; empty means the system configuration (/etc/resolv.conf).
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: DEFAULT_DNS_TIMEOUT,
+        }
+    }
 }
 
 /// A subset of an etcd service's instances: a semver range and label equality.
@@ -232,4 +277,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+/// Re-resolving more often than this is refused, whatever the TTL says.
+pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_ETCD_DIAL_TIMEOUT: Duration = Duration::from_secs(2);

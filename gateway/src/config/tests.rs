@@ -478,9 +478,14 @@ fn upstreams_and_endpoints() {
         "belongs to etcd upstreams",
     );
     refused(
-        &upstream("discovery = \"dns\""),
+        &upstream("discovery = \"consul\""),
         "upstream[0].discovery",
-        "unknown discovery \"dns\"",
+        "unknown discovery \"consul\"",
+    );
+    refused(
+        &upstream("hosts = [{ name = \"a.test\", port = 1 }]"),
+        "upstream[0].hosts",
+        "belongs to dns upstreams",
     );
     assert!(matches!(
         accepted(&upstream("discovery = \"static\"")).upstreams[0].discovery,
@@ -739,8 +744,172 @@ fn etcd_upstreams() {
             ETCD,
         ),
         "upstream[0].endpoints",
-        "takes its endpoints from etcd",
+        "belongs to static upstreams; this one is etcd",
     );
+}
+
+fn dns_upstream(lines: &str, tail: &str) -> String {
+    text("", "", "", tail).replace(
+        "endpoints = [{ addr = \"127.0.0.1:9001\" }]\n",
+        &format!("discovery = \"dns\"\n{lines}\n"),
+    )
+}
+
+#[test]
+fn dns_upstreams() {
+    let config = accepted(&dns_upstream(
+        "hosts = [{ name = \"Orders.Internal\", port = 50051, weight = 10, region = \"eu\" }, { name = \"orders\", port = 50052 }]\nrefresh = \"30s\"",
+        "",
+    ));
+    let Discovery::Dns { hosts, refresh } = &config.upstreams[0].discovery else {
+        panic!("not dns: {:?}", config.upstreams[0].discovery);
+    };
+    assert_eq!(*refresh, Duration::from_secs(30));
+    assert_eq!(
+        hosts[0],
+        DnsHost {
+            name: "orders.internal".into(),
+            port: 50051,
+            weight: 10,
+            region: Some("eu".into())
+        }
+    );
+    assert_eq!((hosts[1].weight, hosts[1].region.as_deref()), (100, None));
+    assert_eq!(config.dns, DnsConfig::default());
+    let defaults = accepted(&dns_upstream(
+        "hosts = [{ name = \"a.test.\", port = 1 }]",
+        "",
+    ));
+    let Discovery::Dns { hosts, refresh } = &defaults.upstreams[0].discovery else {
+        panic!("not dns");
+    };
+    assert_eq!(
+        (*refresh, hosts[0].name.as_str()),
+        (DEFAULT_DNS_REFRESH, "a.test.")
+    );
+
+    let host = |h: &str| dns_upstream(&format!("hosts = [{h}]"), "");
+    refused(&dns_upstream("", ""), "upstream[0].hosts", "at least one");
+    refused(
+        &host("{ name = \"10.0.0.1\", port = 1 }"),
+        "upstream[0].hosts[0].name",
+        "is an IP address",
+    );
+    refused(
+        &host("{ name = \"::1\", port = 1 }"),
+        "upstream[0].hosts[0].name",
+        "is an IP address",
+    );
+    for bad in [
+        "",
+        "a..b",
+        "-a.test",
+        "a-.test",
+        "a b.test",
+        "a.test/x",
+        "1.2.3.400",
+    ] {
+        refused(
+            &host(&format!("{{ name = {bad:?}, port = 1 }}")),
+            "upstream[0].hosts[0].name",
+            "host name",
+        );
+    }
+    refused(
+        &host(&format!(
+            "{{ name = \"{}.test\", port = 1 }}",
+            "a".repeat(64)
+        )),
+        "upstream[0].hosts[0].name",
+        "1-63",
+    );
+    refused(
+        &host("{ name = \"a.test\", port = 0 }"),
+        "upstream[0].hosts[0].port",
+        "between 1 and 65535",
+    );
+    refused(
+        &host("{ name = \"a.test\", port = 70000 }"),
+        "upstream[0].hosts[0].port",
+        "between 1 and 65535",
+    );
+    refused(
+        &host("{ name = \"a.test\", port = 1, weight = 101 }"),
+        "upstream[0].hosts[0].weight",
+        "between 0 and 100",
+    );
+    refused(
+        &host("{ name = \"a.test\", port = 1 }, { name = \"A.test.\", port = 1 }"),
+        "upstream[0].hosts[1].name",
+        "listed twice",
+    );
+    refused(
+        &host("{ name = \"a.test\", port = 1, ttl = 5 }"),
+        "upstream[0].hosts[0].ttl",
+        "unknown field",
+    );
+    for bad in ["\"500ms\"", "\"2h\""] {
+        refused(
+            &dns_upstream(
+                &format!("hosts = [{{ name = \"a.test\", port = 1 }}]\nrefresh = {bad}"),
+                "",
+            ),
+            "upstream[0].refresh",
+            "between 1s and 1h",
+        );
+    }
+    refused(
+        &dns_upstream(
+            "hosts = [{ name = \"a.test\", port = 1 }]\nendpoints = [{ addr = \"127.0.0.1:1\" }]",
+            "",
+        ),
+        "upstream[0].endpoints",
+        "belongs to static upstreams; this one is dns",
+    );
+    refused(
+        &dns_upstream(
+            "hosts = [{ name = \"a.test\", port = 1 }]\nservice = \"x\"",
+            "",
+        ),
+        "upstream[0].service",
+        "belongs to etcd upstreams; this one is dns",
+    );
+}
+
+#[test]
+fn dns_section() {
+    let with = |section: &str| {
+        dns_upstream(
+            "hosts = [{ name = \"a.test\", port = 1 }]",
+            &format!("[dns]\n{section}"),
+        )
+    };
+    let config = accepted(&with(
+        "servers = [\"127.0.0.1:5353\", \"::1\", \"10.0.0.53\"]\ntimeout = \"500ms\"",
+    ));
+    assert_eq!(
+        config.dns.servers,
+        vec![
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+            "10.0.0.53:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(config.dns.timeout, Duration::from_millis(500));
+    refused(
+        &with("servers = [\"dns.example\"]"),
+        "dns.servers[0]",
+        "not an IP address",
+    );
+    refused(
+        &with("servers = [\"127.0.0.1:0\"]"),
+        "dns.servers[0]",
+        "not an IP address",
+    );
+    refused(&with("servers = []"), "dns.servers", "names no server");
+    refused(&with("timeout = \"0s\""), "dns.timeout", "greater than 0");
+    refused(&with("timeout = \"2m\""), "dns.timeout", "at most 1m");
+    refused(&with("retries = 3"), "dns.retries", "unknown field");
 }
 
 fn etcd(lines: &str) -> String {

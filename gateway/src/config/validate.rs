@@ -54,6 +54,7 @@ pub fn validate(
         .etcd
         .as_ref()
         .map(|section| validate_etcd(section, base_dir, &mut diag));
+    let dns = super::dns::validate_dns_section(file_config.dns.as_ref(), &mut diag);
     if etcd.is_none() {
         for (i, (section, upstream)) in file_config.upstreams.iter().zip(&upstreams).enumerate() {
             if matches!(upstream.discovery, Discovery::Etcd { .. }) {
@@ -97,6 +98,7 @@ pub fn validate(
             routes,
             upstreams,
             etcd,
+            dns,
             admin,
         })
     } else {
@@ -477,26 +479,22 @@ fn validate_upstreams(
                         "a static upstream needs at least one endpoint",
                     );
                 }
-                for (key, value) in [
-                    ("service", section.service.as_ref().map(|s| s.span())),
-                    ("select", section.select.as_ref().map(|s| s.span())),
-                ] {
-                    if value.is_some() {
-                        diag.at(
-                            value,
-                            format!("{path}.{key}"),
-                            format!("`{key}` belongs to etcd upstreams; this one is static"),
-                        );
-                    }
-                }
+                keys_of_other_discoveries(section, "static", &path, diag);
                 Discovery::Static
             }
-            Some("etcd") => validate_etcd_upstream(section, &path, diag),
+            Some("etcd") => {
+                keys_of_other_discoveries(section, "etcd", &path, diag);
+                validate_etcd_upstream(section, &path, diag)
+            }
+            Some("dns") => {
+                keys_of_other_discoveries(section, "dns", &path, diag);
+                super::dns::validate_dns_upstream(section, &path, diag)
+            }
             Some(other) => {
                 diag.at(
                     section.discovery.as_ref().map(|d| d.span()),
                     format!("{path}.discovery"),
-                    format!("unknown discovery {other:?}; use \"static\" or \"etcd\""),
+                    format!("unknown discovery {other:?}; use \"static\", \"etcd\" or \"dns\""),
                 );
                 Discovery::Static
             }
@@ -845,18 +843,45 @@ fn validate_breaker(
     settings
 }
 
+/// Keys that belong to another kind of discovery than `kind`: each one is a mistake worth naming
+/// (an etcd upstream with `endpoints` would otherwise silently ignore them).
+fn keys_of_other_discoveries(
+    section: &UpstreamSection,
+    kind: &str,
+    path: &str,
+    diag: &mut Diagnostics,
+) {
+    let keys = [
+        (
+            "endpoints",
+            "static",
+            section.endpoints.first().map(|e| e.span()),
+        ),
+        (
+            "service",
+            "etcd",
+            section.service.as_ref().map(|s| s.span()),
+        ),
+        ("select", "etcd", section.select.as_ref().map(|s| s.span())),
+        ("hosts", "dns", section.hosts.first().map(|h| h.span())),
+        ("refresh", "dns", section.refresh.as_ref().map(|r| r.span())),
+    ];
+    for (key, owner, at) in keys {
+        if owner != kind && at.is_some() {
+            diag.at(
+                at,
+                format!("{path}.{key}"),
+                format!("`{key}` belongs to {owner} upstreams; this one is {kind}"),
+            );
+        }
+    }
+}
+
 fn validate_etcd_upstream(
     section: &UpstreamSection,
     path: &str,
     diag: &mut Diagnostics,
 ) -> Discovery {
-    if let Some(first) = section.endpoints.first() {
-        diag.at(
-            Some(first.span()),
-            format!("{path}.endpoints"),
-            "an etcd upstream takes its endpoints from etcd; remove `endpoints`",
-        );
-    }
     let service = match &section.service {
         Some(s) if !s.get_ref().is_empty() && !s.get_ref().contains('/') => s.get_ref().clone(),
         Some(s) => {

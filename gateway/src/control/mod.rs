@@ -1,6 +1,6 @@
-//! The control plane: owns the running config and the latest etcd view, and is the only writer of
-//! the routing snapshot. Discovery updates and reloads both go through it, one at a time, so a
-//! snapshot is always built from the config that is actually running.
+//! The control plane: owns the running config and the latest discovery views (etcd, DNS), and is
+//! the only writer of the routing snapshot. Discovery updates and reloads both go through it, one
+//! at a time, so a snapshot is always built from the config that is actually running.
 
 mod reload;
 
@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::discovery::dns::{DnsPlan, DnsView};
 use crate::discovery::etcd::EtcdView;
+use crate::discovery::Views;
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::routing::{Routing, RoutingSnapshot};
@@ -19,6 +21,16 @@ use crate::server::ListenerSet;
 struct Current {
     config: Arc<Config>,
     view: Option<Arc<EtcdView>>,
+    dns: Option<Arc<DnsView>>,
+}
+
+impl Current {
+    fn views(&self) -> Views<'_> {
+        Views {
+            etcd: self.view.as_deref(),
+            dns: self.dns.as_deref(),
+        }
+    }
 }
 
 pub struct ControlPlane {
@@ -29,6 +41,8 @@ pub struct ControlPlane {
     registry: Arc<EndpointRegistry>,
     listeners: Arc<ListenerSet>,
     metrics: Option<Arc<Metrics>>,
+    /// Tells DNS discovery which names the running config resolves.
+    dns_plan: tokio::sync::watch::Sender<DnsPlan>,
 }
 
 impl ControlPlane {
@@ -40,14 +54,25 @@ impl ControlPlane {
         listeners: Arc<ListenerSet>,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
+        let (dns_plan, _) = tokio::sync::watch::channel(DnsPlan::from_config(&config));
         Self {
             path,
-            current: Mutex::new(Current { config, view: None }),
+            current: Mutex::new(Current {
+                config,
+                view: None,
+                dns: None,
+            }),
             routing,
             registry,
             listeners,
             metrics,
+            dns_plan,
         }
+    }
+
+    /// Follows the names the running config resolves (for DNS discovery).
+    pub fn dns_plan(&self) -> tokio::sync::watch::Receiver<DnsPlan> {
+        self.dns_plan.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
@@ -60,19 +85,31 @@ impl ControlPlane {
 
     /// A new etcd view: rebuild the upstreams it changed, with the running config.
     pub fn etcd_view_changed(&self, view: Arc<EtcdView>) {
-        let started = std::time::Instant::now();
         let mut current = self.lock();
+        current.view = Some(view);
+        self.rebuild(&current, "etcd");
+    }
+
+    /// A new DNS view: rebuild the upstreams whose addresses changed.
+    pub fn dns_view_changed(&self, view: Arc<DnsView>) {
+        let mut current = self.lock();
+        current.dns = Some(view);
+        self.rebuild(&current, "dns");
+    }
+
+    fn rebuild(&self, current: &Current, cause: &'static str) {
+        let started = std::time::Instant::now();
         let previous = self.routing.load_full();
         match RoutingSnapshot::build(
             &current.config,
-            Some(&view),
+            current.views(),
             &self.registry,
             Some(&previous),
         ) {
             Ok(snapshot) => {
                 self.routing.store(snapshot);
                 tracing::debug!(
-                    instances = view.len(),
+                    cause,
                     build_us = started.elapsed().as_micros() as u64,
                     "routing snapshot rebuilt"
                 );
@@ -81,6 +118,5 @@ impl ControlPlane {
             // snapshot.
             Err(e) => tracing::error!(error = %e, "could not rebuild the routing snapshot"),
         }
-        current.view = Some(view);
     }
 }

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::ControlPlane;
 use crate::background::Supervisor;
 use crate::config::{Config, ConfigError};
+use crate::discovery::dns::DnsPlan;
 use crate::routing::SnapshotError;
 use crate::server::{ListenerChanges, ListenerError};
 
@@ -107,7 +108,7 @@ impl ControlPlane {
             let mut current = self.lock();
             let mut snapshot = crate::routing::RoutingSnapshot::build(
                 &new,
-                current.view.as_deref(),
+                current.views(),
                 &self.registry,
                 None,
             )?;
@@ -123,6 +124,9 @@ impl ControlPlane {
             snapshot.generation = previous.generation + 1;
             self.routing.store(snapshot);
             current.config = Arc::new(new.clone());
+            // New names are resolved at once; names no longer used are forgotten.
+            self.dns_plan
+                .send_if_modified(|plan| replace_if_changed(plan, DnsPlan::from_config(&new)));
         }
         let changes = self
             .listeners
@@ -136,6 +140,12 @@ impl ControlPlane {
             changes,
         })
     }
+}
+
+fn replace_if_changed(plan: &mut DnsPlan, next: DnsPlan) -> bool {
+    let changed = *plan != next;
+    *plan = next;
+    changed
 }
 
 type Reply = oneshot::Sender<Result<String, String>>;

@@ -1,13 +1,23 @@
-//! Where endpoints come from: the static list in the config file, or instances registered in
-//! etcd. Both produce the same `EndpointSpec`s; the routing snapshot does not care which.
+//! Where endpoints come from: the static list in the config file, instances registered in etcd,
+//! or the addresses DNS names resolve to. All produce the same `EndpointSpec`s; the routing
+//! snapshot does not care which.
 
+pub mod dns;
 pub mod etcd;
 pub mod instance;
 
 use std::net::SocketAddr;
 
 use crate::config::{Discovery, UpstreamConfig};
+use dns::DnsView;
 use etcd::EtcdView;
+
+/// The latest view of each discovery source (`None` before its first result).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Views<'a> {
+    pub etcd: Option<&'a EtcdView>,
+    pub dns: Option<&'a DnsView>,
+}
 
 /// One endpoint as a discovery source reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +34,14 @@ pub struct EndpointSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointSource {
     Static,
-    Etcd { key: String, mod_revision: i64 },
+    Etcd {
+        key: String,
+        mod_revision: i64,
+    },
+    /// One of the addresses `name` resolved to.
+    Dns {
+        name: String,
+    },
 }
 
 /// An upstream's endpoints right now, or why it has none.
@@ -35,9 +52,10 @@ pub struct Endpoints {
     pub empty_reason: Option<String>,
 }
 
-/// The endpoints of `upstream`, given the latest etcd view (`None` before the first sync).
-pub fn endpoints_for(upstream: &UpstreamConfig, etcd: Option<&EtcdView>) -> Endpoints {
+/// The endpoints of `upstream`, given the latest views of discovery.
+pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
     match &upstream.discovery {
+        Discovery::Dns { hosts, .. } => dns::endpoints(hosts, views.dns),
         Discovery::Static => Endpoints {
             specs: upstream
                 .endpoints
@@ -54,7 +72,7 @@ pub fn endpoints_for(upstream: &UpstreamConfig, etcd: Option<&EtcdView>) -> Endp
             empty_reason: None,
         },
         Discovery::Etcd { service, select } => {
-            let Some(view) = etcd else {
+            let Some(view) = views.etcd else {
                 return Endpoints {
                     specs: Vec::new(),
                     empty_reason: Some("waiting for the first sync from etcd".into()),

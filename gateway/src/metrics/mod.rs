@@ -60,6 +60,8 @@ pub struct Metrics {
     pub(crate) discovery_rejected: IntCounterVec,
     pub(crate) etcd_connected: IntGauge,
     pub(crate) staleness: prometheus::GaugeVec,
+    pub(crate) dns_resolutions: IntCounterVec,
+    pub(crate) dns_addresses: IntGaugeVec,
     pub(crate) config_loads: IntCounterVec,
     config_reloads: IntCounterVec,
     tcp_connections: IntCounterVec,
@@ -111,7 +113,7 @@ impl Metrics {
             .register(Box::new(duration.clone()))
             .expect("registered once");
         let staleness = prometheus::GaugeVec::new(
-            Opts::new("strait_discovery_staleness_seconds", "Seconds since the upstream's discovery view was last known current (0 while the etcd watch is live)."),
+            Opts::new("strait_discovery_staleness_seconds", "Seconds since the upstream's discovery view was last known current (0 while the etcd watch is live or the latest DNS answers were good; -1 before the first)."),
             &["upstream"],
         )
         .expect("valid gauge");
@@ -189,6 +191,18 @@ impl Metrics {
             ),
             etcd_connected,
             staleness,
+            dns_resolutions: counter(
+                &registry,
+                "strait_dns_resolutions_total",
+                "DNS resolutions of dns upstreams' names, by result (ok, no_records, error).",
+                &["name", "result"],
+            ),
+            dns_addresses: gauge(
+                &registry,
+                "strait_dns_addresses",
+                "Addresses in the set a DNS name serves (the last good answer).",
+                &["name"],
+            ),
             config_loads: counter(
                 &registry,
                 "strait_config_loads_total",
@@ -228,7 +242,7 @@ impl Metrics {
             background_restarts: counter(
                 &registry,
                 "strait_background_restarts_total",
-                "Background tasks (etcd_watch, health_probes, health_probe, control) that panicked or returned and were restarted.",
+                "Background tasks (etcd_watch, dns_discovery, health_probes, health_probe, control) that panicked or returned and were restarted.",
                 &["task"],
             ),
             tcp_bytes: counter(

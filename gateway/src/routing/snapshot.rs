@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Candidate, SmoothWrr};
 use crate::config::{Config, ListenerKind, RouteConfig, ServiceMatch};
-use crate::discovery::{endpoints_for, etcd::EtcdView, EndpointSpec, Endpoints};
+use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
 
@@ -51,8 +51,10 @@ pub struct UpstreamSet {
     pub empty_reason: Option<String>,
     pub breaker: crate::breaker::BreakerSettings,
     pub health: Option<crate::config::HealthSettings>,
-    /// True when the endpoints come from etcd.
-    pub from_etcd: bool,
+    /// Where the endpoints come from: "static", "etcd" or "dns".
+    pub discovery: &'static str,
+    /// dns upstreams: the names resolved, with their ports (empty otherwise).
+    pub dns_hosts: Vec<(String, u16)>,
     pub tls: Option<crate::config::UpstreamTls>,
     /// The TLS files as read for this config, reused by discovery-driven rebuilds.
     peer_tls: Option<Arc<PeerTls>>,
@@ -77,7 +79,13 @@ impl UpstreamSet {
             empty_reason,
             breaker: config.breaker.clone(),
             health: config.health.clone(),
-            from_etcd: matches!(config.discovery, crate::config::Discovery::Etcd { .. }),
+            discovery: config.discovery.kind(),
+            dns_hosts: match &config.discovery {
+                crate::config::Discovery::Dns { hosts, .. } => {
+                    hosts.iter().map(|h| (h.name.clone(), h.port)).collect()
+                }
+                _ => Vec::new(),
+            },
             tls: config.tls.clone(),
             peer_tls,
             ejection: std::sync::Mutex::new(()),
@@ -220,21 +228,21 @@ pub enum SnapshotError {
 }
 
 impl RoutingSnapshot {
-    /// Builds a snapshot from the config and the latest etcd view (`None` before the first sync).
+    /// Builds a snapshot from the config and the latest discovery views.
     ///
     /// `previous` (built from the same config) lets upstreams whose endpoints did not change be
     /// shared as they are: a change to one service of a large registry rebuilds only that
     /// service, and untouched upstreams keep their balancing sequence.
     pub fn build(
         config: &Config,
-        etcd: Option<&EtcdView>,
+        views: Views<'_>,
         registry: &EndpointRegistry,
         previous: Option<&RoutingSnapshot>,
     ) -> Result<Self, SnapshotError> {
         registry.prune();
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
-            let found = endpoints_for(upstream, etcd);
+            let found = endpoints_for(upstream, views);
             if let Some(unchanged) = previous
                 .and_then(|p| p.upstreams.get(&upstream.name))
                 .filter(|prev| prev.same_endpoints(&found))
@@ -435,7 +443,7 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
     #[test]
     fn most_specific_route_wins() {
         let registry = EndpointRegistry::default();
-        let snap = RoutingSnapshot::build(&config(), None, &registry, None).unwrap();
+        let snap = RoutingSnapshot::build(&config(), Views::default(), &registry, None).unwrap();
         let table = snap.routes("l").unwrap();
         assert_eq!(table.find("a.A", "M").unwrap().upstream.name, "one");
         assert_eq!(table.find("a.A", "Other").unwrap().upstream.name, "two");
@@ -447,13 +455,14 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
     fn unchanged_upstreams_are_shared_with_the_previous_snapshot() {
         let registry = EndpointRegistry::default();
         let config = config();
-        let first = RoutingSnapshot::build(&config, None, &registry, None).unwrap();
-        let second = RoutingSnapshot::build(&config, None, &registry, Some(&first)).unwrap();
+        let first = RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap();
+        let second =
+            RoutingSnapshot::build(&config, Views::default(), &registry, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(
             first.upstream("one").unwrap(),
             second.upstream("one").unwrap()
         ));
-        let fresh = RoutingSnapshot::build(&config, None, &registry, None).unwrap();
+        let fresh = RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap();
         assert!(!Arc::ptr_eq(
             first.upstream("one").unwrap(),
             fresh.upstream("one").unwrap()
@@ -465,5 +474,42 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
             ),
             "per-endpoint state survives a rebuild"
         );
+    }
+
+    #[test]
+    fn endpoint_state_survives_a_dns_refresh_for_an_address_that_stays() {
+        let text = CONFIG.replace(
+            "endpoints = [{ addr = \"127.0.0.1:2\" }]",
+            "discovery = \"dns\"\nhosts = [{ name = \"one.test\", port = 2 }]",
+        );
+        let config = crate::config::parse(&text, Path::new("t.toml"), Path::new(".")).unwrap();
+        let registry = EndpointRegistry::default();
+        let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+        let mut dns = crate::discovery::dns::DnsView::default();
+        dns.record("one.test", Ok(vec![ip("10.0.0.1")]));
+        fn views(dns: &crate::discovery::dns::DnsView) -> Views<'_> {
+            Views {
+                etcd: None,
+                dns: Some(dns),
+            }
+        }
+        let first = RoutingSnapshot::build(&config, views(&dns), &registry, None).unwrap();
+        dns.record("one.test", Ok(vec![ip("10.0.0.1"), ip("10.0.0.2")]));
+        let second = RoutingSnapshot::build(&config, views(&dns), &registry, Some(&first)).unwrap();
+        let (before, after) = (
+            first.upstream("one").unwrap(),
+            second.upstream("one").unwrap(),
+        );
+        assert_eq!(after.endpoints.len(), 2);
+        assert_eq!(after.discovery, "dns");
+        assert_eq!(after.dns_hosts, [("one.test".to_string(), 2)]);
+        assert!(Arc::ptr_eq(
+            &before.endpoints[0].state,
+            &after.endpoints[0].state
+        ));
+        assert!(Arc::ptr_eq(
+            first.upstream("two").unwrap(),
+            second.upstream("two").unwrap()
+        ));
     }
 }

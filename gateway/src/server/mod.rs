@@ -24,7 +24,7 @@ use crate::admin::AdminApp;
 use crate::background::{FaultHooks, Supervisor};
 use crate::config::Config;
 use crate::control::{ControlPlane, ReloadHandle};
-use crate::discovery::etcd;
+use crate::discovery::{dns, etcd};
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::proxy::grpc::CallSettings;
@@ -74,7 +74,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     }
     crate::memory::spawn_trimmer();
     let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
-    let snapshot = RoutingSnapshot::build(&config, None, &registry, None)?;
+    let snapshot = RoutingSnapshot::build(&config, Default::default(), &registry, None)?;
     let routing = Arc::new(Routing::new(snapshot));
     let calls = InFlightCalls::default();
     let grace = config.gateway.shutdown_grace;
@@ -111,6 +111,17 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         });
         status
     });
+    // Always running, idle without dns upstreams: a reload may add some.
+    let dns_status = Arc::new(dns::DnsStatus::default());
+    {
+        let control = control.clone();
+        dns::spawn(
+            &supervisor,
+            control.dns_plan(),
+            dns_status.clone(),
+            move |view| control.dns_view_changed(view),
+        );
+    }
     crate::health::spawn(&supervisor, routing.clone());
     let reload = ReloadHandle::spawn(&supervisor, control).map_err(StartError::Signal)?;
 
@@ -123,6 +134,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             metrics: metrics.clone(),
             routing: routing.clone(),
             discovery,
+            dns: dns_status,
             running: running.clone(),
             draining: draining.clone(),
             reload,
