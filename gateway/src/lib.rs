@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod observe;
 pub mod proxy;
 pub mod registrar;
 pub mod rehearsal;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `strait` binary between real tonic backends and clients.
 
+mod access_log;
 mod breakers;
 mod calls;
 mod config_errors;

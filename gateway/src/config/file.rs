@@ -30,6 +30,20 @@ pub struct FileConfig {
     /// How `discovery = "dns"` upstreams resolve their names (default: /etc/resolv.conf).
     pub dns: Option<DnsSection>,
     pub admin: Option<AdminSection>,
+    pub access_log: Option<AccessLogSection>,
+}
+
+/// One line per finished call and tcp connection, written off the call path. Reloadable.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// "stderr" (default), "stdout", or a file path (relative to this file); SIGUSR1 reopens a
+    /// file after logrotate moved it.
+    pub path: Option<Spanned<String>>,
+    /// "json" (default: one object per line, every field present) or "text".
+    pub format: Option<Spanned<String>>,
+    /// Fraction of OK calls written (default 1.0); every call that is not OK is written.
+    pub sample: Option<Spanned<f64>>,
 }
 
 /// The resolver of DNS discovery. Reloadable.

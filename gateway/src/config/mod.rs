@@ -1,6 +1,7 @@
 //! Configuration: one TOML file, parsed strictly, validated completely, turned into one internal
 //! model. A file with any problem never starts the gateway.
 
+mod access_log;
 mod diagnostics;
 mod dns;
 mod duration;

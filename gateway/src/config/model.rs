@@ -18,6 +18,39 @@ pub struct Config {
     pub dns: DnsConfig,
     /// The admin listener (metrics, health, status); none without `[admin]`.
     pub admin: Option<AdminConfig>,
+    /// One line per call; none without `[access_log]`.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub sink: AccessLogSink,
+    pub format: AccessLogFormat,
+    /// Fraction of OK calls written, 0 to 1.
+    pub sample: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    Stderr,
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for AccessLogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLogSink::Stderr => f.write_str("stderr"),
+            AccessLogSink::Stdout => f.write_str("stdout"),
+            AccessLogSink::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq)]

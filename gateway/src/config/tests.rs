@@ -1208,3 +1208,51 @@ fn certificates_and_keys_are_checked_and_resolved() {
     assert_eq!(u.identity, Some((dir.join("a.crt"), dir.join("a.key"))));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn access_log_section() {
+    let with = |section: &str| format!("{}\n[access_log]\n{section}\n", gateway(""));
+    let config = accepted(&with(""));
+    let log = config.access_log.unwrap();
+    assert_eq!(
+        (log.sink, log.format, log.sample),
+        (AccessLogSink::Stderr, AccessLogFormat::Json, 1.0)
+    );
+    assert!(accepted(&gateway("")).access_log.is_none());
+    let config = accepted(&with("path = \"stdout\"\nformat = \"text\"\nsample = 0.25"));
+    let log = config.access_log.unwrap();
+    assert_eq!(
+        (log.sink, log.format, log.sample),
+        (AccessLogSink::Stdout, AccessLogFormat::Text, 0.25)
+    );
+    let dir = std::env::temp_dir();
+    let text = with(&format!("path = \"{}/a.log\"", dir.display()));
+    assert_eq!(
+        accepted(&text).access_log.unwrap().sink,
+        AccessLogSink::File(dir.join("a.log"))
+    );
+    refused(&with("path = \"\""), "access_log.path", "a file path");
+    refused(
+        &with("path = \"/nonexistent-dir/a.log\""),
+        "access_log.path",
+        "does not exist",
+    );
+    refused(
+        &with(&format!("path = \"{}\"", dir.display())),
+        "access_log.path",
+        "is a directory",
+    );
+    refused(
+        &with("format = \"csv\""),
+        "access_log.format",
+        "unknown format \"csv\"",
+    );
+    for bad in ["-0.1", "1.5", "nan"] {
+        refused(
+            &with(&format!("sample = {bad}")),
+            "access_log.sample",
+            "between 0 and 1",
+        );
+    }
+    refused(&with("rotate = true"), "access_log.rotate", "unknown field");
+}

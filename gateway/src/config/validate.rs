@@ -55,6 +55,10 @@ pub fn validate(
         .as_ref()
         .map(|section| validate_etcd(section, base_dir, &mut diag));
     let dns = super::dns::validate_dns_section(file_config.dns.as_ref(), &mut diag);
+    let access_log = file_config
+        .access_log
+        .as_ref()
+        .map(|section| super::access_log::validate_access_log(section, base_dir, &mut diag));
     if etcd.is_none() {
         for (i, (section, upstream)) in file_config.upstreams.iter().zip(&upstreams).enumerate() {
             if matches!(upstream.discovery, Discovery::Etcd { .. }) {
@@ -100,6 +104,7 @@ pub fn validate(
             etcd,
             dns,
             admin,
+            access_log,
         })
     } else {
         Err(diag.into_error(file))
@@ -1175,7 +1180,7 @@ fn check_cert_and_key(
     (cert_path, key_path)
 }
 
-fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+pub(super) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     if path.is_absolute() {
         path.to_path_buf()

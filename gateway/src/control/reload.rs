@@ -32,6 +32,8 @@ pub enum ReloadError {
     Snapshot(#[from] SnapshotError),
     #[error("the new config could not be applied; the running config stays: {0}")]
     Listener(#[from] ListenerError),
+    #[error("the new config could not be applied; the running config stays: {0}")]
+    AccessLog(#[from] crate::observe::access_log::AccessLogError),
     #[error("routes and upstreams were reloaded, but a listener could not follow: {0}")]
     Partial(ListenerError),
 }
@@ -104,6 +106,7 @@ impl ControlPlane {
             return Err(ReloadError::NeedsRestart(needs_restart));
         }
         let plan = self.listeners.prepare(&new.listeners)?;
+        let access_log = self.access_log.prepare(new.access_log.as_ref())?;
         {
             let mut current = self.lock();
             let mut snapshot = crate::routing::RoutingSnapshot::build(
@@ -123,6 +126,9 @@ impl ControlPlane {
             snapshot.keep_listeners_from(&previous, &removed);
             snapshot.generation = previous.generation + 1;
             self.routing.store(snapshot);
+            if let Some(access_log) = access_log {
+                self.access_log.commit(access_log);
+            }
             current.config = Arc::new(new.clone());
             // New names are resolved at once; names no longer used are forgotten.
             self.dns_plan
@@ -150,19 +156,24 @@ fn replace_if_changed(plan: &mut DnsPlan, next: DnsPlan) -> bool {
 
 type Reply = oneshot::Sender<Result<String, String>>;
 
-/// The control task: reloads on SIGHUP and on request, one at a time. `installed` hears once
-/// the SIGHUP handler is in place (each start installs its own).
+/// The control task: reloads on SIGHUP and on request, one at a time, and reopens the access log
+/// on SIGUSR1. `installed` hears once both handlers are in place (each start installs its own):
+/// before that, either signal would end the process.
 async fn serve(
     control: Arc<ControlPlane>,
     incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Reply>>>,
     installed: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut hangups, mut reopens) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) {
+        (Ok(hup), Ok(usr1)) => {
             let _ = installed.send(Ok(()));
-            s
+            (hup, usr1)
         }
-        Err(e) => {
+        (Err(e), _) | (_, Err(e)) => {
             let _ = installed.send(Err(e));
             return;
         }
@@ -170,6 +181,11 @@ async fn serve(
     let mut incoming = incoming.lock().await;
     loop {
         let reply = tokio::select! {
+            Some(()) = reopens.recv() => {
+                info!("SIGUSR1: reopening the access log");
+                control.access_log.reopen();
+                continue;
+            }
             Some(()) = hangups.recv() => {
                 info!("SIGHUP: reloading the config");
                 None

@@ -70,6 +70,7 @@ pub struct Metrics {
     listener_connections: IntGaugeVec,
     listener_rejected: IntCounterVec,
     background_restarts: IntCounterVec,
+    pub(crate) access_log_dropped: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -209,6 +210,17 @@ impl Metrics {
                 "Config loads and reloads by result.",
                 &["result"],
             ),
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    "strait_access_log_dropped_total",
+                    "Access log lines dropped because the writer's queue was full (the disk is slower than the calls).",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             config_reloads: counter(
                 &registry,
                 "strait_config_reloads_total",

@@ -158,6 +158,9 @@ impl UpstreamSet {
 /// Where a matched call goes.
 #[derive(Debug, Clone)]
 pub struct RouteTarget {
+    /// The route as written in the file (`bench.Echo`, `bench.Echo/Unary`, `*`), for the
+    /// access log.
+    pub route: Arc<str>,
     pub upstream: Arc<UpstreamSet>,
     pub timeout: Option<Duration>,
     /// Call counters for this route, resolved once per snapshot (none without `[admin]`).
@@ -312,6 +315,7 @@ impl RoutingSnapshot {
             table.insert(
                 route,
                 RouteTarget {
+                    route: route_label(route).into(),
                     upstream: upstream.clone(),
                     timeout: route.timeout,
                     metrics,

@@ -27,6 +27,7 @@ use crate::control::{ControlPlane, ReloadHandle};
 use crate::discovery::{dns, etcd};
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
 use crate::proxy::grpc::CallSettings;
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, RoutingSnapshot};
@@ -37,10 +38,12 @@ pub enum StartError {
     Listener(ListenerError),
     #[error("cannot start the listener runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot install the SIGHUP (reload) handler: {0}")]
+    #[error("cannot install the SIGHUP (reload) and SIGUSR1 (access log reopen) handlers: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
     Snapshot(#[from] crate::routing::SnapshotError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::observe::access_log::AccessLogError),
 }
 
 /// pingora's process settings: worker threads, and the grace bounds for a drain.
@@ -72,6 +75,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     if let Some(m) = &metrics {
         m.config_loaded(true);
     }
+    let access_log = Arc::new(AccessLog::new(
+        metrics.as_ref().map(|m| m.access_log_dropped.clone()),
+    ));
+    access_log.apply(config.access_log.as_ref())?;
     crate::memory::spawn_trimmer();
     let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
     let snapshot = RoutingSnapshot::build(&config, Default::default(), &registry, None)?;
@@ -90,6 +97,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             calls: calls.clone(),
             metrics: metrics.clone(),
             grace,
+            access_log: access_log.clone(),
         },
         config.gateway.threads,
     )?);
@@ -100,6 +108,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         registry,
         listeners.clone(),
         metrics.clone(),
+        access_log.clone(),
     ));
     let supervisor = Supervisor::new(metrics.clone(), Arc::new(FaultHooks::from_env()));
     let discovery = config.etcd.clone().map(|etcd_config| {
@@ -160,6 +169,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         running,
         draining,
         listeners,
+        access_log,
     );
     info!(
         version = env!("CARGO_PKG_VERSION"),

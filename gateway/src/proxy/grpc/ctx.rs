@@ -1,11 +1,15 @@
 //! What one call carries from hook to hook.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use pingora::http::RequestHeader;
 
 use crate::breaker::Outcome;
 use crate::endpoint::{DialTicket, EndpointState, InFlightGuard};
 use crate::metrics::AttemptOutcome;
+use crate::observe::access_log::CallRecord;
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
 
@@ -60,8 +64,13 @@ pub struct CallCtx {
     pub not_grpc: bool,
     /// The listener's in-flight gauge, decremented when the call is logged.
     pub in_flight_gauge: Option<prometheus::IntGauge>,
-    /// Follows the request's gRPC messages (size limit, truncation).
+    /// Follows the request's gRPC messages (size limit, truncation); restarted per attempt,
+    /// since a retry replays the body.
     pub frames: super::frames::FrameScanner,
+    /// Counts the response's messages and bytes.
+    pub resp_frames: super::frames::FrameScanner,
+    /// The endpoint of the latest attempt: the one that answered, if any did.
+    pub endpoint: Option<SocketAddr>,
 }
 
 impl CallCtx {
@@ -82,6 +91,44 @@ impl CallCtx {
             not_grpc: false,
             in_flight_gauge: None,
             frames: Default::default(),
+            resp_frames: Default::default(),
+            endpoint: None,
+        }
+    }
+
+    /// The access log's line for this finished call.
+    pub fn access_record(
+        &self,
+        listener: &str,
+        req: &RequestHeader,
+        peer: Option<String>,
+        code: Code,
+    ) -> CallRecord {
+        let elapsed = self.started.elapsed();
+        CallRecord {
+            ts: SystemTime::now() - elapsed,
+            listener: listener.to_string(),
+            peer,
+            method: Some(req.uri.path().to_string()),
+            route: self.target.as_ref().map(|t| t.route.to_string()),
+            upstream: self.target.as_ref().map(|t| t.upstream.name.clone()),
+            endpoint: self.endpoint.map(|a| a.to_string()),
+            attempts: self.tried.len() as u32,
+            code: Some(code as u8),
+            status: Some(code.as_str()),
+            message: self.local_status.as_ref().map(|s| s.message.clone()),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            req_bytes: self.frames.bytes,
+            resp_bytes: self.resp_frames.bytes,
+            req_msgs: self.frames.messages,
+            resp_msgs: self.resp_frames.messages,
+            region: self.region.clone(),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            trace_id: None,
         }
     }
 

@@ -19,11 +19,16 @@ pub struct FrameScanner {
     prefix_len: usize,
     /// Message bytes still to come before the next prefix.
     remaining: u64,
+    /// Messages begun so far (for the access log).
+    pub messages: u64,
+    /// Body bytes fed so far.
+    pub bytes: u64,
 }
 
 impl FrameScanner {
     /// Feeds the next piece of the body; `end` marks its last piece.
     pub fn feed(&mut self, mut chunk: &[u8], end: bool, limit: u32) -> Result<(), FrameError> {
+        self.bytes += chunk.len() as u64;
         while !chunk.is_empty() {
             if self.remaining > 0 {
                 let skip = (self.remaining.min(chunk.len() as u64)) as usize;
@@ -47,6 +52,7 @@ impl FrameScanner {
                 }
                 self.remaining = u64::from(length);
                 self.prefix_len = 0;
+                self.messages += 1;
             }
         }
         if end && (self.prefix_len > 0 || self.remaining > 0) {

@@ -9,7 +9,7 @@
 //! error_while_proxy   -> decide whether another endpoint may be tried
 //! response filters    -> note `grpc-status` (headers, trailers-only or trailers), enforce deadline
 //! fail_to_proxy       -> answer the gateway's own errors the gRPC way
-//! logging             -> one line per call
+//! logging             -> breaker verdict, metrics, the access log line
 
 mod ctx;
 mod deadline;
@@ -38,6 +38,7 @@ pub use status::{encode_grpc_message, Code, LocalStatus};
 use crate::breaker::{Admission, Outcome};
 use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
+use crate::observe::access_log::AccessLog;
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -59,6 +60,7 @@ pub struct GrpcProxy {
     calls: InFlightCalls,
     metrics: Option<Arc<Metrics>>,
     in_flight: Option<prometheus::IntGauge>,
+    access_log: Arc<AccessLog>,
 }
 
 impl GrpcProxy {
@@ -69,6 +71,7 @@ impl GrpcProxy {
         settings: Arc<CallSettings>,
         calls: InFlightCalls,
         metrics: Option<Arc<Metrics>>,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
@@ -79,6 +82,7 @@ impl GrpcProxy {
             calls,
             metrics,
             in_flight,
+            access_log,
         }
     }
 
@@ -339,6 +343,7 @@ impl ProxyHttp for GrpcProxy {
             }
         }
         ctx.tried.push(index);
+        ctx.endpoint = Some(endpoint.addr);
         // A retry replays the request body through request_body_filter from its start.
         ctx.frames = frames::FrameScanner::default();
         let mut attempt = Attempt::new(endpoint.state.clone(), admission == Admission::Trial);
@@ -476,11 +481,15 @@ impl ProxyHttp for GrpcProxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut CallCtx,
     ) -> Result<Option<Duration>> {
         check_deadline(ctx)?;
+        // Counting only (no limit, no truncation check): the caller gets what the backend sent.
+        let _ = ctx
+            .resp_frames
+            .feed(body.as_deref().unwrap_or_default(), false, u32::MAX);
         Ok(None)
     }
 
@@ -585,6 +594,15 @@ impl ProxyHttp for GrpcProxy {
             (Some(route), _) => route.call_finished(code, seconds),
             (None, Some(metrics)) => metrics.unrouted_call(&self.listener, code),
             (None, None) => {}
+        }
+        if !ctx.not_grpc && self.access_log.wants(code == Code::Ok) {
+            let peer = session.client_addr().map(|a| a.to_string());
+            self.access_log.write(ctx.access_record(
+                &self.listener,
+                session.req_header(),
+                peer,
+                code,
+            ));
         }
         if let Some(gauge) = ctx.in_flight_gauge.take() {
             gauge.dec();

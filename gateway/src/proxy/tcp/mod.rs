@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::breaker::{Admission, Outcome};
 use crate::metrics::{AttemptOutcome, TcpMetrics, TcpOutcome};
+use crate::observe::access_log::{AccessLog, CallRecord};
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, UpstreamSet};
 
@@ -30,6 +31,19 @@ pub struct TcpProxy {
     /// How long open connections may go on once the listener drains.
     grace: Duration,
     metrics: Option<TcpMetrics>,
+    access_log: Arc<AccessLog>,
+}
+
+/// What the access log says about one tcp connection.
+struct ConnectionSummary<'a> {
+    started: Instant,
+    peer: Option<String>,
+    upstream: &'a str,
+    endpoint: Option<std::net::SocketAddr>,
+    attempts: u32,
+    outcome: TcpOutcome,
+    up: u64,
+    down: u64,
 }
 
 impl TcpProxy {
@@ -40,6 +54,7 @@ impl TcpProxy {
         calls: InFlightCalls,
         grace: Duration,
         metrics: Option<TcpMetrics>,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         Self {
             listener,
@@ -48,13 +63,40 @@ impl TcpProxy {
             calls,
             grace,
             metrics,
+            access_log,
         }
     }
 
-    fn finished(&self, outcome: TcpOutcome) {
+    fn finished(&self, c: ConnectionSummary<'_>) {
         if let Some(m) = &self.metrics {
-            m.finished(outcome);
+            m.finished(c.outcome);
         }
+        let ok = matches!(c.outcome, TcpOutcome::Closed | TcpOutcome::Drained);
+        if !self.access_log.wants(ok) {
+            return;
+        }
+        let elapsed = c.started.elapsed();
+        self.access_log.write(CallRecord {
+            ts: std::time::SystemTime::now() - elapsed,
+            listener: self.listener.clone(),
+            peer: c.peer,
+            method: None,
+            route: None,
+            upstream: Some(c.upstream.to_string()),
+            endpoint: c.endpoint.map(|a| a.to_string()),
+            attempts: c.attempts,
+            code: None,
+            status: Some(c.outcome.as_str()),
+            message: None,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            req_bytes: c.up,
+            resp_bytes: c.down,
+            req_msgs: 0,
+            resp_msgs: 0,
+            region: self.region.clone(),
+            user_agent: None,
+            trace_id: None,
+        });
     }
 }
 
@@ -62,19 +104,21 @@ impl TcpProxy {
 #[derive(Debug)]
 struct NoConnection {
     reason: String,
+    attempts: u32,
 }
 
 /// Tries endpoints until one accepts the connection, at most `max_attempts` of them.
 async fn connect(
     upstream: &UpstreamSet,
     region: Option<&str>,
-) -> Result<(TcpStream, std::net::SocketAddr), NoConnection> {
+) -> Result<(TcpStream, std::net::SocketAddr, u32), NoConnection> {
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     while (tried.len() as u32) < upstream.max_attempts.max(1) {
         let Some((index, admission)) = upstream.claim(region, &tried) else {
             return Err(NoConnection {
                 reason: last_error.unwrap_or_else(|| no_endpoint_reason(upstream)),
+                attempts: tried.len() as u32,
             });
         };
         tried.push(index);
@@ -88,7 +132,7 @@ async fn connect(
                 endpoint.state.count_attempt(AttemptOutcome::Ok);
                 endpoint.state.record(Outcome::Success, trial, true);
                 let _ = stream.set_nodelay(true);
-                return Ok((stream, endpoint.addr));
+                return Ok((stream, endpoint.addr, tried.len() as u32));
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no connection within {:?}", upstream.connect_timeout),
@@ -101,6 +145,7 @@ async fn connect(
     }
     Err(NoConnection {
         reason: last_error.unwrap_or_else(|| no_endpoint_reason(upstream)),
+        attempts: tried.len() as u32,
     })
 }
 
@@ -124,18 +169,39 @@ impl ServerApp for TcpProxy {
     ) -> Option<Stream> {
         let _call = self.calls.enter();
         let started = Instant::now();
+        let peer = downstream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
         let Some(route) = self.routing.load().tcp_route(&self.listener).cloned() else {
             // Only possible for a moment while a reload removes this listener.
-            self.finished(TcpOutcome::NoEndpoint);
+            self.finished(ConnectionSummary {
+                started,
+                peer,
+                upstream: "-",
+                endpoint: None,
+                attempts: 0,
+                outcome: TcpOutcome::NoEndpoint,
+                up: 0,
+                down: 0,
+            });
             return None;
         };
         let upstream = route.upstream;
-        let (server, addr) = match connect(&upstream, self.region.as_deref()).await {
+        let (server, addr, attempts) = match connect(&upstream, self.region.as_deref()).await {
             Ok(connected) => connected,
             Err(e) => {
                 warn!(listener = %self.listener, upstream = %upstream.name, reason = %e.reason,
                       "tcp connection refused: no endpoint reachable");
-                self.finished(TcpOutcome::NoEndpoint);
+                self.finished(ConnectionSummary {
+                    started,
+                    peer,
+                    upstream: &upstream.name,
+                    endpoint: None,
+                    attempts: e.attempts,
+                    outcome: TcpOutcome::NoEndpoint,
+                    up: 0,
+                    down: 0,
+                });
                 // Closing is the only answer L4 has; the log line and metric say why.
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
                 return None;
@@ -168,7 +234,16 @@ impl ServerApp for TcpProxy {
             RelayEnd::Drained => TcpOutcome::Drained,
             RelayEnd::Error(_) => TcpOutcome::Error,
         };
-        self.finished(outcome);
+        self.finished(ConnectionSummary {
+            started,
+            peer,
+            upstream: &upstream.name,
+            endpoint: Some(addr),
+            attempts,
+            outcome,
+            up,
+            down,
+        });
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match end {
             RelayEnd::Error(e) => {

@@ -1,0 +1,179 @@
+//! The background writer: one thread per configured log, fed by a bounded queue. The call path
+//! only ever `try_send`s; a full queue drops the line (counted), it never waits.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::record::CallRecord;
+use crate::config::{AccessLogFormat, AccessLogSink};
+
+/// Lines waiting for the disk at most; beyond, lines are dropped and counted.
+pub const QUEUE_LINES: usize = 16_384;
+/// How often the writer looks at the reopen flag while no line arrives.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// Where lines go.
+enum Output {
+    Stderr,
+    Stdout,
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+    },
+}
+
+fn open_append(path: &PathBuf) -> io::Result<BufWriter<File>> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(BufWriter::with_capacity(64 * 1024, file))
+}
+
+impl Output {
+    fn open(sink: &AccessLogSink) -> io::Result<Output> {
+        Ok(match sink {
+            AccessLogSink::Stderr => Output::Stderr,
+            AccessLogSink::Stdout => Output::Stdout,
+            AccessLogSink::File(path) => Output::File {
+                path: path.clone(),
+                file: open_append(path)?,
+            },
+        })
+    }
+
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        match self {
+            // Locked per line: a line is never interleaved with the process's own logs.
+            Output::Stderr => writeln!(io::stderr().lock(), "{line}"),
+            Output::Stdout => writeln!(io::stdout().lock(), "{line}"),
+            Output::File { file, .. } => writeln!(file, "{line}"),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stderr => io::stderr().flush(),
+            Output::Stdout => io::stdout().flush(),
+            Output::File { file, .. } => file.flush(),
+        }
+    }
+
+    /// After logrotate moved the file away: flush what is buffered into the old file, then go
+    /// on in a new one at the configured path. If it cannot be opened, keep the old one.
+    fn reopen(&mut self) {
+        if let Output::File { path, file } = self {
+            let _ = file.flush();
+            match open_append(path) {
+                Ok(new) => *file = new,
+                Err(e) => warn!(path = %path.display(), error = %e,
+                                "cannot reopen the access log; writing on to the old file"),
+            }
+        }
+    }
+}
+
+/// The sending half, held by the call path.
+pub struct Writer {
+    lines: SyncSender<CallRecord>,
+    reopen: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Opens the sink (so a bad path is an error now, not a silent loss later) and starts the
+    /// writer thread.
+    pub fn start(sink: &AccessLogSink, format: AccessLogFormat) -> io::Result<Writer> {
+        let output = Output::open(sink)?;
+        let (lines, queue) = sync_channel(QUEUE_LINES);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        let thread = std::thread::Builder::new()
+            .name("strait-access-log".into())
+            .spawn(move || write_lines(queue, output, format, &flag))?;
+        Ok(Writer {
+            lines,
+            reopen,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a line; false when it was dropped (queue full).
+    pub fn send(&self, record: CallRecord) -> bool {
+        match self.lines.try_send(record) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Stops taking lines and waits (up to `bound`) for the queued ones to be written.
+    pub fn close(mut self, bound: Duration) {
+        let thread = self.thread.take();
+        drop(self);
+        if let Some(thread) = thread {
+            let deadline = std::time::Instant::now() + bound;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn write_lines(
+    queue: Receiver<CallRecord>,
+    mut output: Output,
+    format: AccessLogFormat,
+    reopen: &AtomicBool,
+) {
+    let render = |r: &CallRecord| match format {
+        AccessLogFormat::Json => r.to_json(),
+        AccessLogFormat::Text => r.to_text(),
+    };
+    let mut failing = false;
+    loop {
+        let first = match queue.recv_timeout(IDLE_TICK) {
+            Ok(record) => Some(record),
+            Err(RecvTimeoutError::Timeout) => None,
+            // Every sender is gone: the log was reconfigured or the process is ending.
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if reopen.swap(false, Ordering::AcqRel) {
+            output.reopen();
+        }
+        // Write what is waiting as one batch, then flush once.
+        let batch = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| queue.try_recv().ok()));
+        for record in batch.take(QUEUE_LINES) {
+            let result = output.write_line(&render(&record));
+            report(&mut failing, result);
+        }
+        let result = output.flush();
+        report(&mut failing, result);
+    }
+    let _ = output.flush();
+}
+
+/// A disk that fails is said once, and once more when it works again.
+fn report(failing: &mut bool, result: io::Result<()>) {
+    match result {
+        Err(e) if !*failing => {
+            *failing = true;
+            warn!(error = %e, "cannot write the access log; lines are lost until it works again");
+        }
+        Ok(()) if *failing => {
+            *failing = false;
+            warn!("the access log is being written again");
+        }
+        _ => {}
+    }
+}
