@@ -136,13 +136,32 @@ max_attempts = 1
         attempts("dead", &dead.to_string(), "connect_error"),
         Some(4.0)
     );
+    // Per method: every call of bench.Echo/Unary, whatever its code.
     assert_eq!(
         metric(
             &text,
             "strait_call_duration_seconds_count",
-            &[("upstream", "echo"), ("code", "OK")]
+            &[
+                ("upstream", "echo"),
+                ("service", "bench.Echo"),
+                ("method", "Unary")
+            ]
         ),
-        Some(7.0)
+        Some(12.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "strait_calls_total",
+            &[
+                ("route", "-"),
+                ("service", "-"),
+                ("method", "-"),
+                ("code", "UNIMPLEMENTED")
+            ]
+        ),
+        Some(1.0),
+        "an unrouted call counts under service \"-\""
     );
     assert_eq!(
         metric(&text, "strait_calls_in_flight", &[("listener", "public")]),
@@ -163,6 +182,82 @@ max_attempts = 1
     assert!(metric(&text, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
     drop(gateway);
     every_metric_is_documented_and_dashboarded_names_exist(&text);
+}
+
+/// `max_methods = 2`: the first two service/method pairs get their own series, every further
+/// pair counts under service and method "other".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_method_bound_holds() {
+    let live = Backend::start(BackendOptions::named("live")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        r#"
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "*"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+endpoints = [{{ addr = "{}" }}]
+
+[admin]
+listen = "{admin}"
+max_methods = 2
+"#,
+        live.addr
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    c.unary(req(b"")).await.unwrap();
+    c.unary(req(b"")).await.unwrap();
+    // Routed by "*" to the echo backend, which does not know these services.
+    for path in ["/a.A/M", "/b.B/M", "/c.C/M", "/b.B/M"] {
+        let response = raw::call(listen, path, &[], raw::grpc_frame(b""))
+            .await
+            .unwrap();
+        assert_eq!(response.grpc_status().as_deref(), Some("12"), "{path}");
+    }
+    let calls = |m: &str, service: &str, method: &str, code: &str| {
+        metric(
+            m,
+            "strait_calls_total",
+            &[
+                ("route", "*"),
+                ("service", service),
+                ("method", method),
+                ("code", code),
+            ],
+        )
+    };
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(10), |m| {
+            calls(m, "other", "other", "UNIMPLEMENTED") == Some(3.0)
+        })
+    })
+    .expect("three calls beyond the bound counted under other");
+    assert_eq!(calls(&text, "bench.Echo", "Unary", "OK"), Some(2.0));
+    assert_eq!(calls(&text, "a.A", "M", "UNIMPLEMENTED"), Some(1.0));
+    let pairs: std::collections::HashSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with("strait_calls_total{"))
+        .filter_map(|l| {
+            let service = l.split("service=\"").nth(1)?.split('"').next()?;
+            let method = l.split("method=\"").nth(1)?.split('"').next()?;
+            Some(format!("{service}/{method}"))
+        })
+        .collect();
+    let expected: std::collections::HashSet<String> = ["bench.Echo/Unary", "a.A/M", "other/other"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        pairs, expected,
+        "two pairs and other, nothing beyond the bound"
+    );
 }
 
 /// docs/metrics.md names every metric the gateway exports, and the Grafana dashboard uses only

@@ -204,18 +204,20 @@ async fn stream_metrics_are_exact() {
         assert!(Instant::now() < deadline, "cancelled streams still run");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let labels = |code: &'static str| {
+    let labels = |method: &'static str, code: &'static str| {
         [
             ("listener", "public"),
             ("route", "bench.Echo"),
             ("upstream", "echo"),
+            ("service", "bench.Echo"),
+            ("method", method),
             ("code", code),
         ]
     };
     let text = tokio::task::block_in_place(|| {
         wait_metrics(admin, Duration::from_secs(10), |m| {
             metric(m, "strait_calls_in_flight", &[("listener", "public")]) == Some(0.0)
-                && metric(m, "strait_calls_total", &labels("CANCELLED")) == Some(2.0)
+                && metric(m, "strait_calls_total", &labels("Bidi", "CANCELLED")) == Some(2.0)
         })
     });
     let text = text.unwrap_or_else(|| {
@@ -227,27 +229,48 @@ async fn stream_metrics_are_exact() {
         "{text}"
     );
     assert_eq!(
-        metric(&text, "strait_calls_total", &labels("OK")),
+        metric(&text, "strait_calls_total", &labels("ServerStream", "OK")),
         Some(3.0)
     );
     assert_eq!(
-        metric(&text, "strait_calls_total", &labels("NOT_FOUND")),
+        metric(
+            &text,
+            "strait_calls_total",
+            &labels("ServerStream", "NOT_FOUND")
+        ),
         Some(2.0),
         "the status from the trailers"
     );
     assert_eq!(
-        metric(&text, "strait_calls_total", &labels("CANCELLED")),
+        metric(&text, "strait_calls_total", &labels("Bidi", "CANCELLED")),
         Some(2.0),
         "{text}"
     );
-    for (code, n) in [("OK", 3.0), ("NOT_FOUND", 2.0)] {
-        assert_eq!(
-            metric(
-                &text,
-                "strait_call_duration_seconds_count",
-                &[("upstream", "echo"), ("code", code)]
-            ),
-            Some(n)
-        );
-    }
+    let per_method = |name: &str, method: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![
+            ("upstream", "echo"),
+            ("service", "bench.Echo"),
+            ("method", method),
+        ];
+        labels.extend_from_slice(extra);
+        metric(&text, name, &labels)
+    };
+    // One duration sample per call, whatever its code.
+    assert_eq!(
+        per_method("strait_call_duration_seconds_count", "ServerStream", &[]),
+        Some(5.0)
+    );
+    assert_eq!(
+        per_method("strait_call_duration_seconds_count", "Bidi", &[]),
+        Some(2.0)
+    );
+    // Messages: 5 requests (one per server-stream call), 3 x 3 + 2 x 2 replies; each
+    // cancelled bidi sent one ping and got its pong.
+    let messages = |method: &str, direction: &str| {
+        per_method("strait_messages_total", method, &[("direction", direction)])
+    };
+    assert_eq!(messages("ServerStream", "request"), Some(5.0));
+    assert_eq!(messages("ServerStream", "response"), Some(13.0));
+    assert_eq!(messages("Bidi", "request"), Some(2.0), "{text}");
+    assert_eq!(messages("Bidi", "response"), Some(2.0));
 }

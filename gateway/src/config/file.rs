@@ -65,6 +65,9 @@ pub struct AdminSection {
     pub listen: Spanned<String>,
     /// Label metrics per endpoint (default true); turn off for very large fleets.
     pub endpoint_labels: Option<bool>,
+    /// Distinct gRPC service/method pairs with their own call series, per listener (default
+    /// 1000, 1 to 100000); calls of further pairs count under method "other".
+    pub max_methods: Option<Spanned<i64>>,
 }
 
 /// Where discovery reads instances from.

@@ -58,6 +58,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Per-endpoint label on metrics; false for very large fleets.
     pub endpoint_labels: bool,
+    /// Service/method pairs with their own series, per listener.
+    pub max_methods: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +312,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
+pub const DEFAULT_MAX_METHODS: u32 = 1000;
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 /// Re-resolving more often than this is refused, whatever the TTL says.

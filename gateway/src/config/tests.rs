@@ -1108,12 +1108,24 @@ fn admin_section() {
         .unwrap();
     assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
     assert!(admin.endpoint_labels);
+    assert_eq!(admin.max_methods, DEFAULT_MAX_METHODS);
     let admin = accepted(&with_admin(
         "listen = \"127.0.0.1:9901\"\nendpoint_labels = false",
     ))
     .admin
     .unwrap();
     assert!(!admin.endpoint_labels);
+    let admin = accepted(&with_admin("listen = \"127.0.0.1:9901\"\nmax_methods = 5"))
+        .admin
+        .unwrap();
+    assert_eq!(admin.max_methods, 5);
+    for bad in ["0", "100001"] {
+        refused(
+            &with_admin(&format!("listen = \"127.0.0.1:9901\"\nmax_methods = {bad}")),
+            "admin.max_methods",
+            "between 1 and 100000",
+        );
+    }
     refused(
         &with_admin("listen = \"nowhere\""),
         "admin.listen",

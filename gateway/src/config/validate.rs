@@ -83,6 +83,13 @@ pub fn validate(
                 Some(AdminConfig {
                     listen,
                     endpoint_labels: section.endpoint_labels.unwrap_or(true),
+                    max_methods: int_in(
+                        &section.max_methods,
+                        1..=100_000,
+                        DEFAULT_MAX_METHODS,
+                        "admin.max_methods".into(),
+                        &mut diag,
+                    ),
                 })
             }
             Err(_) => {

@@ -4,12 +4,18 @@
 //! come only from configured names, endpoint addresses and gRPC codes: the sets are bounded.
 //! Gauges that describe state (breakers, endpoints, discovery) are filled at scrape time.
 
-use std::sync::Arc;
+mod methods;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use methods::MethodFamilies;
+pub use methods::{MethodMetrics, RouteMethods, OTHER};
 
 use crate::breaker::{State, Transition};
 use crate::grpc::Code;
@@ -47,8 +53,10 @@ impl AttemptOutcome {
 pub struct Metrics {
     registry: Registry,
     endpoint_labels: bool,
-    calls: IntCounterVec,
-    duration: HistogramVec,
+    methods: Arc<MethodFamilies>,
+    /// One per (listener, route, upstream), kept across snapshots and reloads so a method's
+    /// handles are created once.
+    routes: Mutex<HashMap<(String, String, String), Arc<RouteMetrics>>>,
     attempts: IntCounterVec,
     retries: IntCounterVec,
     in_flight: IntGaugeVec,
@@ -90,7 +98,8 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 impl Metrics {
-    pub fn new(endpoint_labels: bool) -> Arc<Metrics> {
+    /// `max_methods`: distinct service/method pairs with their own series, per listener.
+    pub fn new(endpoint_labels: bool, max_methods: usize) -> Arc<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
@@ -101,13 +110,13 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "strait_call_duration_seconds",
-                "Call duration seen by the gateway, by upstream and final gRPC code.",
+                "Call duration seen by the gateway, by upstream, service and method.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ]),
-            &["upstream", "code"],
+            &["upstream", "service", "method"],
         )
         .expect("valid histogram");
         registry
@@ -127,15 +136,27 @@ impl Metrics {
         registry
             .register(Box::new(etcd_connected.clone()))
             .expect("registered once");
-        Arc::new(Metrics {
-            endpoint_labels,
+        let methods = Arc::new(MethodFamilies {
             calls: counter(
                 &registry,
                 "strait_calls_total",
-                "Calls by listener, route, upstream and final gRPC code.",
-                &["listener", "route", "upstream", "code"],
+                "Calls by listener, route, upstream, gRPC service and method, and final gRPC code.",
+                &["listener", "route", "upstream", "service", "method", "code"],
             ),
             duration,
+            messages: counter(
+                &registry,
+                "strait_messages_total",
+                "gRPC messages by upstream, service, method and direction (request: from the caller; response: from the backend).",
+                &["upstream", "service", "method", "direction"],
+            ),
+            max_methods,
+            seen: Default::default(),
+        });
+        Arc::new(Metrics {
+            endpoint_labels,
+            methods,
+            routes: Default::default(),
             attempts: counter(
                 &registry,
                 "strait_upstream_attempts_total",
@@ -276,21 +297,30 @@ impl Metrics {
         }
     }
 
-    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
-        RouteMetrics {
-            calls: Code::ALL.map(|c| {
-                self.calls
-                    .with_label_values(&[listener, route, upstream, c.as_str()])
-            }),
-            duration: Code::ALL.map(|c| self.duration.with_label_values(&[upstream, c.as_str()])),
-            retries: self.retries.with_label_values(&[upstream]),
-        }
+    /// A route's handles; the same ones for every snapshot that has this route.
+    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            listener.to_string(),
+            route.to_string(),
+            upstream.to_string(),
+        );
+        routes
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(RouteMetrics {
+                    methods: RouteMethods::new(self.methods.clone(), listener, route, upstream),
+                    retries: self.retries.with_label_values(&[upstream]),
+                })
+            })
+            .clone()
     }
 
     /// Counter for calls that matched no route (answered by the gateway itself).
     pub fn unrouted_call(&self, listener: &str, code: Code) {
-        self.calls
-            .with_label_values(&[listener, "-", "-", code.as_str()])
+        self.methods
+            .calls
+            .with_label_values(&[listener, "-", "-", "-", "-", code.as_str()])
             .inc();
     }
 
@@ -366,20 +396,14 @@ impl Metrics {
     }
 }
 
-/// A route's call counters, one per gRPC code, resolved when the snapshot is built.
-#[derive(Debug, Clone)]
+/// A route's call counters: per method (created on a method's first call) and its retries.
+#[derive(Debug)]
 pub struct RouteMetrics {
-    calls: [IntCounter; 17],
-    duration: [Histogram; 17],
+    pub methods: RouteMethods,
     retries: IntCounter,
 }
 
 impl RouteMetrics {
-    pub fn call_finished(&self, code: Code, seconds: f64) {
-        self.calls[code as usize].inc();
-        self.duration[code as usize].observe(seconds);
-    }
-
     pub fn retry(&self) {
         self.retries.inc();
     }

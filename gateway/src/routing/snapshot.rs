@@ -311,7 +311,7 @@ impl RoutingSnapshot {
             };
             let metrics = registry
                 .metrics()
-                .map(|m| Arc::new(m.route(&route.listener, &route_label(route), &route.upstream)));
+                .map(|m| m.route(&route.listener, &route_label(route), &route.upstream));
             table.insert(
                 route,
                 RouteTarget {

@@ -71,7 +71,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let metrics = config
         .admin
         .as_ref()
-        .map(|a| Metrics::new(a.endpoint_labels));
+        .map(|a| Metrics::new(a.endpoint_labels, a.max_methods as usize));
     if let Some(m) = &metrics {
         m.config_loaded(true);
     }

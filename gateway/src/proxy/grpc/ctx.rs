@@ -71,6 +71,8 @@ pub struct CallCtx {
     pub resp_frames: super::frames::FrameScanner,
     /// The endpoint of the latest attempt: the one that answered, if any did.
     pub endpoint: Option<SocketAddr>,
+    /// This call's per-method counters (none without `[admin]`, or before routing).
+    pub method_metrics: Option<Arc<crate::metrics::MethodMetrics>>,
 }
 
 impl CallCtx {
@@ -93,6 +95,7 @@ impl CallCtx {
             frames: Default::default(),
             resp_frames: Default::default(),
             endpoint: None,
+            method_metrics: None,
         }
     }
 

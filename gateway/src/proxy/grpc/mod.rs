@@ -137,6 +137,10 @@ impl GrpcProxy {
         ctx.deadline = budget.and_then(|b| ctx.started.checked_add(b));
         ctx.caller_deadline = req.headers.contains_key("grpc-timeout");
         ctx.region = self.preferred_region(req);
+        ctx.method_metrics = target.metrics.as_ref().map(|m| {
+            m.methods
+                .for_call(path, grpc_path.service, grpc_path.method)
+        });
         ctx.target = Some(target.clone());
         Ok(())
     }
@@ -587,13 +591,14 @@ impl ProxyHttp for GrpcProxy {
             );
         }
         let seconds = ctx.started.elapsed().as_secs_f64();
-        match (
-            ctx.target.as_ref().and_then(|t| t.metrics.as_ref()),
-            &self.metrics,
-        ) {
-            (Some(route), _) => route.call_finished(code, seconds),
-            (None, Some(metrics)) => metrics.unrouted_call(&self.listener, code),
-            (None, None) => {}
+        match (&ctx.method_metrics, &self.metrics) {
+            (Some(method), _) => {
+                method.call_finished(code, seconds, ctx.frames.messages, ctx.resp_frames.messages)
+            }
+            (None, Some(metrics)) if ctx.target.is_none() => {
+                metrics.unrouted_call(&self.listener, code)
+            }
+            (None, _) => {}
         }
         if !ctx.not_grpc && self.access_log.wants(code == Code::Ok) {
             let peer = session.client_addr().map(|a| a.to_string());

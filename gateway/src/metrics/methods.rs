@@ -1,0 +1,236 @@
+//! Per-method call metrics: `strait_calls_total` and `strait_call_duration_seconds` by gRPC service
+//! and method, and `strait_messages_total` for streams. A method's handles are created on its
+//! first call and kept in a copy-on-write table per route, so later calls only look a path up
+//! in an immutable map and increment atomics. The series are bounded: at most `max_methods`
+//! distinct service/method pairs per listener; calls of any further pair are counted under
+//! `service="other", method="other"`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
+
+use crate::grpc::Code;
+
+/// The label value of the pairs beyond the bound.
+pub const OTHER: &str = "other";
+
+/// The metric families and the per-listener bound, shared by every route's table.
+#[derive(Debug)]
+pub struct MethodFamilies {
+    pub(super) calls: IntCounterVec,
+    pub(super) duration: HistogramVec,
+    pub(super) messages: IntCounterVec,
+    pub(super) max_methods: usize,
+    /// Per listener: the service/method pairs that have their own series.
+    pub(super) seen: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl MethodFamilies {
+    /// Whether `pair` may have its own series on `listener` (it has one, or the bound allows
+    /// one more).
+    fn admit(&self, listener: &str, pair: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let pairs = seen.entry(listener.to_string()).or_default();
+        if pairs.contains(pair) {
+            return true;
+        }
+        if pairs.len() >= self.max_methods {
+            return false;
+        }
+        pairs.insert(pair.to_string());
+        true
+    }
+}
+
+/// One method's handles on one route.
+#[derive(Debug)]
+pub struct MethodMetrics {
+    calls: [IntCounter; 17],
+    duration: Histogram,
+    request_messages: IntCounter,
+    response_messages: IntCounter,
+}
+
+impl MethodMetrics {
+    pub fn call_finished(&self, code: Code, seconds: f64, request_msgs: u64, response_msgs: u64) {
+        self.calls[code as usize].inc();
+        self.duration.observe(seconds);
+        if request_msgs > 0 {
+            self.request_messages.inc_by(request_msgs);
+        }
+        if response_msgs > 0 {
+            self.response_messages.inc_by(response_msgs);
+        }
+    }
+}
+
+/// The methods seen on one route (listener, route, upstream).
+#[derive(Debug)]
+pub struct RouteMethods {
+    listener: String,
+    route: String,
+    upstream: String,
+    families: Arc<MethodFamilies>,
+    /// `:path` to its handles. Replaced whole when a method is added (a bounded number of
+    /// times), read without a lock by every call.
+    table: ArcSwap<HashMap<Box<str>, Arc<MethodMetrics>>>,
+    /// Serialises additions, so two first calls of one method create it once.
+    grow: Mutex<()>,
+}
+
+impl RouteMethods {
+    pub(super) fn new(
+        families: Arc<MethodFamilies>,
+        listener: &str,
+        route: &str,
+        upstream: &str,
+    ) -> Self {
+        Self {
+            listener: listener.to_string(),
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            families,
+            table: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
+        }
+    }
+
+    fn handles(&self, service: &str, method: &str) -> MethodMetrics {
+        let f = &self.families;
+        let (l, r, u) = (
+            self.listener.as_str(),
+            self.route.as_str(),
+            self.upstream.as_str(),
+        );
+        MethodMetrics {
+            calls: Code::ALL.map(|c| {
+                f.calls
+                    .with_label_values(&[l, r, u, service, method, c.as_str()])
+            }),
+            duration: f.duration.with_label_values(&[u, service, method]),
+            request_messages: f
+                .messages
+                .with_label_values(&[u, service, method, "request"]),
+            response_messages: f
+                .messages
+                .with_label_values(&[u, service, method, "response"]),
+        }
+    }
+
+    /// The handles for a call of `service`/`method` (its `:path` is `path`).
+    pub fn for_call(&self, path: &str, service: &str, method: &str) -> Arc<MethodMetrics> {
+        if let Some(found) = self.table.load().get(path) {
+            return found.clone();
+        }
+        let _serial = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = self.table.load().get(path) {
+            return found.clone();
+        }
+        let pair = format!("{service}/{method}");
+        let (key, handles) = if self.families.admit(&self.listener, &pair) {
+            (path, self.handles(service, method))
+        } else {
+            // Not cached under its own path: a flood of distinct paths must not grow the
+            // table. Each such call takes this (short) lock.
+            if let Some(other) = self.table.load().get(OTHER) {
+                return other.clone();
+            }
+            (OTHER, self.handles(OTHER, OTHER))
+        };
+        let handles = Arc::new(handles);
+        let mut next = HashMap::clone(&self.table.load());
+        next.insert(key.into(), handles.clone());
+        self.table.store(Arc::new(next));
+        handles
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{HistogramOpts, Opts};
+
+    fn families(max_methods: usize) -> Arc<MethodFamilies> {
+        Arc::new(MethodFamilies {
+            calls: IntCounterVec::new(
+                Opts::new("c", "c"),
+                &["listener", "route", "upstream", "service", "method", "code"],
+            )
+            .unwrap(),
+            duration: HistogramVec::new(
+                HistogramOpts::new("d", "d"),
+                &["upstream", "service", "method"],
+            )
+            .unwrap(),
+            messages: IntCounterVec::new(
+                Opts::new("m", "m"),
+                &["upstream", "service", "method", "direction"],
+            )
+            .unwrap(),
+            max_methods,
+            seen: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_method_gets_its_handles_once_and_counts() {
+        let f = families(10);
+        let route = RouteMethods::new(f.clone(), "l", "a.A", "up");
+        let first = route.for_call("/a.A/M", "a.A", "M");
+        let again = route.for_call("/a.A/M", "a.A", "M");
+        assert!(Arc::ptr_eq(&first, &again));
+        first.call_finished(Code::Ok, 0.01, 3, 2);
+        again.call_finished(Code::NotFound, 0.02, 1, 0);
+        let calls = |code: &str| {
+            f.calls
+                .with_label_values(&["l", "a.A", "up", "a.A", "M", code])
+                .get()
+        };
+        assert_eq!((calls("OK"), calls("NOT_FOUND")), (1, 1));
+        let msgs = |d: &str| f.messages.with_label_values(&["up", "a.A", "M", d]).get();
+        assert_eq!((msgs("request"), msgs("response")), (4, 2));
+        assert_eq!(
+            f.duration
+                .with_label_values(&["up", "a.A", "M"])
+                .get_sample_count(),
+            2
+        );
+    }
+
+    #[test]
+    fn pairs_beyond_the_bound_share_other_and_the_bound_is_per_listener() {
+        let f = families(2);
+        let one = RouteMethods::new(f.clone(), "l", "*", "up");
+        let two = RouteMethods::new(f.clone(), "l", "b.B", "up");
+        let elsewhere = RouteMethods::new(f.clone(), "l2", "*", "up");
+        let a = one.for_call("/a.A/M", "a.A", "M");
+        let _b = two.for_call("/b.B/M", "b.B", "M");
+        let c = one.for_call("/c.C/M", "c.C", "M");
+        let d = one.for_call("/d.D/M", "d.D", "M");
+        assert!(
+            Arc::ptr_eq(&c, &d),
+            "both beyond the bound: the shared `other`"
+        );
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(Arc::ptr_eq(&one.for_call("/a.A/M", "a.A", "M"), &a));
+        // Already admitted on this listener: its own series on another route too.
+        let b_again = one.for_call("/b.B/M", "b.B", "M");
+        assert!(!Arc::ptr_eq(&b_again, &c));
+        assert!(!Arc::ptr_eq(&elsewhere.for_call("/c.C/M", "c.C", "M"), &c));
+        c.call_finished(Code::Ok, 0.0, 0, 0);
+        d.call_finished(Code::Ok, 0.0, 0, 0);
+        assert_eq!(
+            f.calls
+                .with_label_values(&["l", "*", "up", OTHER, OTHER, "OK"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            one.table.load().len(),
+            3,
+            "a.A/M, b.B/M and other; no c or d"
+        );
+    }
+}
