@@ -507,3 +507,82 @@ async fn healthcheck_command_follows_the_admin_listener() {
         "{output}"
     );
 }
+
+/// The status page and `/upstreams` show each route's and upstream's last minute of traffic
+/// (calls, share not OK, percentiles, a 60-second chart) and the listeners' connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_last_minute_of_traffic() {
+    let live = Backend::start(BackendOptions::named("live")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = with_admin(
+        crate::fixture::single_backend_config(listen, live.addr),
+        admin,
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    for _ in 0..20 {
+        c.unary(req(b"ok")).await.unwrap();
+    }
+    for _ in 0..5 {
+        let failing = EchoRequest {
+            fail_code: Code::NotFound as i32,
+            ..Default::default()
+        };
+        c.unary(failing).await.expect_err("NOT_FOUND");
+    }
+    let view: serde_json::Value = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = http_get(admin, "/upstreams");
+            let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if view["routes"][0]["traffic"]["calls"] == 25 || std::time::Instant::now() >= deadline
+            {
+                return view;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let route = &view["routes"][0];
+    assert_eq!(
+        (&route["listener"], &route["route"], &route["upstream"]),
+        (&"public".into(), &"bench.Echo".into(), &"echo".into())
+    );
+    let traffic = &route["traffic"];
+    assert_eq!(traffic["calls"], 25, "{view}");
+    assert_eq!(traffic["errors"], 5);
+    assert_eq!(traffic["error_share"], 0.2);
+    assert!(traffic["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(traffic["p99_ms"].as_f64().unwrap() >= traffic["p50_ms"].as_f64().unwrap());
+    let per_second = traffic["per_second"].as_array().unwrap();
+    assert_eq!(per_second.len(), 60);
+    assert_eq!(
+        per_second.iter().filter_map(|v| v.as_u64()).sum::<u64>(),
+        25
+    );
+    let upstream = &view["upstreams"][0]["traffic"];
+    assert_eq!(
+        (&upstream["calls"], &upstream["errors"]),
+        (&25.into(), &5.into())
+    );
+    let listener = &view["listeners"][0];
+    assert_eq!(
+        (&listener["name"], &listener["protocol"]),
+        (&"public".into(), &"grpc".into())
+    );
+    assert!(
+        listener["open_connections"].as_i64().unwrap() >= 1,
+        "{listener}"
+    );
+
+    let (status, page) = tokio::task::block_in_place(|| http_get(admin, "/"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"data-route="bench.Echo" data-calls="25" data-errors="5""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-upstream="echo" data-calls="25" data-errors="5""#));
+    assert!(page.contains("20.0%"), "the share not OK");
+    assert!(page.contains(r#"<svg class="chart""#) && page.contains(r#"<rect class="errors""#));
+    assert!(page.contains(r#"<tr class="listener" data-listener="public""#));
+    assert!(!page.contains("<script"), "no script on the page");
+}

@@ -65,6 +65,7 @@ impl AdminApp {
             &self.routing.load_full(),
             self.discovery.as_deref(),
             Some(&self.dns),
+            Some(&self.metrics),
             self.not_ready_reason(),
         )
     }

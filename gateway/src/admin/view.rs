@@ -9,6 +9,8 @@ use crate::breaker::State;
 use crate::discovery::dns::{DnsStatus, Outcome};
 use crate::discovery::etcd::DiscoveryStatus;
 use crate::discovery::EndpointSource;
+use crate::metrics::Metrics;
+use crate::observe::traffic::TrafficSummary;
 use crate::routing::RoutingSnapshot;
 
 #[derive(Debug, Serialize)]
@@ -16,7 +18,27 @@ pub struct GatewayView {
     pub ready: bool,
     pub not_ready_reason: Option<String>,
     pub discovery: Option<DiscoveryView>,
+    pub listeners: Vec<ListenerView>,
+    /// Every route with its last minute of traffic.
+    pub routes: Vec<RouteView>,
     pub upstreams: Vec<UpstreamView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListenerView {
+    pub name: String,
+    pub protocol: &'static str,
+    pub open_connections: i64,
+    /// Connections refused or closed by the gateway's limits, by reason, since start.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    pub listener: String,
+    pub route: String,
+    pub upstream: String,
+    pub traffic: TrafficSummary,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,6 +56,8 @@ pub struct UpstreamView {
     pub probed: bool,
     pub empty_reason: Option<String>,
     pub staleness_seconds: Option<f64>,
+    /// The last minute of calls to this upstream, all routes together (none without metrics).
+    pub traffic: Option<TrafficSummary>,
     /// dns upstreams: each name's resolution state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<DnsNameView>>,
@@ -150,6 +174,7 @@ pub fn gateway_view(
     snapshot: &RoutingSnapshot,
     discovery: Option<&DiscoveryStatus>,
     dns: Option<&DnsStatus>,
+    metrics: Option<&Metrics>,
     not_ready: Option<String>,
 ) -> GatewayView {
     let staleness = discovery.map(|d| {
@@ -174,6 +199,7 @@ pub fn gateway_view(
                     "dns" => dns.as_deref().and_then(dns_staleness),
                     _ => None,
                 },
+                traffic: metrics.map(|m| m.upstream_traffic(&u.name).summary()),
                 dns,
                 endpoints: u
                     .endpoints
@@ -212,7 +238,38 @@ pub fn gateway_view(
         })
         .collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut routes: Vec<RouteView> = snapshot
+        .route_tables()
+        .flat_map(|(listener, table)| {
+            table.targets().filter_map(move |t| {
+                Some(RouteView {
+                    listener: listener.to_string(),
+                    route: t.route.to_string(),
+                    upstream: t.upstream.name.clone(),
+                    traffic: t.metrics.as_ref()?.traffic.summary(),
+                })
+            })
+        })
+        .collect();
+    routes.sort_by(|a, b| (&a.listener, &a.route).cmp(&(&b.listener, &b.route)));
+    let mut listeners: Vec<ListenerView> = snapshot
+        .route_tables()
+        .map(|(name, _)| (name, "grpc"))
+        .chain(snapshot.tcp_listeners().map(|name| (name, "tcp")))
+        .filter_map(|(name, protocol)| {
+            let (open, rejected) = metrics?.listener_figures(name);
+            Some(ListenerView {
+                name: name.to_string(),
+                protocol,
+                open_connections: open,
+                rejected: rejected.into_iter().collect(),
+            })
+        })
+        .collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
     GatewayView {
+        listeners,
+        routes,
         ready: not_ready.is_none(),
         not_ready_reason: not_ready,
         discovery: discovery.map(|d| DiscoveryView {

@@ -14,6 +14,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::observe::traffic::TrafficWindow;
 use methods::MethodFamilies;
 pub use methods::{MethodMetrics, RouteMethods, OTHER};
 
@@ -57,6 +58,8 @@ pub struct Metrics {
     /// One per (listener, route, upstream), kept across snapshots and reloads so a method's
     /// handles are created once.
     routes: Mutex<HashMap<(String, String, String), Arc<RouteMetrics>>>,
+    /// The status page's last minute per upstream, kept across snapshots.
+    upstream_traffic: Mutex<HashMap<String, Arc<TrafficWindow>>>,
     attempts: IntCounterVec,
     retries: IntCounterVec,
     in_flight: IntGaugeVec,
@@ -157,6 +160,7 @@ impl Metrics {
             endpoint_labels,
             methods,
             routes: Default::default(),
+            upstream_traffic: Default::default(),
             attempts: counter(
                 &registry,
                 "strait_upstream_attempts_total",
@@ -311,9 +315,39 @@ impl Metrics {
                 Arc::new(RouteMetrics {
                     methods: RouteMethods::new(self.methods.clone(), listener, route, upstream),
                     retries: self.retries.with_label_values(&[upstream]),
+                    traffic: Default::default(),
+                    upstream_traffic: self.upstream_traffic(upstream),
                 })
             })
             .clone()
+    }
+
+    /// The last minute of traffic of `upstream` (all its routes together).
+    pub fn upstream_traffic(&self, upstream: &str) -> Arc<TrafficWindow> {
+        let mut all = self
+            .upstream_traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.entry(upstream.to_string()).or_default().clone()
+    }
+
+    /// Open connections and rejections by reason of one listener, for the status page.
+    pub fn listener_figures(&self, listener: &str) -> (i64, Vec<(&'static str, u64)>) {
+        let open = self
+            .listener_connections
+            .with_label_values(&[listener])
+            .get();
+        let rejected = Rejection::ALL
+            .iter()
+            .map(|r| {
+                let n = self
+                    .listener_rejected
+                    .with_label_values(&[listener, r.as_str()])
+                    .get();
+                (r.as_str(), n)
+            })
+            .collect();
+        (open, rejected)
     }
 
     /// Counter for calls that matched no route (answered by the gateway itself).
@@ -401,6 +435,10 @@ impl Metrics {
 pub struct RouteMetrics {
     pub methods: RouteMethods,
     retries: IntCounter,
+    /// The last minute of this route's calls (status page).
+    pub traffic: TrafficWindow,
+    /// The same for its upstream, shared by every route to it.
+    pub upstream_traffic: Arc<TrafficWindow>,
 }
 
 impl RouteMetrics {

@@ -182,6 +182,14 @@ struct ServiceRoutes {
 }
 
 impl RouteTable {
+    /// Every route of the table (for the status page).
+    pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
+        self.services
+            .values()
+            .flat_map(|s| s.methods.values().chain(s.whole_service.iter()))
+            .chain(self.any.iter())
+    }
+
     pub fn find(&self, service: &str, method: &str) -> Option<&RouteTarget> {
         let by_service = self.services.get(service);
         by_service
@@ -346,6 +354,18 @@ impl RoutingSnapshot {
 
     pub fn tcp_route(&self, listener: &str) -> Option<&TcpRoute> {
         self.tcp.get(listener)
+    }
+
+    /// Every gRPC listener's route table, by listener name.
+    pub fn route_tables(&self) -> impl Iterator<Item = (&str, &RouteTable)> {
+        self.listeners
+            .iter()
+            .map(|(name, table)| (name.as_str(), table))
+    }
+
+    /// The names of the tcp listeners.
+    pub fn tcp_listeners(&self) -> impl Iterator<Item = &str> {
+        self.tcp.keys().map(String::as_str)
     }
 
     pub fn routes(&self, listener: &str) -> Option<&RouteTable> {

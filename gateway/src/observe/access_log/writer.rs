@@ -47,12 +47,15 @@ impl Output {
         })
     }
 
+    /// `line` ends with its newline and goes in one `write_all`: the buffer never splits a
+    /// line, so two writers appending to one file (old and new log, for a moment after a
+    /// reload) never interleave inside a line, and stderr's lock keeps the process's own logs
+    /// out of it.
     fn write_line(&mut self, line: &str) -> io::Result<()> {
         match self {
-            // Locked per line: a line is never interleaved with the process's own logs.
-            Output::Stderr => writeln!(io::stderr().lock(), "{line}"),
-            Output::Stdout => writeln!(io::stdout().lock(), "{line}"),
-            Output::File { file, .. } => writeln!(file, "{line}"),
+            Output::Stderr => io::stderr().lock().write_all(line.as_bytes()),
+            Output::Stdout => io::stdout().lock().write_all(line.as_bytes()),
+            Output::File { file, .. } => file.write_all(line.as_bytes()),
         }
     }
 
@@ -134,9 +137,13 @@ fn write_lines(
     format: AccessLogFormat,
     reopen: &AtomicBool,
 ) {
-    let render = |r: &CallRecord| match format {
-        AccessLogFormat::Json => r.to_json(),
-        AccessLogFormat::Text => r.to_text(),
+    let render = |r: &CallRecord| {
+        let mut line = match format {
+            AccessLogFormat::Json => r.to_json(),
+            AccessLogFormat::Text => r.to_text(),
+        };
+        line.push('\n');
+        line
     };
     let mut failing = false;
     loop {

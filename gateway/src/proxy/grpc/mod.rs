@@ -591,6 +591,11 @@ impl ProxyHttp for GrpcProxy {
             );
         }
         let seconds = ctx.started.elapsed().as_secs_f64();
+        if let Some(route) = ctx.target.as_ref().and_then(|t| t.metrics.as_ref()) {
+            let took = ctx.started.elapsed();
+            route.traffic.record(code == Code::Ok, took);
+            route.upstream_traffic.record(code == Code::Ok, took);
+        }
         match (&ctx.method_metrics, &self.metrics) {
             (Some(method), _) => {
                 method.call_finished(code, seconds, ctx.frames.messages, ctx.resp_frames.messages)
