@@ -2,6 +2,7 @@
 
 mod access_log;
 mod breakers;
+mod browser;
 mod calls;
 mod config_errors;
 mod deadlines;
