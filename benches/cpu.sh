@@ -13,6 +13,8 @@
 #                                                # PROFILE_OUT=DIR keeps the perf.data files
 #   BEFORE_BIN=/tmp/strait-before bash benches/cpu.sh   # an older strait build beside the
 #                                                # current one ("strait_before"), same run
+#   PROXIES="strait strait_log" bash benches/cpu.sh     # the cost of the access log: the same
+#                                                # build with [access_log] (JSON, to a file) on
 #
 # Workloads (the figures of issue #14):
 #   unary      closed loop, 64 calls in flight over 4 connections, 256 B payload (strait-loadgen)
@@ -39,7 +41,7 @@ BIN=target/release
 WORK=$(mktemp -d)
 B1=127.0.0.1:50361
 B2=127.0.0.1:50362
-declare -A ADDR=([strait]=127.0.0.1:50371 [strait_before]=127.0.0.1:50372 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
+declare -A ADDR=([strait]=127.0.0.1:50371 [strait_before]=127.0.0.1:50372 [strait_log]=127.0.0.1:50373 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
   [nghttpx]=127.0.0.1:50401 [direct]=$B1)
 declare -A PID
 
@@ -57,9 +59,9 @@ for b in $B1 $B2; do
   pids+=($!)
 done
 
-# start_strait_as NAME BINARY ADMIN_PORT
+# start_strait_as NAME BINARY ADMIN_PORT [EXTRA_TOML]
 start_strait_as() {
-  local name=$1 bin=$2 admin=$3
+  local name=$1 bin=$2 admin=$3 extra=${4:-}
   cat >"$WORK/$name.toml" <<TOML
 [gateway]
 threads = 1
@@ -80,12 +82,17 @@ upstream = "echo"
 [[upstream]]
 name = "echo"
 endpoints = [{ addr = "$B1" }, { addr = "$B2" }]
+
+$extra
 TOML
   STRAIT_LOG=warn taskset -c "$PROXY_CORE" "$bin" run --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
   PID[$name]=$!
 }
 start_strait() { start_strait_as strait $BIN/strait 50379; }
 start_strait_before() { start_strait_as strait_before "$BEFORE_BIN" 50378; }
+start_strait_log() {
+  start_strait_as strait_log $BIN/strait 50377 "$(printf '[access_log]\npath = "%s"\nformat = "json"' "$WORK/access.log")"
+}
 
 start_nginx() {
   mkdir -p "$WORK/nginx"

@@ -9,12 +9,13 @@
 //! error_while_proxy   -> decide whether another endpoint may be tried
 //! response filters    -> note `grpc-status` (headers, trailers-only or trailers), enforce deadline
 //! fail_to_proxy       -> answer the gateway's own errors the gRPC way
-//! logging             -> breaker verdict, metrics, the access log line
+//! logging             -> the breaker's verdict; then `report.rs`: metrics, traffic, access log
 
 mod ctx;
 mod deadline;
 mod failure;
 mod frames;
+mod report;
 mod status;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use pingora::protocols::http::HttpTask;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
-use tracing::{debug, info};
+use tracing::debug;
 
 pub use ctx::CallCtx;
 pub use deadline::{format_grpc_timeout, parse_grpc_timeout};
@@ -572,48 +573,7 @@ impl ProxyHttp for GrpcProxy {
         let code = ctx
             .final_code()
             .unwrap_or(if e.is_some() { Code::Unknown } else { Code::Ok });
-        let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        let path = session.req_header().uri.path();
-        if let Some(status) = ctx
-            .local_status
-            .as_ref()
-            .filter(|s| s.code != Code::Cancelled)
-        {
-            info!(
-                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
-                attempts = ctx.tried.len(), elapsed_ms, message = %status.message,
-                "call answered by the gateway"
-            );
-        } else {
-            debug!(
-                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
-                attempts = ctx.tried.len(), elapsed_ms, "call finished"
-            );
-        }
-        let seconds = ctx.started.elapsed().as_secs_f64();
-        if let Some(route) = ctx.target.as_ref().and_then(|t| t.metrics.as_ref()) {
-            let took = ctx.started.elapsed();
-            route.traffic.record(code == Code::Ok, took);
-            route.upstream_traffic.record(code == Code::Ok, took);
-        }
-        match (&ctx.method_metrics, &self.metrics) {
-            (Some(method), _) => {
-                method.call_finished(code, seconds, ctx.frames.messages, ctx.resp_frames.messages)
-            }
-            (None, Some(metrics)) if ctx.target.is_none() => {
-                metrics.unrouted_call(&self.listener, code)
-            }
-            (None, _) => {}
-        }
-        if !ctx.not_grpc && self.access_log.wants(code == Code::Ok) {
-            let peer = session.client_addr().map(|a| a.to_string());
-            self.access_log.write(ctx.access_record(
-                &self.listener,
-                session.req_header(),
-                peer,
-                code,
-            ));
-        }
+        self.report(session, ctx, code);
         if let Some(gauge) = ctx.in_flight_gauge.take() {
             gauge.dec();
         }

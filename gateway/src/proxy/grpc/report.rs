@@ -1,0 +1,57 @@
+//! What a finished call leaves behind, all fed by its context in one place: the log line of a
+//! call the gateway answered, the per-method metrics, the status page's traffic and the access
+//! log line.
+
+use pingora::proxy::Session;
+use tracing::{debug, info};
+
+use super::{CallCtx, Code, GrpcProxy};
+
+impl GrpcProxy {
+    pub(super) fn report(&self, session: &Session, ctx: &CallCtx, code: Code) {
+        let elapsed = ctx.started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let path = session.req_header().uri.path();
+        if let Some(status) = ctx
+            .local_status
+            .as_ref()
+            .filter(|s| s.code != Code::Cancelled)
+        {
+            info!(
+                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
+                attempts = ctx.tried.len(), elapsed_ms, message = %status.message,
+                "call answered by the gateway"
+            );
+        } else {
+            debug!(
+                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
+                attempts = ctx.tried.len(), elapsed_ms, "call finished"
+            );
+        }
+        if let Some(route) = ctx.target.as_ref().and_then(|t| t.metrics.as_ref()) {
+            route.traffic.record(code == Code::Ok, elapsed);
+            route.upstream_traffic.record(code == Code::Ok, elapsed);
+        }
+        match (&ctx.method_metrics, &self.metrics) {
+            (Some(method), _) => method.call_finished(
+                code,
+                elapsed.as_secs_f64(),
+                ctx.frames.messages,
+                ctx.resp_frames.messages,
+            ),
+            (None, Some(metrics)) if ctx.target.is_none() => {
+                metrics.unrouted_call(&self.listener, code)
+            }
+            (None, _) => {}
+        }
+        if !ctx.not_grpc && self.access_log.wants(code == Code::Ok) {
+            let peer = session.client_addr().map(|a| a.to_string());
+            self.access_log.write(ctx.access_record(
+                &self.listener,
+                session.req_header(),
+                peer,
+                code,
+            ));
+        }
+    }
+}
