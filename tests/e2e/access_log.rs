@@ -217,7 +217,9 @@ async fn sigusr1_reopens_the_file_without_losing_a_line() {
         let (old, new) = (lines(&rotated).len(), lines(&path).len());
         if old + new >= total {
             assert_eq!(old + new, total, "lines: {old} + {new} for {total} calls");
-            assert!(old >= 30 && new >= 10, "{old} / {new}");
+            // The 20 written before the rename stay in the rotated file, the calls made once
+            // the new file exists are in it; the 10 in between may be in either.
+            assert!(old >= 20 && new >= 10, "{old} / {new}");
             break;
         }
         assert!(
