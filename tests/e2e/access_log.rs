@@ -302,7 +302,9 @@ path = "access.log"
     let (name, back) = strait_tests::tcp::exchange(listen, b"ping").await.unwrap();
     assert_eq!((name.as_str(), back.as_slice()), ("pg", &b"ping"[..]));
     let path = gateway.dir.path().join("access.log");
-    // The harness's own readiness probe (connect, close) is a connection too: two lines.
+    // The harness's own readiness probe (connect, close at once) is a connection too: two
+    // lines. How the probe's ended (closed, or error if it left while the backend's greeting was
+    // on its way) is a race of the probe, not a property of the log.
     let found = tokio::task::block_in_place(|| wait_lines(&path, 2));
     assert_eq!(found.len(), 2, "{found:#?}");
     let (mine, probe): (Vec<serde_json::Value>, Vec<serde_json::Value>) = found
@@ -310,7 +312,7 @@ path = "access.log"
         .map(|l| json(l))
         .partition(|r| r["req_bytes"] == 4);
     assert_eq!((mine.len(), probe.len()), (1, 1), "{found:#?}");
-    assert_eq!(probe[0]["status"], "closed");
+    assert_eq!(probe[0]["listener"], "pg");
     let r = &mine[0];
     assert_eq!(r["listener"], "pg");
     assert_eq!(r["upstream"], "pg");
