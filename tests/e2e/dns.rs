@@ -42,6 +42,20 @@ async fn two_backends_on_one_port() -> (Backend, Backend, u16) {
     panic!("no port free on both 127.0.0.1 and 127.0.0.2");
 }
 
+/// Calls until b1 has served `n` calls in a row (panics after `PROPAGATION`, naming `what`).
+async fn only_b1_in_a_row(
+    c: &mut strait_tests::pb::echo_client::EchoClient<tonic::transport::Channel>,
+    n: usize,
+    what: &str,
+) {
+    let mut in_a_row = 0;
+    call_until(c, PROPAGATION, what, |b| {
+        in_a_row = if b == "b1" { in_a_row + 1 } else { 0 };
+        in_a_row >= n
+    })
+    .await;
+}
+
 fn dns_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -165,12 +179,7 @@ async fn addresses_added_and_removed_while_calls_run() {
     );
 
     dns.set(NAME, &[ip("127.0.0.2")], 3600);
-    let mut only_b1 = 0;
-    call_until(&mut c, PROPAGATION, "only b1 after the removal", |b| {
-        only_b1 = if b == "b1" { only_b1 + 1 } else { 0 };
-        only_b1 >= 40
-    })
-    .await;
+    only_b1_in_a_row(&mut c, 40, "only b1 after the removal").await;
     let (calls, failed) = traffic.finish().await;
     assert!(calls > 0);
     assert_eq!(
@@ -224,12 +233,7 @@ async fn a_short_ttl_shortens_a_long_refresh() {
     let mut c = client(listen).await;
     call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
     dns.set(NAME, &[ip("127.0.0.2")], 1);
-    let mut only_b1 = 0;
-    call_until(&mut c, PROPAGATION, "only b1 once the TTL ran out", |b| {
-        only_b1 = if b == "b1" { only_b1 + 1 } else { 0 };
-        only_b1 >= 20
-    })
-    .await;
+    only_b1_in_a_row(&mut c, 20, "only b1 once the TTL ran out").await;
     let view = tokio::task::block_in_place(|| upstreams(admin));
     assert_eq!(view["upstreams"][0]["dns"][0]["ttl_seconds"], 1);
     // Never below one second: a TTL of 0 must not turn into a query loop.
@@ -362,12 +366,7 @@ async fn a_reload_adds_a_dns_upstream() {
 
     gateway.write_config(&dns_text);
     gateway.signal("HUP");
-    let mut only_b1 = 0;
-    call_until(&mut c, PROPAGATION, "b1 serves after the reload", |b| {
-        only_b1 = if b == "b1" { only_b1 + 1 } else { 0 };
-        only_b1 >= 20
-    })
-    .await;
+    only_b1_in_a_row(&mut c, 20, "b1 serves after the reload").await;
     assert!(dns.queries(NAME) > 0);
 }
 
@@ -416,15 +415,5 @@ async fn a_panicked_dns_task_keeps_the_last_good_set() {
 
     dns.set(NAME, &[ip("127.0.0.2")], 1);
     dns.restart().await;
-    let mut only_b1 = 0;
-    call_until(
-        &mut c,
-        PROPAGATION,
-        "b1 after the restarted task resolves",
-        |b| {
-            only_b1 = if b == "b1" { only_b1 + 1 } else { 0 };
-            only_b1 >= 20
-        },
-    )
-    .await;
+    only_b1_in_a_row(&mut c, 20, "b1 after the restarted task resolves").await;
 }
