@@ -56,6 +56,40 @@ async fn only_b1_in_a_row(
     .await;
 }
 
+/// What most tests start from: b0 and b1 on one port, a DNS server answering `NAME` with
+/// 127.0.0.1 (TTL `ttl`), and a gateway resolving it every `refresh`, already serving from b0.
+struct Serving {
+    b0: Backend,
+    b1: Backend,
+    port: u16,
+    dns: DnsServer,
+    gateway: Gateway,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    c: strait_tests::pb::echo_client::EchoClient<tonic::transport::Channel>,
+}
+
+async fn serving_b0(ttl: u32, refresh: &str) -> Serving {
+    let (b0, b1, port) = two_backends_on_one_port().await;
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &[ip("127.0.0.1")], ttl);
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = dns_config(listen, admin, dns.addr, port, refresh);
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    Serving {
+        b0,
+        b1,
+        port,
+        dns,
+        gateway,
+        listen,
+        admin,
+        c,
+    }
+}
+
 fn dns_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -154,14 +188,16 @@ impl Traffic {
 /// never lengthens the refresh, and nothing caches the answer), and no call fails through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_added_and_removed_while_calls_run() {
-    let (b0, b1, port) = two_backends_on_one_port().await;
-    let dns = DnsServer::start().await;
-    dns.set(NAME, &[ip("127.0.0.1")], 3600);
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = dns_config(listen, admin, dns.addr, port, "1s");
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let Serving {
+        b0,
+        b1,
+        port,
+        dns,
+        gateway: _gateway,
+        listen,
+        admin,
+        mut c,
+    } = serving_b0(3600, "1s").await;
     let b0_state = tokio::task::block_in_place(|| upstreams(admin));
     let endpoints = &b0_state["upstreams"][0]["endpoints"];
     assert_eq!(endpoints.as_array().unwrap().len(), 1, "{b0_state}");
@@ -224,14 +260,16 @@ async fn addresses_added_and_removed_while_calls_run() {
 /// refresh 1h with a TTL of 1s: the TTL shortens the refresh, so a change is seen in seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_ttl_shortens_a_long_refresh() {
-    let (_b0, _b1, port) = two_backends_on_one_port().await;
-    let dns = DnsServer::start().await;
-    dns.set(NAME, &[ip("127.0.0.1")], 1);
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = dns_config(listen, admin, dns.addr, port, "1h");
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let Serving {
+        b0: _b0,
+        b1: _b1,
+        port: _,
+        dns,
+        gateway: _gateway,
+        listen: _,
+        admin,
+        mut c,
+    } = serving_b0(1, "1h").await;
     dns.set(NAME, &[ip("127.0.0.2")], 1);
     only_b1_in_a_row(&mut c, 20, "only b1 once the TTL ran out").await;
     let view = tokio::task::block_in_place(|| upstreams(admin));
@@ -249,14 +287,16 @@ async fn a_short_ttl_shortens_a_long_refresh() {
 /// logged and staleness grows; when the server is back, its answer is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_keeps_the_last_good_set() {
-    let (_b0, _b1, port) = two_backends_on_one_port().await;
-    let mut dns = DnsServer::start().await;
-    dns.set(NAME, &[ip("127.0.0.1")], 1);
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = dns_config(listen, admin, dns.addr, port, "1s");
-    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let Serving {
+        b0: _b0,
+        b1: _b1,
+        port: _,
+        mut dns,
+        gateway,
+        listen: _,
+        admin,
+        mut c,
+    } = serving_b0(1, "1s").await;
 
     dns.stop().await;
     let failing = tokio::task::block_in_place(|| {
@@ -375,14 +415,16 @@ async fn a_reload_adds_a_dns_upstream() {
 /// server is back the restarted task follows changes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicked_dns_task_keeps_the_last_good_set() {
-    let (_b0, _b1, port) = two_backends_on_one_port().await;
-    let mut dns = DnsServer::start().await;
-    dns.set(NAME, &[ip("127.0.0.1")], 1);
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = dns_config(listen, admin, dns.addr, port, "1s");
-    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let mut c = client(listen).await;
-    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let Serving {
+        b0: _b0,
+        b1: _b1,
+        port: _,
+        mut dns,
+        gateway,
+        listen: _,
+        admin,
+        mut c,
+    } = serving_b0(1, "1s").await;
     dns.stop().await;
 
     let (status, body) = tokio::task::block_in_place(|| {
