@@ -23,3 +23,4 @@ mod soak;
 mod streams;
 mod supervision;
 mod tcp;
+mod tracing;

@@ -84,9 +84,18 @@ struct EchoService {
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
 
 /// Request metadata `x-echo-*` comes back in the response headers; on a failing status,
-/// `x-echo-*` also comes back in the trailers as `x-trailer-*`.
+/// `x-echo-*` also comes back in the trailers as `x-trailer-*`. The W3C trace context the
+/// backend received comes back as `x-seen-traceparent` and `x-seen-tracestate`.
 fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
+    for (seen, as_name) in [
+        ("traceparent", "x-seen-traceparent"),
+        ("tracestate", "x-seen-tracestate"),
+    ] {
+        if let Some(value) = from.get(seen) {
+            out.insert(as_name, value.clone());
+        }
+    }
     for kv in from.iter() {
         match kv {
             tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-echo-") => {

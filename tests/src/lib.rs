@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod h2_backend;
 pub mod net;
+pub mod otlp;
 pub mod raw;
 pub mod tcp;
 pub mod tls;

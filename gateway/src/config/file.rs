@@ -31,6 +31,21 @@ pub struct FileConfig {
     pub dns: Option<DnsSection>,
     pub admin: Option<AdminSection>,
     pub access_log: Option<AccessLogSection>,
+    pub tracing: Option<TracingSection>,
+}
+
+/// OpenTelemetry tracing: W3C trace context in and out, one span per call exported over
+/// OTLP/gRPC in batches, off the call path. Reloadable.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The OTLP/gRPC collector, "http://host:port" or "https://host:port" (4317 by convention).
+    pub otlp_endpoint: Spanned<String>,
+    /// The `service.name` of the exported spans (default "strait").
+    pub service_name: Option<Spanned<String>>,
+    /// Fraction of calls traced when they arrive without a `traceparent` (default 0.01); a
+    /// caller's sampled flag decides for calls that carry one.
+    pub sample: Option<Spanned<f64>>,
 }
 
 /// One line per finished call and tcp connection, written off the call path. Reloadable.

@@ -9,6 +9,7 @@ mod file;
 mod model;
 mod spanned;
 mod tls_files;
+mod tracing;
 mod validate;
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// One line per call; none without `[access_log]`.
     pub access_log: Option<AccessLogConfig>,
+    /// Spans exported over OTLP; none without `[tracing]`.
+    pub tracing: Option<TracingConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// `http://` or `https://` host and port of an OTLP/gRPC collector.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Ratio of calls without a caller's sampling decision that are traced, 0 to 1.
+    pub sample: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1268,3 +1268,57 @@ fn access_log_section() {
     }
     refused(&with("rotate = true"), "access_log.rotate", "unknown field");
 }
+
+#[test]
+fn tracing_section() {
+    let with = |section: &str| format!("{}\n[tracing]\n{section}\n", gateway(""));
+    assert!(accepted(&gateway("")).tracing.is_none());
+    let tracing = accepted(&with("otlp_endpoint = \"http://127.0.0.1:4317\""))
+        .tracing
+        .unwrap();
+    assert_eq!(
+        tracing,
+        TracingConfig {
+            otlp_endpoint: "http://127.0.0.1:4317".into(),
+            service_name: "strait".into(),
+            sample: 0.01,
+        }
+    );
+    let tracing = accepted(&with(
+        "otlp_endpoint = \"https://otel.example.com:4317\"\nservice_name = \"edge\"\nsample = 1",
+    ))
+    .tracing
+    .unwrap();
+    assert_eq!(
+        (tracing.service_name.as_str(), tracing.sample),
+        ("edge", 1.0)
+    );
+    refused(&with("sample = 0.5"), "tracing", "otlp_endpoint");
+    refused(
+        &with("otlp_endpoint = \"127.0.0.1:4317\""),
+        "tracing.otlp_endpoint",
+        "http:// or https://",
+    );
+    refused(
+        &with("otlp_endpoint = \"http://a:4317/v1/traces\""),
+        "tracing.otlp_endpoint",
+        "host[:port] only",
+    );
+    for bad in ["-0.1", "1.01", "nan"] {
+        refused(
+            &with(&format!("otlp_endpoint = \"http://a:1\"\nsample = {bad}")),
+            "tracing.sample",
+            "between 0 and 1",
+        );
+    }
+    refused(
+        &with("otlp_endpoint = \"http://a:1\"\nservice_name = \"\""),
+        "tracing.service_name",
+        "1 to 255",
+    );
+    refused(
+        &with("otlp_endpoint = \"http://a:1\"\nheaders = {}"),
+        "tracing.headers",
+        "unknown field",
+    );
+}

@@ -59,6 +59,10 @@ pub fn validate(
         .access_log
         .as_ref()
         .map(|section| super::access_log::validate_access_log(section, base_dir, &mut diag));
+    let tracing = file_config
+        .tracing
+        .as_ref()
+        .map(|section| super::tracing::validate_tracing(section, &mut diag));
     if etcd.is_none() {
         for (i, (section, upstream)) in file_config.upstreams.iter().zip(&upstreams).enumerate() {
             if matches!(upstream.discovery, Discovery::Etcd { .. }) {
@@ -112,6 +116,7 @@ pub fn validate(
             dns,
             admin,
             access_log,
+            tracing,
         })
     } else {
         Err(diag.into_error(file))

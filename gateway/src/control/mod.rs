@@ -15,7 +15,7 @@ use crate::discovery::etcd::EtcdView;
 use crate::discovery::Views;
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
-use crate::observe::access_log::AccessLog;
+use crate::observe::Observers;
 use crate::routing::{Routing, RoutingSnapshot};
 use crate::server::ListenerSet;
 
@@ -44,7 +44,7 @@ pub struct ControlPlane {
     metrics: Option<Arc<Metrics>>,
     /// Tells DNS discovery which names the running config resolves.
     dns_plan: tokio::sync::watch::Sender<DnsPlan>,
-    access_log: Arc<AccessLog>,
+    observers: Arc<Observers>,
 }
 
 impl ControlPlane {
@@ -55,7 +55,7 @@ impl ControlPlane {
         registry: Arc<EndpointRegistry>,
         listeners: Arc<ListenerSet>,
         metrics: Option<Arc<Metrics>>,
-        access_log: Arc<AccessLog>,
+        observers: Arc<Observers>,
     ) -> Self {
         let (dns_plan, _) = tokio::sync::watch::channel(DnsPlan::from_config(&config));
         Self {
@@ -70,7 +70,7 @@ impl ControlPlane {
             listeners,
             metrics,
             dns_plan,
-            access_log,
+            observers,
         }
     }
 

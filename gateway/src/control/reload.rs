@@ -33,7 +33,7 @@ pub enum ReloadError {
     #[error("the new config could not be applied; the running config stays: {0}")]
     Listener(#[from] ListenerError),
     #[error("the new config could not be applied; the running config stays: {0}")]
-    AccessLog(#[from] crate::observe::access_log::AccessLogError),
+    Observe(#[from] crate::observe::ObserveError),
     #[error("routes and upstreams were reloaded, but a listener could not follow: {0}")]
     Partial(ListenerError),
 }
@@ -106,7 +106,7 @@ impl ControlPlane {
             return Err(ReloadError::NeedsRestart(needs_restart));
         }
         let plan = self.listeners.prepare(&new.listeners)?;
-        let access_log = self.access_log.prepare(new.access_log.as_ref())?;
+        let observers = self.observers.prepare(&new)?;
         {
             let mut current = self.lock();
             let mut snapshot = crate::routing::RoutingSnapshot::build(
@@ -126,9 +126,7 @@ impl ControlPlane {
             snapshot.keep_listeners_from(&previous, &removed);
             snapshot.generation = previous.generation + 1;
             self.routing.store(snapshot);
-            if let Some(access_log) = access_log {
-                self.access_log.commit(access_log);
-            }
+            self.observers.commit(observers);
             current.config = Arc::new(new.clone());
             // New names are resolved at once; names no longer used are forgotten.
             self.dns_plan
@@ -183,7 +181,7 @@ async fn serve(
         let reply = tokio::select! {
             Some(()) = reopens.recv() => {
                 info!("SIGUSR1: reopening the access log");
-                control.access_log.reopen();
+                control.observers.access_log.reopen();
                 continue;
             }
             Some(()) = hangups.recv() => {

@@ -82,6 +82,7 @@ pub struct Metrics {
     listener_rejected: IntCounterVec,
     background_restarts: IntCounterVec,
     pub(crate) access_log_dropped: IntCounter,
+    pub(crate) trace_spans: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -233,6 +234,12 @@ impl Metrics {
                 &registry,
                 "strait_config_loads_total",
                 "Config loads and reloads by result.",
+                &["result"],
+            ),
+            trace_spans: counter(
+                &registry,
+                "strait_trace_spans_total",
+                "Finished trace spans by what became of them: exported to the OTLP collector, or dropped (queue_full: the exporter fell behind; export_failed: the collector refused or could not be reached).",
                 &["result"],
             ),
             access_log_dropped: {

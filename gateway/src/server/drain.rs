@@ -13,7 +13,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tracing::info;
 
 use super::ListenerSet;
-use crate::observe::access_log::AccessLog;
+use crate::observe::Observers;
 use crate::proxy::InFlightCalls;
 
 /// How long the count must stay at zero before exiting: lets the last trailers and GOAWAY frames
@@ -29,7 +29,7 @@ pub fn exit_when_drained(
     running: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
     listeners: Arc<ListenerSet>,
-    access_log: Arc<AccessLog>,
+    observers: Arc<Observers>,
 ) {
     std::thread::Builder::new()
         .name("strait-drain".into())
@@ -45,8 +45,8 @@ pub fn exit_when_drained(
                     running.store(false, Ordering::Release);
                     wait_for_calls(&calls, grace);
                     info!("drained, exiting");
-                    // The last calls' lines reach the disk before the process ends.
-                    access_log.close(Duration::from_secs(2));
+                    // The last calls' lines and spans leave before the process ends.
+                    observers.close(Duration::from_secs(2));
                     std::process::exit(0);
                 }
                 Ok(ExecutionPhase::Terminated) | Err(RecvError::Closed) => return,

@@ -47,7 +47,7 @@ pub struct ListenerDeps {
     pub metrics: Option<Arc<Metrics>>,
     /// How long a draining tcp connection may go on.
     pub grace: Duration,
-    pub access_log: Arc<crate::observe::access_log::AccessLog>,
+    pub observers: Arc<crate::observe::Observers>,
 }
 
 struct Running {
@@ -375,7 +375,7 @@ impl ListenerSet {
             d.settings.clone(),
             d.calls.clone(),
             d.metrics.clone(),
-            d.access_log.clone(),
+            d.observers.clone(),
         );
         let mut proxy = http_proxy(&d.server_conf, app);
         let mut server_options = HttpServerOptions::default();
@@ -447,7 +447,7 @@ impl ListenerSet {
             d.calls.clone(),
             d.grace,
             d.metrics.as_ref().map(|m| m.tcp(&listener.name)),
-            d.access_log.clone(),
+            d.observers.clone(),
         );
         let app = Admission::new(
             &listener.name,

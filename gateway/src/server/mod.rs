@@ -27,7 +27,7 @@ use crate::control::{ControlPlane, ReloadHandle};
 use crate::discovery::{dns, etcd};
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
-use crate::observe::access_log::AccessLog;
+use crate::observe::Observers;
 use crate::proxy::grpc::CallSettings;
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, RoutingSnapshot};
@@ -43,7 +43,7 @@ pub enum StartError {
     #[error(transparent)]
     Snapshot(#[from] crate::routing::SnapshotError),
     #[error(transparent)]
-    AccessLog(#[from] crate::observe::access_log::AccessLogError),
+    Observe(#[from] crate::observe::ObserveError),
 }
 
 /// pingora's process settings: worker threads, and the grace bounds for a drain.
@@ -75,10 +75,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     if let Some(m) = &metrics {
         m.config_loaded(true);
     }
-    let access_log = Arc::new(AccessLog::new(
-        metrics.as_ref().map(|m| m.access_log_dropped.clone()),
-    ));
-    access_log.apply(config.access_log.as_ref())?;
+    let observers = Arc::new(Observers::new(metrics.as_deref()));
+    observers.apply(&config)?;
     crate::memory::spawn_trimmer();
     let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
     let snapshot = RoutingSnapshot::build(&config, Default::default(), &registry, None)?;
@@ -97,7 +95,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             calls: calls.clone(),
             metrics: metrics.clone(),
             grace,
-            access_log: access_log.clone(),
+            observers: observers.clone(),
         },
         config.gateway.threads,
     )?);
@@ -108,7 +106,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         registry,
         listeners.clone(),
         metrics.clone(),
-        access_log.clone(),
+        observers.clone(),
     ));
     let supervisor = Supervisor::new(metrics.clone(), Arc::new(FaultHooks::from_env()));
     let discovery = config.etcd.clone().map(|etcd_config| {
@@ -169,7 +167,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         running,
         draining,
         listeners,
-        access_log,
+        observers,
     );
     info!(
         version = env!("CARGO_PKG_VERSION"),

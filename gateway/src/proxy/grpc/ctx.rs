@@ -10,6 +10,7 @@ use crate::breaker::Outcome;
 use crate::endpoint::{DialTicket, EndpointState, InFlightGuard};
 use crate::metrics::AttemptOutcome;
 use crate::observe::access_log::CallRecord;
+use crate::observe::trace::{AttemptTiming, CallTrace};
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
 
@@ -23,6 +24,8 @@ pub struct Attempt {
     pub trial: bool,
     /// This attempt dials the endpoint for every call waiting on it (see `DialGate`).
     pub dial: Option<DialTicket>,
+    /// When it began, kept only for a traced call (its child span per attempt).
+    pub started: Option<SystemTime>,
     _in_flight: InFlightGuard,
 }
 
@@ -33,6 +36,7 @@ impl Attempt {
             endpoint,
             trial,
             dial: None,
+            started: None,
             _in_flight: in_flight,
         }
     }
@@ -73,6 +77,9 @@ pub struct CallCtx {
     pub endpoint: Option<SocketAddr>,
     /// This call's per-method counters (none without `[admin]`, or before routing).
     pub method_metrics: Option<Arc<crate::metrics::MethodMetrics>>,
+    /// The call's trace when tracing is on (sampled or not: the upstream gets a `traceparent`
+    /// either way).
+    pub trace: Option<CallTrace>,
 }
 
 impl CallCtx {
@@ -96,6 +103,7 @@ impl CallCtx {
             resp_frames: Default::default(),
             endpoint: None,
             method_metrics: None,
+            trace: None,
         }
     }
 
@@ -131,7 +139,7 @@ impl CallCtx {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-            trace_id: None,
+            trace_id: self.trace.as_ref().map(CallTrace::trace_id),
         }
     }
 
@@ -161,6 +169,14 @@ impl CallCtx {
         };
         if let Some(counted_as) = counted_as {
             attempt.endpoint.count_attempt(counted_as);
+        }
+        if let (Some(start), Some(trace)) = (attempt.started, self.trace.as_mut()) {
+            trace.attempt_ended(AttemptTiming {
+                endpoint: attempt.endpoint.addr,
+                start,
+                end: SystemTime::now(),
+                outcome: counted_as.map_or("cancelled", AttemptOutcome::as_str),
+            });
         }
         match (outcome, &self.target) {
             (Some(Outcome::Failure), Some(target)) => {

@@ -39,7 +39,7 @@ pub use status::{encode_grpc_message, Code, LocalStatus};
 use crate::breaker::{Admission, Outcome};
 use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
-use crate::observe::access_log::AccessLog;
+use crate::observe::Observers;
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -61,7 +61,7 @@ pub struct GrpcProxy {
     calls: InFlightCalls,
     metrics: Option<Arc<Metrics>>,
     in_flight: Option<prometheus::IntGauge>,
-    access_log: Arc<AccessLog>,
+    observers: Arc<Observers>,
 }
 
 impl GrpcProxy {
@@ -72,7 +72,7 @@ impl GrpcProxy {
         settings: Arc<CallSettings>,
         calls: InFlightCalls,
         metrics: Option<Arc<Metrics>>,
-        access_log: Arc<AccessLog>,
+        observers: Arc<Observers>,
     ) -> Self {
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
@@ -83,7 +83,7 @@ impl GrpcProxy {
             calls,
             metrics,
             in_flight,
-            access_log,
+            observers,
         }
     }
 
@@ -309,6 +309,7 @@ impl ProxyHttp for GrpcProxy {
             ctx.not_grpc = true;
             return Ok(true);
         }
+        ctx.trace = self.observers.tracing.start(&req.headers, req.uri.path());
         if let Err(status) = self.admit(session.req_header(), ctx) {
             write_local_status(session, &status).await?;
             ctx.local_status = Some(status);
@@ -364,6 +365,9 @@ impl ProxyHttp for GrpcProxy {
                 endpoint.state.dial.wait_settled(bound).await;
             }
         }
+        if ctx.trace.as_ref().is_some_and(|t| t.is_recording()) {
+            attempt.started = Some(std::time::SystemTime::now());
+        }
         ctx.attempt = Some(attempt);
         Ok(endpoint.peer.for_attempt(ctx.remaining()))
     }
@@ -392,6 +396,13 @@ impl ProxyHttp for GrpcProxy {
         if let Some(remaining) = ctx.remaining() {
             // The backend gets what is left of the budget, not the caller's original value.
             upstream_request.insert_header("grpc-timeout", format_grpc_timeout(remaining))?;
+        }
+        if let Some(trace) = &ctx.trace {
+            // The backend's spans join the caller's trace under the gateway's span.
+            upstream_request.insert_header("traceparent", trace.traceparent())?;
+            if trace.restarted {
+                upstream_request.remove_header("tracestate");
+            }
         }
         Ok(())
     }

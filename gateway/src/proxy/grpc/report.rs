@@ -1,6 +1,6 @@
 //! What a finished call leaves behind, all fed by its context in one place: the log line of a
-//! call the gateway answered, the per-method metrics, the status page's traffic and the access
-//! log line.
+//! call the gateway answered, the per-method metrics, the status page's traffic, the trace's
+//! spans and the access log line.
 
 use pingora::proxy::Session;
 use tracing::{debug, info};
@@ -8,7 +8,7 @@ use tracing::{debug, info};
 use super::{CallCtx, Code, GrpcProxy};
 
 impl GrpcProxy {
-    pub(super) fn report(&self, session: &Session, ctx: &CallCtx, code: Code) {
+    pub(super) fn report(&self, session: &Session, ctx: &mut CallCtx, code: Code) {
         let elapsed = ctx.started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         let path = session.req_header().uri.path();
@@ -44,14 +44,28 @@ impl GrpcProxy {
             }
             (None, _) => {}
         }
-        if !ctx.not_grpc && self.access_log.wants(code == Code::Ok) {
-            let peer = session.client_addr().map(|a| a.to_string());
-            self.access_log.write(ctx.access_record(
-                &self.listener,
-                session.req_header(),
-                peer,
-                code,
-            ));
+        if ctx.not_grpc {
+            return;
+        }
+        let logged = self.observers.access_log.wants(code == Code::Ok);
+        let traced = ctx.trace.as_ref().is_some_and(|t| t.is_recording());
+        if !logged && !traced {
+            return;
+        }
+        let req = session.req_header();
+        let peer = session.client_addr().map(|a| a.to_string());
+        let record = ctx.access_record(&self.listener, req, peer, code);
+        if let Some(trace) = ctx.trace.take() {
+            trace.finish(&record, authority(req));
+        }
+        if logged {
+            self.observers.access_log.write(record);
         }
     }
+}
+
+/// The host and port the caller addressed (`:authority`), for the span's `server.address`.
+fn authority(req: &pingora::http::RequestHeader) -> Option<(&str, Option<u16>)> {
+    let authority = req.uri.authority()?;
+    Some((authority.host(), authority.port_u16()))
 }

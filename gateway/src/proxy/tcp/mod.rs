@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use crate::breaker::{Admission, Outcome};
 use crate::metrics::{AttemptOutcome, TcpMetrics, TcpOutcome};
-use crate::observe::access_log::{AccessLog, CallRecord};
+use crate::observe::access_log::CallRecord;
+use crate::observe::Observers;
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, UpstreamSet};
 
@@ -31,7 +32,7 @@ pub struct TcpProxy {
     /// How long open connections may go on once the listener drains.
     grace: Duration,
     metrics: Option<TcpMetrics>,
-    access_log: Arc<AccessLog>,
+    observers: Arc<Observers>,
 }
 
 /// What the access log says about one tcp connection.
@@ -54,7 +55,7 @@ impl TcpProxy {
         calls: InFlightCalls,
         grace: Duration,
         metrics: Option<TcpMetrics>,
-        access_log: Arc<AccessLog>,
+        observers: Arc<Observers>,
     ) -> Self {
         Self {
             listener,
@@ -63,7 +64,7 @@ impl TcpProxy {
             calls,
             grace,
             metrics,
-            access_log,
+            observers,
         }
     }
 
@@ -72,11 +73,11 @@ impl TcpProxy {
             m.finished(c.outcome);
         }
         let ok = matches!(c.outcome, TcpOutcome::Closed | TcpOutcome::Drained);
-        if !self.access_log.wants(ok) {
+        if !self.observers.access_log.wants(ok) {
             return;
         }
         let elapsed = c.started.elapsed();
-        self.access_log.write(CallRecord {
+        self.observers.access_log.write(CallRecord {
             ts: std::time::SystemTime::now() - elapsed,
             listener: self.listener.clone(),
             peer: c.peer,

@@ -1,0 +1,273 @@
+//! One call's trace: the caller's W3C trace context read from its headers, the gateway's server
+//! span (sampled parent-based), the `traceparent` the upstream receives, and at the end the
+//! span's attributes and a child span per attempt when there was more than one.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+
+use crate::observe::access_log::CallRecord;
+
+/// Reads W3C headers from a request's header map.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// When one attempt of a call ran, where, and how it ended (`AttemptOutcome::as_str`, or
+/// "cancelled" when the caller ended it).
+#[derive(Debug, Clone)]
+pub struct AttemptTiming {
+    pub endpoint: SocketAddr,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub outcome: &'static str,
+}
+
+/// The trace of one call, started when its request arrived.
+#[derive(Debug)]
+pub struct CallTrace {
+    span: Span,
+    tracer: SdkTracer,
+    /// The caller sent a `traceparent` the gateway could not parse: the trace restarts here,
+    /// and the caller's `tracestate`, which belonged to it, is not forwarded (W3C).
+    pub restarted: bool,
+    attempts: Vec<AttemptTiming>,
+}
+
+/// The request's own parent context (empty without a valid `traceparent`), and whether it
+/// carried one that was invalid.
+fn caller_context(headers: &http::HeaderMap) -> (Context, bool) {
+    let sent = headers.contains_key("traceparent");
+    let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
+    let valid = cx.span().span_context().is_valid();
+    (cx, sent && !valid)
+}
+
+impl CallTrace {
+    /// Starts the server span of a call to `name` (the gRPC method, `package.Service/Method`).
+    pub(super) fn start(tracer: &SdkTracer, headers: &http::HeaderMap, name: String) -> Self {
+        let (parent, restarted) = caller_context(headers);
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        Self {
+            span,
+            tracer: tracer.clone(),
+            restarted,
+            attempts: Vec::new(),
+        }
+    }
+
+    /// Sampled: the span is recorded and exported when the call ends.
+    pub fn is_recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
+    fn context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// The trace id in lowercase hex, as in `traceparent` (the access log's `trace_id`).
+    pub fn trace_id(&self) -> String {
+        self.context().trace_id().to_string()
+    }
+
+    /// What the upstream receives: the same trace, the gateway's span as parent, the sampling
+    /// decision.
+    pub fn traceparent(&self) -> String {
+        let cx = self.context();
+        format!(
+            "00-{}-{}-{:02x}",
+            cx.trace_id(),
+            cx.span_id(),
+            cx.trace_flags().to_u8()
+        )
+    }
+
+    /// Keeps an attempt's timing for its child span (only while recording).
+    pub fn attempt_ended(&mut self, timing: AttemptTiming) {
+        if self.is_recording() {
+            self.attempts.push(timing);
+        }
+    }
+
+    /// Ends the call's span: attributes from the finished call, the span status from its gRPC
+    /// code, and a child span per attempt when there was more than one. `server` is the
+    /// authority the caller addressed.
+    pub fn finish(self, call: &CallRecord, server: Option<(&str, Option<u16>)>) {
+        if !self.is_recording() {
+            return;
+        }
+        let end = SystemTime::now();
+        let Self {
+            mut span,
+            tracer,
+            attempts,
+            ..
+        } = self;
+        span.set_attributes(call_attributes(call, server));
+        let code = call.code.unwrap_or(2);
+        if is_server_error(code) {
+            let why = call
+                .message
+                .clone()
+                .or_else(|| call.status.map(str::to_string))
+                .unwrap_or_default();
+            span.set_status(Status::error(why));
+        }
+        if attempts.len() <= 1 {
+            span.end_with_timestamp(end);
+            return;
+        }
+        let name = span_name(call);
+        let cx = Context::new().with_span(span);
+        for (n, attempt) in attempts.iter().enumerate() {
+            let mut child = tracer
+                .span_builder(name.clone())
+                .with_kind(SpanKind::Client)
+                .with_start_time(attempt.start)
+                .with_attributes(attempt_attributes(n + 1, attempt))
+                .start_with_context(&tracer, &cx);
+            if attempt.outcome != "ok" {
+                child.set_status(Status::error(attempt.outcome));
+            }
+            child.end_with_timestamp(attempt.end);
+        }
+        cx.span().end_with_timestamp(end);
+    }
+}
+
+fn span_name(call: &CallRecord) -> String {
+    let path = call.method.as_deref().unwrap_or("/");
+    path.strip_prefix('/').unwrap_or(path).to_string()
+}
+
+/// gRPC codes that mark a server span as failed (OpenTelemetry's RPC conventions): the
+/// others (NOT_FOUND, PERMISSION_DENIED, ...) are the caller's doing, not the server's.
+fn is_server_error(code: u8) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+fn string(key: &'static str, value: &Option<String>) -> Option<KeyValue> {
+    value.as_ref().map(|v| KeyValue::new(key, v.clone()))
+}
+
+fn split_addr(addr: &str) -> Option<(String, i64)> {
+    let parsed: SocketAddr = addr.parse().ok()?;
+    Some((parsed.ip().to_string(), i64::from(parsed.port())))
+}
+
+/// OpenTelemetry's RPC semantic-convention attributes, plus Strait's own.
+fn call_attributes(call: &CallRecord, server: Option<(&str, Option<u16>)>) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(14);
+    attrs.push(KeyValue::new("rpc.system", "grpc"));
+    let name = span_name(call);
+    if let Some((service, method)) = name.split_once('/') {
+        attrs.push(KeyValue::new("rpc.service", service.to_string()));
+        attrs.push(KeyValue::new("rpc.method", method.to_string()));
+    }
+    attrs.push(KeyValue::new(
+        "rpc.grpc.status_code",
+        i64::from(call.code.unwrap_or(2)),
+    ));
+    if let Some((host, port)) = server {
+        attrs.push(KeyValue::new("server.address", host.to_string()));
+        if let Some(port) = port {
+            attrs.push(KeyValue::new("server.port", i64::from(port)));
+        }
+    }
+    if let Some((ip, port)) = call.peer.as_deref().and_then(split_addr) {
+        attrs.push(KeyValue::new("network.peer.address", ip));
+        attrs.push(KeyValue::new("network.peer.port", port));
+    }
+    attrs.push(KeyValue::new("strait.listener", call.listener.clone()));
+    attrs.extend(string("strait.route", &call.route));
+    attrs.extend(string("strait.upstream", &call.upstream));
+    attrs.extend(string("strait.endpoint", &call.endpoint));
+    attrs.push(KeyValue::new("strait.attempts", i64::from(call.attempts)));
+    attrs.extend(string("strait.region", &call.region));
+    attrs
+}
+
+fn attempt_attributes(number: usize, attempt: &AttemptTiming) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("server.address", attempt.endpoint.ip().to_string()),
+        KeyValue::new("server.port", i64::from(attempt.endpoint.port())),
+        KeyValue::new("strait.endpoint", attempt.endpoint.to_string()),
+        KeyValue::new("strait.attempt", number as i64),
+        KeyValue::new("strait.outcome", attempt.outcome),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_the_parent() {
+        let (cx, restarted) = caller_context(&headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]));
+        assert!(!restarted);
+        let sc = cx.span().span_context().clone();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(sc.span_id().to_string(), "b7ad6b7169203331");
+        assert!(sc.is_sampled() && sc.is_remote());
+    }
+
+    #[test]
+    fn invalid_or_missing_traceparents_start_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "garbage",
+        ] {
+            let (cx, restarted) = caller_context(&headers(&[("traceparent", bad)]));
+            assert!(restarted, "{bad}");
+            assert!(!cx.span().span_context().is_valid(), "{bad}");
+        }
+        let (cx, restarted) = caller_context(&headers(&[]));
+        assert!(!restarted && !cx.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn server_errors_follow_the_rpc_conventions() {
+        let errors: Vec<u8> = (0..=16).filter(|c| is_server_error(*c)).collect();
+        assert_eq!(errors, vec![2, 4, 12, 13, 14, 15]);
+    }
+}
