@@ -15,6 +15,8 @@
 #                                                # current one ("strait_before"), same run
 #   PROXIES="strait strait_log" bash benches/cpu.sh     # the cost of the access log: the same
 #                                                # build with [access_log] (JSON, to a file) on
+#   PROXIES="strait strait_obs" bash benches/cpu.sh     # the access log and tracing (sample
+#                                                # 0.01, to strait-otlp-sink on CLIENT_CORE)
 #
 # Workloads (the figures of issue #14):
 #   unary      closed loop, 64 calls in flight over 4 connections, 256 B payload (strait-loadgen)
@@ -41,14 +43,14 @@ BIN=target/release
 WORK=$(mktemp -d)
 B1=127.0.0.1:50361
 B2=127.0.0.1:50362
-declare -A ADDR=([strait]=127.0.0.1:50371 [strait_before]=127.0.0.1:50372 [strait_log]=127.0.0.1:50373 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
+declare -A ADDR=([strait]=127.0.0.1:50371 [strait_before]=127.0.0.1:50372 [strait_log]=127.0.0.1:50373 [strait_obs]=127.0.0.1:50374 [nginx]=127.0.0.1:50381 [haproxy]=127.0.0.1:50391
   [nghttpx]=127.0.0.1:50401 [direct]=$B1)
 declare -A PID
 
 for tool in nginx haproxy nghttpx h2load; do
   command -v $tool >/dev/null || { echo "$tool is needed: bash .ci/install-deps bench" >&2; exit 1; }
 done
-[ -x $BIN/strait ] && [ -x $BIN/strait-echo ] && [ -x $BIN/strait-loadgen ] || cargo build --release --workspace --bins
+[ -x $BIN/strait ] && [ -x $BIN/strait-echo ] && [ -x $BIN/strait-loadgen ] && [ -x $BIN/strait-otlp-sink ] || cargo build --release --workspace --bins
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -92,6 +94,15 @@ start_strait() { start_strait_as strait $BIN/strait 50379; }
 start_strait_before() { start_strait_as strait_before "$BEFORE_BIN" 50378; }
 start_strait_log() {
   start_strait_as strait_log $BIN/strait 50377 "$(printf '[access_log]\npath = "%s"\nformat = "json"' "$WORK/access.log")"
+}
+OTLP_SINK=127.0.0.1:50375
+start_strait_obs() {
+  if [ -z "${PID[otlp_sink]:-}" ]; then
+    taskset -c "$CLIENT_CORE" $BIN/strait-otlp-sink --listen $OTLP_SINK >"$WORK/otlp-sink.log" 2>&1 &
+    PID[otlp_sink]=$!
+    pids+=($!)
+  fi
+  start_strait_as strait_obs $BIN/strait 50376 "$(printf '[access_log]\npath = "%s"\nformat = "json"\n\n[tracing]\notlp_endpoint = "http://%s"\nsample = 0.01' "$WORK/access-obs.log" "$OTLP_SINK")"
 }
 
 start_nginx() {

@@ -42,6 +42,9 @@ async fn call_with(
 ) -> (Option<String>, Option<String>) {
     let mut c = client(listen).await;
     let mut request = Request::new(req(b"traced"));
+    request
+        .metadata_mut()
+        .insert("x-echo-trace-context", "1".parse().expect("ascii"));
     for (name, value) in headers {
         request
             .metadata_mut()

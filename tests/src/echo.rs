@@ -84,14 +84,20 @@ struct EchoService {
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
 
 /// Request metadata `x-echo-*` comes back in the response headers; on a failing status,
-/// `x-echo-*` also comes back in the trailers as `x-trailer-*`. The W3C trace context the
-/// backend received comes back as `x-seen-traceparent` and `x-seen-tracestate`.
+/// `x-echo-*` also comes back in the trailers as `x-trailer-*`. With `x-echo-trace-context`,
+/// the W3C trace context the backend received comes back as `x-seen-traceparent` and
+/// `x-seen-tracestate` (asked for, so a benchmark's replies stay as small as without tracing).
 fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
-    for (seen, as_name) in [
-        ("traceparent", "x-seen-traceparent"),
-        ("tracestate", "x-seen-tracestate"),
-    ] {
+    let trace_context: &[(&str, &str)] = if from.contains_key("x-echo-trace-context") {
+        &[
+            ("traceparent", "x-seen-traceparent"),
+            ("tracestate", "x-seen-tracestate"),
+        ]
+    } else {
+        &[]
+    };
+    for &(seen, as_name) in trace_context {
         if let Some(value) = from.get(seen) {
             out.insert(as_name, value.clone());
         }

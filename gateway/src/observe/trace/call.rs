@@ -46,8 +46,14 @@ pub struct CallTrace {
     /// The caller sent a `traceparent` the gateway could not parse: the trace restarts here,
     /// and the caller's `tracestate`, which belonged to it, is not forwarded (W3C).
     pub restarted: bool,
+    /// What the upstream receives, built once per call (every attempt sends the same).
+    traceparent: http::HeaderValue,
     attempts: Vec<AttemptTiming>,
 }
+
+/// Span name until the call ends: the real one (the method) is set only on spans that are
+/// recorded, so a call that is not sampled allocates no name.
+const PENDING_NAME: &str = "grpc call";
 
 /// The request's own parent context (empty without a valid `traceparent`), and whether it
 /// carried one that was invalid.
@@ -59,17 +65,19 @@ fn caller_context(headers: &http::HeaderMap) -> (Context, bool) {
 }
 
 impl CallTrace {
-    /// Starts the server span of a call to `name` (the gRPC method, `package.Service/Method`).
-    pub(super) fn start(tracer: &SdkTracer, headers: &http::HeaderMap, name: String) -> Self {
+    /// Starts the server span of a call that arrived with `headers`.
+    pub(super) fn start(tracer: &SdkTracer, headers: &http::HeaderMap) -> Self {
         let (parent, restarted) = caller_context(headers);
         let span = tracer
-            .span_builder(name)
+            .span_builder(PENDING_NAME)
             .with_kind(SpanKind::Server)
             .start_with_context(tracer, &parent);
+        let traceparent = traceparent(span.span_context());
         Self {
             span,
             tracer: tracer.clone(),
             restarted,
+            traceparent,
             attempts: Vec::new(),
         }
     }
@@ -79,25 +87,16 @@ impl CallTrace {
         self.span.is_recording()
     }
 
-    fn context(&self) -> &SpanContext {
-        self.span.span_context()
-    }
-
     /// The trace id in lowercase hex, as in `traceparent` (the access log's `trace_id`).
     pub fn trace_id(&self) -> String {
-        self.context().trace_id().to_string()
+        let id = &self.traceparent.as_bytes()[3..3 + 32];
+        String::from_utf8_lossy(id).into_owned()
     }
 
     /// What the upstream receives: the same trace, the gateway's span as parent, the sampling
-    /// decision.
-    pub fn traceparent(&self) -> String {
-        let cx = self.context();
-        format!(
-            "00-{}-{}-{:02x}",
-            cx.trace_id(),
-            cx.span_id(),
-            cx.trace_flags().to_u8()
-        )
+    /// decision. Marked sensitive: it differs on every call, so HPACK must not index it.
+    pub fn traceparent(&self) -> &http::HeaderValue {
+        &self.traceparent
     }
 
     /// Keeps an attempt's timing for its child span (only while recording).
@@ -121,6 +120,7 @@ impl CallTrace {
             attempts,
             ..
         } = self;
+        span.update_name(span_name(call));
         span.set_attributes(call_attributes(call, server));
         let code = call.code.unwrap_or(2);
         if is_server_error(code) {
@@ -151,6 +151,25 @@ impl CallTrace {
         }
         cx.span().end_with_timestamp(end);
     }
+}
+
+/// `00-{trace id}-{span id}-{flags}`, written straight into its 55 bytes (this runs for every
+/// call while tracing is on, sampled or not).
+fn traceparent(cx: &SpanContext) -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
+        }
+    }
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut text[3..35], &cx.trace_id().to_bytes());
+    hex(&mut text[36..52], &cx.span_id().to_bytes());
+    hex(&mut text[53..55], &[cx.trace_flags().to_u8()]);
+    let mut value = http::HeaderValue::from_bytes(&text).expect("hex digits and dashes");
+    value.set_sensitive(true);
+    value
 }
 
 fn span_name(call: &CallRecord) -> String {
@@ -263,6 +282,31 @@ mod tests {
         }
         let (cx, restarted) = caller_context(&headers(&[]));
         assert!(!restarted && !cx.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn traceparent_is_w3c_text() {
+        let cx = SpanContext::new(
+            opentelemetry::trace::TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+            opentelemetry::trace::SpanId::from(0x00f067aa0ba902b7_u64),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        );
+        let value = traceparent(&cx);
+        assert_eq!(
+            value.to_str().unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+        );
+        assert!(value.is_sensitive());
+        let unsampled = SpanContext::new(
+            cx.trace_id(),
+            cx.span_id(),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            Default::default(),
+        );
+        assert!(traceparent(&unsampled).to_str().unwrap().ends_with("-00"));
     }
 
     #[test]

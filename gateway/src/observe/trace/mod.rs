@@ -98,13 +98,11 @@ impl Tracing {
         Ok(())
     }
 
-    /// The trace of a call that just arrived with `headers` for `path` (`/package.Service/Method`);
-    /// `None` when tracing is off.
-    pub fn start(&self, headers: &http::HeaderMap, path: &str) -> Option<CallTrace> {
+    /// The trace of a call that just arrived with `headers`; `None` when tracing is off.
+    pub fn start(&self, headers: &http::HeaderMap) -> Option<CallTrace> {
         let active = self.current.load();
         let active = active.as_ref()?;
-        let name = path.strip_prefix('/').unwrap_or(path).to_string();
-        Some(CallTrace::start(&active.tracer, headers, name))
+        Some(CallTrace::start(&active.tracer, headers))
     }
 
     /// At exit: stop tracing and let the exporter send what is queued, waiting at most `bound`.

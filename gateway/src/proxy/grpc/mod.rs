@@ -309,7 +309,7 @@ impl ProxyHttp for GrpcProxy {
             ctx.not_grpc = true;
             return Ok(true);
         }
-        ctx.trace = self.observers.tracing.start(&req.headers, req.uri.path());
+        ctx.trace = self.observers.tracing.start(&req.headers);
         if let Err(status) = self.admit(session.req_header(), ctx) {
             write_local_status(session, &status).await?;
             ctx.local_status = Some(status);
@@ -395,11 +395,14 @@ impl ProxyHttp for GrpcProxy {
     ) -> Result<()> {
         if let Some(remaining) = ctx.remaining() {
             // The backend gets what is left of the budget, not the caller's original value.
-            upstream_request.insert_header("grpc-timeout", format_grpc_timeout(remaining))?;
+            upstream_request.insert_header(
+                "grpc-timeout",
+                once_per_call(format_grpc_timeout(remaining))?,
+            )?;
         }
         if let Some(trace) = &ctx.trace {
             // The backend's spans join the caller's trace under the gateway's span.
-            upstream_request.insert_header("traceparent", trace.traceparent())?;
+            upstream_request.insert_header("traceparent", trace.traceparent().clone())?;
             if trace.restarted {
                 upstream_request.remove_header("tracestate");
             }
@@ -595,6 +598,17 @@ impl ProxyHttp for GrpcProxy {
         // Callers cancelling and finished streams being reset are normal gRPC life, not errors.
         failure::caused_by_caller(error) || ctx.upstream_status.is_some()
     }
+}
+
+/// A header value that differs on every call (a remaining budget, a span id). Marked so that
+/// HPACK sends it as a literal that is never indexed: indexed, each call's value would be added
+/// to the connection's dynamic table and push out the values that do repeat (content-type,
+/// user-agent, the authority), costing every later call bytes and table churn.
+fn once_per_call(value: String) -> Result<http::HeaderValue> {
+    let mut value = http::HeaderValue::try_from(value)
+        .map_err(|e| Error::because(ErrorType::InternalError, "header value", e))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// How close to the deadline a backend's CANCELLED counts as "the forwarded budget ran out".
