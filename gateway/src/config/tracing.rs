@@ -60,6 +60,15 @@ fn check_otlp_endpoint(endpoint: &str) -> Result<(), &'static str> {
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
         return Err("must be a scheme and host[:port] only, like \"http://127.0.0.1:4317\"");
     }
+    // The port, if any, follows the last ':' outside an IPv6 literal's brackets.
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err("has no valid port (1 to 65535)");
+        }
+    }
     match endpoint.parse::<http::Uri>() {
         Ok(uri) if uri.host().is_some() => Ok(()),
         _ => Err("is not a valid URL"),
@@ -88,6 +97,8 @@ mod tests {
             "http://a:1?x=1",
             "http://user@a:1",
             "http://a:99999",
+            "http://a:0",
+            "http://a:",
             "http://a b:1",
         ] {
             assert!(check_otlp_endpoint(bad).is_err(), "{bad}");
