@@ -28,6 +28,33 @@ fn endpoints(addrs: &[SocketAddr]) -> Vec<Ep> {
         .collect()
 }
 
+/// A gateway with the access log and `[tracing]` (the receiver's endpoint plus `settings`) in
+/// front of `backends`, and the receiver it exports to.
+struct Traced {
+    receiver: OtlpReceiver,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    gateway: Gateway,
+}
+
+async fn start_traced(backends: &[SocketAddr], settings: &str) -> Traced {
+    let receiver = OtlpReceiver::start().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = with_tracing(
+        listen,
+        &endpoints(backends),
+        admin,
+        &format!("otlp_endpoint = \"{}\"\n{settings}", receiver.endpoint()),
+    );
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    Traced {
+        receiver,
+        listen,
+        admin,
+        gateway,
+    }
+}
+
 fn with_tracing(listen: SocketAddr, eps: &[Ep], admin: SocketAddr, tracing: &str) -> String {
     format!(
         "{}\n[admin]\nlisten = \"{admin}\"\n\n[access_log]\npath = \"access.log\"\n\n[tracing]\n{tracing}\n",
@@ -102,19 +129,13 @@ fn span_of_trace(spans: &[ReceivedSpan], trace: &str) -> Vec<ReceivedSpan> {
 /// log names the trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_crosses_caller_gateway_backend() {
-    let receiver = OtlpReceiver::start().await;
     let b0 = Backend::start(BackendOptions::named("b0")).await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = with_tracing(
+    let Traced {
+        receiver,
         listen,
-        &endpoints(&[b0.addr]),
         admin,
-        &format!(
-            "otlp_endpoint = \"{}\"\nservice_name = \"edge-test\"\nsample = 0.0",
-            receiver.endpoint()
-        ),
-    );
-    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        gateway,
+    } = start_traced(&[b0.addr], "service_name = \"edge-test\"\nsample = 0.0").await;
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
     let (seen, state) = call_with(
         listen,
@@ -179,16 +200,13 @@ async fn a_trace_crosses_caller_gateway_backend() {
 /// and a malformed traceparent restarts the trace and drops the caller's tracestate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_sampling_decision_is_followed() {
-    let receiver = OtlpReceiver::start().await;
     let b0 = Backend::start(BackendOptions::named("b0")).await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = with_tracing(
+    let Traced {
+        receiver,
         listen,
-        &endpoints(&[b0.addr]),
-        admin,
-        &format!("otlp_endpoint = \"{}\"\nsample = 0", receiver.endpoint()),
-    );
-    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        gateway,
+        ..
+    } = start_traced(&[b0.addr], "sample = 0").await;
 
     let (fresh, _) = call_with(listen, &[]).await;
     let (fresh_trace, _, fresh_flags) = parts(&fresh.expect("a traceparent"));
@@ -250,16 +268,14 @@ async fn the_callers_sampling_decision_is_followed() {
 /// are error spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_parent_are_sampled_by_ratio() {
-    let receiver = OtlpReceiver::start().await;
     let b0 = Backend::start(BackendOptions::named("b0")).await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = with_tracing(
+    // The gateway is bound: fields left to `..` would be dropped with the temporary.
+    let Traced {
+        receiver,
         listen,
-        &endpoints(&[b0.addr]),
-        admin,
-        &format!("otlp_endpoint = \"{}\"\nsample = 1.0", receiver.endpoint()),
-    );
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        gateway: _gateway,
+        ..
+    } = start_traced(&[b0.addr], "sample = 1.0").await;
     let (seen, _) = call_with(listen, &[]).await;
     let (trace, span_id, flags) = parts(&seen.expect("a traceparent"));
     assert_eq!(flags, "01");
@@ -290,18 +306,16 @@ async fn calls_without_a_parent_are_sampled_by_ratio() {
 /// client span per attempt, each naming its endpoint and how it ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_call_has_a_span_per_attempt() {
-    let receiver = OtlpReceiver::start().await;
     let b0 = Backend::start(BackendOptions::named("b0")).await;
     let dead = dead_addr();
-    let (listen, admin) = (free_addr(), free_addr());
     // Equal weights, the dead endpoint first: the first call tries it first.
-    let text = with_tracing(
+    // The gateway is bound: fields left to `..` would be dropped with the temporary.
+    let Traced {
+        receiver,
         listen,
-        &endpoints(&[dead, b0.addr]),
-        admin,
-        &format!("otlp_endpoint = \"{}\"\nsample = 1", receiver.endpoint()),
-    );
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        gateway: _gateway,
+        ..
+    } = start_traced(&[dead, b0.addr], "sample = 1").await;
     let (seen, _) = call_with(listen, &[]).await;
     let (trace, server_span, _) = parts(&seen.expect("a traceparent"));
 
@@ -427,14 +441,10 @@ async fn reload_adds_and_removes_tracing() {
 
     gateway.write_config(&without);
     gateway.signal("HUP");
-    let deadline = Instant::now() + WAIT;
-    while gateway.count_logs("reloaded") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the second reload never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        tokio::task::block_in_place(|| gateway.wait_for_log_count("reloaded", 2, WAIT)),
+        "the second reload never happened"
+    );
     let (seen, _) = call_with(listen, &[("traceparent", &caller)]).await;
     assert_eq!(seen.as_deref(), Some(caller.as_str()), "untouched again");
 }

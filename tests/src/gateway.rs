@@ -213,6 +213,20 @@ impl Gateway {
         }
     }
 
+    /// Waits (bounded by `timeout`) until at least `n` log lines contain `needle`.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count_logs(needle) >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many log lines contain `needle`.
     pub fn count_logs(&self, needle: &str) -> usize {
         self.logs().iter().filter(|l| l.contains(needle)).count()

@@ -222,21 +222,6 @@ impl OtlpReceiver {
             let _ = tokio::time::timeout(left, arrived).await;
         }
     }
-
-    /// Waits until a span named `name` with attribute `key` = `value` arrived.
-    pub async fn wait_for_span(
-        &self,
-        bound: Duration,
-        key: &str,
-        value: &str,
-    ) -> Option<ReceivedSpan> {
-        let spans = self
-            .wait_for(bound, |spans| {
-                spans.iter().any(|s| s.str_attr(key) == Some(value))
-            })
-            .await;
-        spans.into_iter().find(|s| s.str_attr(key) == Some(value))
-    }
 }
 
 impl Drop for OtlpReceiver {

@@ -1,15 +1,18 @@
 //! The L7 gRPC proxy: pingora's phase hooks, each doing one step of a call.
 //!
-//! request_filter      -> parse `:path`, find the route, fix the deadline and preferred region
+//! request_filter      -> start the call's trace (caller's `traceparent`); parse `:path`, find
+//!                        the route, fix the deadline and preferred region
 //! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried); one dial
 //!                        in flight per endpoint
 //! connected_to_upstream -> the dial is up: calls waiting on it go ahead
-//! upstream_request    -> forward the remaining budget as `grpc-timeout`
+//! upstream_request    -> forward the remaining budget as `grpc-timeout`, and the gateway's
+//!                        span as the backend's `traceparent`
 //! fail_to_connect /
 //! error_while_proxy   -> decide whether another endpoint may be tried
 //! response filters    -> note `grpc-status` (headers, trailers-only or trailers), enforce deadline
 //! fail_to_proxy       -> answer the gateway's own errors the gRPC way
-//! logging             -> the breaker's verdict; then `report.rs`: metrics, traffic, access log
+//! logging             -> the breaker's verdict; then `report.rs`: metrics, traffic, spans,
+//!                        access log
 
 mod ctx;
 mod deadline;
