@@ -18,6 +18,7 @@ pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod registrar;
 pub mod rehearsal;

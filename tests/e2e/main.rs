@@ -24,3 +24,4 @@ mod streams;
 mod supervision;
 mod tcp;
 mod tracing;
+mod traffic;

@@ -251,7 +251,13 @@ pub fn gateway_view(
             })
         })
         .collect();
-    routes.sort_by(|a, b| (&a.listener, &a.route).cmp(&(&b.listener, &b.route)));
+    routes.sort_by(|a, b| {
+        (&a.listener, &a.route, &a.upstream).cmp(&(&b.listener, &b.route, &b.upstream))
+    });
+    // Routes told apart only by `match` share their counters: one row each.
+    routes.dedup_by(|a, b| {
+        (&a.listener, &a.route, &a.upstream) == (&b.listener, &b.route, &b.upstream)
+    });
     let mut listeners: Vec<ListenerView> = snapshot
         .route_tables()
         .map(|(name, _)| (name, "grpc"))

@@ -206,9 +206,53 @@ pub struct RouteSection {
     pub service: Spanned<String>,
     /// One method of `service`; without it the route covers the whole service.
     pub method: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    /// The upstream that serves the route; a route has either `upstream` or `split`.
+    pub upstream: Option<Spanned<String>>,
+    /// Weighted shares of the calls across upstreams, like
+    /// `[{ upstream = "cart", weight = 90 }, { upstream = "cart-v2", weight = 10 }]`.
+    pub split: Option<Spanned<Vec<SplitSection>>>,
+    /// With `split`: a stable hash of this request header's value picks the side, so one
+    /// value (a user id) always lands on the same upstream; calls without it split by weight.
+    pub hash_header: Option<Spanned<String>>,
+    /// Only calls whose metadata matches take this route; routes with `match` are tried
+    /// before the one without, in file order.
+    #[serde(rename = "match")]
+    pub match_on: Option<Spanned<MatchSection>>,
+    /// Calls per second admitted on this route, per key; beyond: RESOURCE_EXHAUSTED.
+    pub rate_limit: Option<Spanned<RateLimitSection>>,
     /// Deadline for calls that carry no grpc-timeout.
     pub timeout: Option<Spanned<ConfigDuration>>,
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSection {
+    pub upstream: Spanned<String>,
+    /// 0-10000; sides share the calls in proportion to their weights (0 takes none).
+    pub weight: Spanned<i64>,
+}
+
+/// What a call's metadata must carry for a route to take it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    /// Request headers that must all match: an exact value, or "*" for "present".
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+/// A token bucket per key (GCRA): `per_second` tokens refill it, `burst` is its size.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Calls per second, 1 to 1,000,000.
+    pub per_second: Spanned<i64>,
+    /// Calls admitted at once after a quiet spell (default: `per_second`).
+    pub burst: Option<Spanned<i64>>,
+    /// "route" (default: one bucket for the route), "peer" (one per client IP) or
+    /// "header:NAME" (one per value of that request header).
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -235,6 +279,12 @@ pub struct UpstreamSection {
     pub connect_timeout: Option<Spanned<ConfigDuration>>,
     /// Attempts per call, first included, while nothing was sent upstream (default 3).
     pub max_attempts: Option<Spanned<i64>>,
+    /// Calls at most in flight at once on this upstream (default: no limit); beyond it a call
+    /// is answered UNAVAILABLE at once (shed, not queued).
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// Region spill: the preferred region keeps min(1, healthy share x this) of its calls, the
+    /// rest goes by weight to other regions (default 1.4; 0 = strict region first).
+    pub region_overprovision: Option<Spanned<f64>>,
     pub tls: Option<UpstreamTlsSection>,
 }
 

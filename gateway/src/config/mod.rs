@@ -7,6 +7,7 @@ mod dns;
 mod duration;
 mod file;
 mod model;
+mod policy;
 mod spanned;
 mod tls_files;
 mod tracing;

@@ -253,9 +253,65 @@ pub struct RouteConfig {
     pub listener: String,
     pub service: ServiceMatch,
     pub method: Option<String>,
-    pub upstream: String,
+    /// Only calls carrying these headers take the route (none: every call).
+    pub match_headers: Vec<HeaderCondition>,
+    pub destination: Destination,
+    pub rate_limit: Option<RateLimitConfig>,
     /// Deadline applied when the caller sends no `grpc-timeout`.
     pub timeout: Option<Duration>,
+}
+
+impl RouteConfig {
+    /// Every upstream the route may send a call to.
+    pub fn upstreams(&self) -> impl Iterator<Item = &str> {
+        let (single, sides) = match &self.destination {
+            Destination::Upstream(name) => (Some(name.as_str()), &[][..]),
+            Destination::Split { sides, .. } => (None, sides.as_slice()),
+        };
+        single
+            .into_iter()
+            .chain(sides.iter().map(|s| s.upstream.as_str()))
+    }
+}
+
+/// One header a route's `match` requires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeaderCondition {
+    pub name: HeaderName,
+    /// `None`: present with any value.
+    pub value: Option<String>,
+}
+
+/// Where a route sends its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Upstream(String),
+    Split {
+        sides: Vec<SplitSide>,
+        /// The request header whose value pins a caller to one side.
+        hash_header: Option<HeaderName>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitSide {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// What the calls of one rate-limit bucket have in common.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Route,
+    Peer,
+    Header(HeaderName),
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +323,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Total attempts per call (first try included) while nothing has been sent upstream.
     pub max_attempts: u32,
+    /// Calls in flight at once beyond which new ones are shed (none: unbounded).
+    pub max_in_flight: Option<u32>,
+    /// The preferred region keeps min(1, healthy share x this) of its calls; 0 = strict.
+    pub region_overprovision: f64,
     pub tls: Option<UpstreamTls>,
     /// Active gRPC health probes; none without `[upstream.health]`.
     pub health: Option<HealthSettings>,

@@ -1033,8 +1033,8 @@ fn routes() {
     assert_eq!(r.service, ServiceMatch::Exact("pkg.v1.Svc_2".into()));
     assert_eq!(r.method.as_deref(), Some("Call_1"));
     assert_eq!(
-        (r.listener.as_str(), r.upstream.as_str()),
-        ("public", "echo")
+        (r.listener.as_str(), &r.destination),
+        ("public", &Destination::Upstream("echo".into()))
     );
     assert_eq!(r.timeout, Some(Duration::from_secs(2)));
     let r = accepted(&route(
@@ -1079,7 +1079,7 @@ fn routes() {
     refused(
         &twice,
         "route[1]",
-        "already matches the same service and method",
+        "already takes every call of this service and method",
     );
     let other_method = twice.replacen(
         "service = \"x.Y\"\nupstream = \"echo\"\n",
@@ -1321,4 +1321,293 @@ fn tracing_section() {
         "tracing.headers",
         "unknown field",
     );
+}
+
+// --- Traffic policy: match, split, rate_limit, max_in_flight, region_overprovision ---
+
+/// Two more upstreams beside "echo", for splits.
+const MORE_UPSTREAMS: &str =
+    "[[upstream]]\nname = \"v2\"\nendpoints = [{ addr = \"127.0.0.1:9002\" }]\n\n\
+     [[upstream]]\nname = \"v3\"\nendpoints = [{ addr = \"127.0.0.1:9003\" }]\n";
+
+/// The route's lines replaced by `lines`, with upstreams "echo", "v2" and "v3".
+fn policy_route(lines: &str) -> String {
+    text("", "", "", MORE_UPSTREAMS).replace(
+        "service = \"bench.Echo\"\nupstream = \"echo\"\n",
+        &format!("service = \"bench.Echo\"\n{lines}\n"),
+    )
+}
+
+/// Refused at `key` with `needle`, on the line of the file that contains `line_has`.
+#[track_caller]
+fn refused_on_line(source: &str, key: &str, needle: &str, line_has: &str) {
+    let line = source
+        .lines()
+        .position(|l| l.contains(line_has))
+        .unwrap_or_else(|| panic!("no line has {line_has:?}"))
+        + 1;
+    let found = problems(source);
+    assert!(
+        found.iter().any(|p| p.key_path == key
+            && p.message.contains(needle)
+            && p.position.map(|(l, _)| l) == Some(line)),
+        "no problem at {key}, line {line}, containing {needle:?} in {found:#?}"
+    );
+}
+
+#[test]
+fn a_split_lands_in_the_model() {
+    let config = accepted(&policy_route(
+        "split = [ { upstream = \"echo\", weight = 90 }, { upstream = \"v2\", weight = 10 } ]\nhash_header = \"X-User-Id\"",
+    ));
+    let Destination::Split { sides, hash_header } = &config.routes[0].destination else {
+        panic!("not a split: {:?}", config.routes[0].destination);
+    };
+    assert_eq!(
+        sides,
+        &vec![
+            SplitSide {
+                upstream: "echo".into(),
+                weight: 90
+            },
+            SplitSide {
+                upstream: "v2".into(),
+                weight: 10
+            }
+        ]
+    );
+    assert_eq!(hash_header.as_ref().map(|h| h.as_str()), Some("x-user-id"));
+    let upstreams: Vec<&str> = config.routes[0].upstreams().collect();
+    assert_eq!(upstreams, ["echo", "v2"]);
+}
+
+#[test]
+fn inconsistent_splits_are_refused_at_their_line() {
+    let both = policy_route("upstream = \"echo\"\nsplit = [ { upstream = \"v2\", weight = 1 } ]");
+    refused_on_line(
+        &both,
+        "route[0]",
+        "either `upstream` or `split`",
+        "upstream = \"echo\"",
+    );
+    let neither = policy_route("timeout = \"1s\"");
+    refused_on_line(
+        &neither,
+        "route[0]",
+        "needs `upstream`",
+        "service = \"bench.Echo\"",
+    );
+    let unknown = policy_route("split = [ { upstream = \"nope\", weight = 1 } ]");
+    refused_on_line(
+        &unknown,
+        "route[0].split[0].upstream",
+        "no upstream named \"nope\"",
+        "nope",
+    );
+    let twice = policy_route(
+        "split = [\n{ upstream = \"v2\", weight = 1 },\n{ upstream = \"v2\", weight = 2 } ]",
+    );
+    refused_on_line(
+        &twice,
+        "route[0].split[1].upstream",
+        "already a side",
+        "weight = 2",
+    );
+    let heavy = policy_route("split = [\n{ upstream = \"v2\", weight = 10001 } ]");
+    refused_on_line(
+        &heavy,
+        "route[0].split[0].weight",
+        "between 0 and 10000",
+        "10001",
+    );
+    let negative = policy_route("split = [\n{ upstream = \"v2\", weight = -1 } ]");
+    refused_on_line(
+        &negative,
+        "route[0].split[0].weight",
+        "between 0 and 10000",
+        "-1",
+    );
+    let all_zero = policy_route(
+        "split = [ { upstream = \"echo\", weight = 0 }, { upstream = \"v2\", weight = 0 } ]",
+    );
+    refused_on_line(
+        &all_zero,
+        "route[0].split",
+        "every side has weight 0",
+        "split =",
+    );
+    let empty = policy_route("split = []");
+    refused_on_line(&empty, "route[0].split", "1 to 16 sides", "split =");
+    let hash_without_split = policy_route("upstream = \"echo\"\nhash_header = \"x-user-id\"");
+    refused_on_line(
+        &hash_without_split,
+        "route[0].hash_header",
+        "chooses a side of a `split`",
+        "hash_header",
+    );
+    let bad_hash =
+        policy_route("split = [ { upstream = \"v2\", weight = 1 } ]\nhash_header = \"bad header\"");
+    refused_on_line(
+        &bad_hash,
+        "route[0].hash_header",
+        "not a valid HTTP header name",
+        "hash_header",
+    );
+    let pseudo =
+        policy_route("split = [ { upstream = \"v2\", weight = 1 } ]\nhash_header = \":path\"");
+    refused_on_line(
+        &pseudo,
+        "route[0].hash_header",
+        "pseudo-header",
+        "hash_header",
+    );
+}
+
+#[test]
+fn matches_land_in_the_model_and_bad_ones_are_refused() {
+    let config = accepted(&policy_route(
+        "upstream = \"v2\"\nmatch = { headers = { \"x-canary\" = \"true\", \"x-tenant\" = \"*\" } }",
+    ));
+    let conditions = &config.routes[0].match_headers;
+    assert_eq!(conditions.len(), 2);
+    assert!(conditions
+        .iter()
+        .any(|c| c.name == "x-canary" && c.value.as_deref() == Some("true")));
+    assert!(conditions
+        .iter()
+        .any(|c| c.name == "x-tenant" && c.value.is_none()));
+
+    let empty = policy_route("upstream = \"v2\"\nmatch = { headers = {} }");
+    refused_on_line(
+        &empty,
+        "route[0].match.headers",
+        "1 to 16 headers",
+        "match =",
+    );
+    let pseudo =
+        policy_route("upstream = \"v2\"\nmatch = { headers = { \":authority\" = \"x\" } }");
+    refused_on_line(
+        &pseudo,
+        "route[0].match.headers",
+        "pseudo-header",
+        "match =",
+    );
+    let bad_value =
+        policy_route("upstream = \"v2\"\nmatch = { headers = { \"x-a\" = \"line\\nbreak\" } }");
+    refused_on_line(
+        &bad_value,
+        "route[0].match.headers.x-a",
+        "cannot be a header value",
+        "match =",
+    );
+    let unknown_key = policy_route("upstream = \"v2\"\nmatch = { metadata = { \"x-a\" = \"b\" } }");
+    assert!(!problems(&unknown_key).is_empty());
+}
+
+#[test]
+fn routes_for_the_same_calls_are_told_apart_by_their_match() {
+    let second = "\n[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\n";
+    let canary = text("", "", "", MORE_UPSTREAMS)
+        + second
+        + "match = { headers = { \"x-canary\" = \"true\" } }\nupstream = \"v2\"\n";
+    assert_eq!(accepted(&canary).routes.len(), 2);
+    let same_match = canary.clone()
+        + second
+        + "match = { headers = { \"x-canary\" = \"true\" } }\nupstream = \"v3\"\n";
+    refused(&same_match, "route[2]", "same service, method and `match`");
+    let two_fallbacks = text("", "", "", MORE_UPSTREAMS) + second + "upstream = \"v2\"\n";
+    refused(&two_fallbacks, "route[1]", "already takes every call");
+}
+
+#[test]
+fn rate_limits_land_in_the_model_and_bad_ones_are_refused() {
+    let config = accepted(&policy_route(
+        "upstream = \"echo\"\nrate_limit = { per_second = 100, burst = 200, key = \"header:X-Tenant\" }",
+    ));
+    assert_eq!(
+        config.routes[0].rate_limit,
+        Some(RateLimitConfig {
+            per_second: 100,
+            burst: 200,
+            key: RateLimitKey::Header(http::HeaderName::from_static("x-tenant")),
+        })
+    );
+    let default_burst = accepted(&policy_route(
+        "upstream = \"echo\"\nrate_limit = { per_second = 7, key = \"peer\" }",
+    ));
+    assert_eq!(
+        default_burst.routes[0].rate_limit,
+        Some(RateLimitConfig {
+            per_second: 7,
+            burst: 7,
+            key: RateLimitKey::Peer,
+        })
+    );
+    for (limit, key, needle) in [
+        ("per_second = 0", "per_second", "between 1 and 1000000"),
+        (
+            "per_second = 1000001",
+            "per_second",
+            "between 1 and 1000000",
+        ),
+        (
+            "per_second = 1, burst = 0",
+            "burst",
+            "between 1 and 1000000",
+        ),
+        ("per_second = 1, key = \"ip\"", "key", "unknown key \"ip\""),
+        (
+            "per_second = 1, key = \"header:\"",
+            "key",
+            "not a valid HTTP header name",
+        ),
+        (
+            "per_second = 1, key = \"header::path\"",
+            "key",
+            "pseudo-header",
+        ),
+    ] {
+        let source = policy_route(&format!("upstream = \"echo\"\nrate_limit = {{ {limit} }}"));
+        refused_on_line(
+            &source,
+            &format!("route[0].rate_limit.{key}"),
+            needle,
+            "rate_limit",
+        );
+    }
+}
+
+#[test]
+fn load_shaping_keys_land_in_the_model_and_bad_ones_are_refused() {
+    let config = accepted(&upstream(
+        "max_in_flight = 1000\nregion_overprovision = 2.5",
+    ));
+    assert_eq!(config.upstreams[0].max_in_flight, Some(1000));
+    assert_eq!(config.upstreams[0].region_overprovision, 2.5);
+    let defaults = accepted(&upstream(""));
+    assert_eq!(defaults.upstreams[0].max_in_flight, None);
+    assert_eq!(defaults.upstreams[0].region_overprovision, 1.4);
+    let strict = accepted(&upstream("region_overprovision = 0.0"));
+    assert_eq!(strict.upstreams[0].region_overprovision, 0.0);
+    for bad in ["max_in_flight = 0", "max_in_flight = 1000001"] {
+        refused_on_line(
+            &upstream(bad),
+            "upstream[0].max_in_flight",
+            "between 1 and 1000000",
+            bad,
+        );
+    }
+    for bad in [
+        "region_overprovision = 0.5",
+        "region_overprovision = 10.5",
+        "region_overprovision = -1.0",
+        "region_overprovision = nan",
+    ] {
+        refused_on_line(
+            &upstream(bad),
+            "upstream[0].region_overprovision",
+            "0 (strict region first) or between 1 and 10",
+            bad,
+        );
+    }
 }

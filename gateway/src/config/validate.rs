@@ -572,6 +572,8 @@ fn validate_upstreams(
                 DEFAULT_MAX_ATTEMPTS
             }
         };
+        let (max_in_flight, region_overprovision) =
+            super::policy::validate_load_shaping(section, &path, diag);
         let connect_timeout = duration_up_to(
             &section.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
@@ -635,6 +637,8 @@ fn validate_upstreams(
             endpoints,
             connect_timeout,
             max_attempts,
+            max_in_flight,
+            region_overprovision,
             tls,
             health,
             breaker,
@@ -1075,14 +1079,10 @@ fn validate_routes(
             ),
             Some(ListenerKind::Grpc) => {}
         }
-        let upstream = section.upstream.get_ref();
-        if !upstream_names.contains(upstream.as_str()) {
-            diag.at(
-                span(&section.upstream),
-                format!("{path}.upstream"),
-                format!("no upstream named {upstream:?}"),
-            );
-        }
+        let destination =
+            super::policy::validate_destination(section, &path, &upstream_names, diag);
+        let match_headers = super::policy::validate_match(section, &path, diag);
+        let rate_limit = super::policy::validate_rate_limit(section, &path, diag);
         let service_text = section.service.get_ref();
         let service = if service_text == "*" {
             ServiceMatch::Any
@@ -1115,18 +1115,32 @@ fn validate_routes(
             }
             m.get_ref().clone()
         });
-        if !seen.insert((listener.clone(), service.clone(), method.clone())) {
+        // Two routes for the same calls: the second could never be chosen.
+        if !seen.insert((
+            listener.clone(),
+            service.clone(),
+            method.clone(),
+            match_headers.clone(),
+        )) {
             diag.at(
                 span(&section.service),
                 path.clone(),
-                "another route on this listener already matches the same service and method",
+                if match_headers.is_empty() {
+                    "another route on this listener already takes every call of this service and \
+                     method (give this one a `match`, or remove it)"
+                } else {
+                    "another route on this listener already has the same service, method and \
+                     `match`: this one would never be chosen"
+                },
             );
         }
         routes.push(RouteConfig {
             listener: listener.clone(),
             service,
             method,
-            upstream: upstream.clone(),
+            match_headers,
+            destination,
+            rate_limit,
             timeout: section
                 .timeout
                 .as_ref()

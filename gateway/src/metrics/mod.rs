@@ -83,6 +83,9 @@ pub struct Metrics {
     background_restarts: IntCounterVec,
     pub(crate) access_log_dropped: IntCounter,
     pub(crate) trace_spans: IntCounterVec,
+    rate_limited: IntCounterVec,
+    shed: IntCounterVec,
+    region_spill: prometheus::GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -295,8 +298,48 @@ impl Metrics {
                 "Bytes relayed by tcp listeners; upstream = client to backend.",
                 &["listener", "direction"],
             ),
+            rate_limited: counter(
+                &registry,
+                "strait_rate_limited_total",
+                "Calls refused with RESOURCE_EXHAUSTED by their route's rate_limit.",
+                &["route"],
+            ),
+            shed: counter(
+                &registry,
+                "strait_shed_total",
+                "Calls refused with UNAVAILABLE because the upstream had max_in_flight calls in flight.",
+                &["upstream"],
+            ),
+            region_spill: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "strait_region_spill_ratio",
+                        "Share of the gateway's own region's calls currently sent to other regions (region_overprovision), as of the latest call.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             registry,
         })
+    }
+
+    /// Refusals by a route's rate limit.
+    pub fn rate_limited(&self, route: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[route])
+    }
+
+    /// Calls shed by an upstream's max_in_flight.
+    pub fn shed(&self, upstream: &str) -> IntCounter {
+        self.shed.with_label_values(&[upstream])
+    }
+
+    pub fn region_spill_ratio(&self, upstream: &str) -> prometheus::Gauge {
+        self.region_spill.with_label_values(&[upstream])
     }
 
     /// The endpoint label value: its address, or "-" when per-endpoint labels are off.

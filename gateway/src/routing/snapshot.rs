@@ -4,11 +4,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::{self, Candidate, SmoothWrr};
-use crate::config::{Config, ListenerKind, RouteConfig, ServiceMatch};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::balancer::{self, Candidate, SmoothWrr, SpillSequence};
+use crate::config::{
+    Config, Destination as RouteDestination, ListenerKind, RouteConfig, ServiceMatch,
+};
 use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
+use crate::policy::{
+    self, Admits, Destination, HeaderMatch, InFlightCount, InFlightPermit, Refusal, RouteChoice,
+    RouteLimit, RoutePolicy, Split,
+};
 
 /// One endpoint as the call path sees it: what discovery reported, plus its live state and its
 /// prepared connection settings. Derefs to the `EndpointSpec` (address, weight, region, ...).
@@ -61,6 +69,25 @@ pub struct UpstreamSet {
     /// Serialises "may another endpoint be ejected?" with the ejection itself.
     ejection: std::sync::Mutex<()>,
     wrr: SmoothWrr,
+    load: UpstreamLoad,
+    max_in_flight: Option<u32>,
+    region_overprovision: f64,
+    spill: SpillSequence,
+    /// The spilled share last reported for the gateway's own region, in thousandths
+    /// (`SPILL_UNSET` before the first call).
+    spilled_permille: AtomicU32,
+}
+
+const SPILL_UNSET: u32 = u32::MAX;
+
+/// An upstream's load state and its instruments, which outlive the set (see `PolicyState`).
+#[derive(Debug, Default)]
+pub struct UpstreamLoad {
+    pub in_flight: Arc<InFlightCount>,
+    pub shed: Option<prometheus::IntCounter>,
+    pub spill_ratio: Option<prometheus::Gauge>,
+    /// The gateway's own region: its spill is the one reported.
+    pub home_region: Option<String>,
 }
 
 impl UpstreamSet {
@@ -69,6 +96,7 @@ impl UpstreamSet {
         endpoints: Vec<Endpoint>,
         empty_reason: Option<String>,
         peer_tls: Option<Arc<PeerTls>>,
+        load: UpstreamLoad,
     ) -> Self {
         let wrr = SmoothWrr::new(endpoints.len());
         Self {
@@ -90,6 +118,53 @@ impl UpstreamSet {
             peer_tls,
             ejection: std::sync::Mutex::new(()),
             wrr,
+            load,
+            max_in_flight: config.max_in_flight,
+            region_overprovision: config.region_overprovision,
+            spill: SpillSequence::default(),
+            spilled_permille: AtomicU32::new(SPILL_UNSET),
+        }
+    }
+
+    /// Calls in flight on this upstream now.
+    pub fn in_flight(&self) -> u32 {
+        self.load.in_flight.current()
+    }
+
+    pub fn max_in_flight(&self) -> Option<u32> {
+        self.max_in_flight
+    }
+
+    /// Takes an in-flight slot, or sheds the call when `max_in_flight` are taken.
+    pub fn enter(&self) -> Result<InFlightPermit, Refusal> {
+        policy::try_enter(&self.load.in_flight, self.max_in_flight).ok_or_else(|| {
+            if let Some(shed) = &self.load.shed {
+                shed.inc();
+            }
+            Refusal::Shed {
+                upstream: self.name.clone(),
+                max: self.max_in_flight.unwrap_or(0),
+            }
+        })
+    }
+
+    /// Reports a change of the own region's spilled share (gauge and one log line).
+    fn note_spill(&self, spilled: f64) {
+        let permille = (spilled.clamp(0.0, 1.0) * 1000.0).round() as u32;
+        let before = self.spilled_permille.swap(permille, Ordering::Relaxed);
+        if before == permille {
+            return;
+        }
+        if let Some(gauge) = &self.load.spill_ratio {
+            gauge.set(f64::from(permille) / 1000.0);
+        }
+        if before != SPILL_UNSET || permille != 0 {
+            tracing::info!(
+                upstream = %self.name,
+                region = self.load.home_region.as_deref().unwrap_or_default(),
+                spilled_percent = f64::from(permille) / 10.0,
+                "region spill changed: this share of the region's calls goes to other regions"
+            );
         }
     }
 
@@ -132,7 +207,16 @@ impl UpstreamSet {
 
     /// Picks the next endpoint for a call, preferring `region`, never one in `excluded`.
     pub fn pick(&self, region: Option<&str>, excluded: &[usize]) -> Option<usize> {
-        balancer::pick(&self.wrr, &self.endpoints, region, excluded)
+        let preference = region.map(|region| balancer::Preference {
+            region,
+            overprovision: self.region_overprovision,
+            spill: &self.spill,
+        });
+        let pick = balancer::pick_spilling(&self.wrr, &self.endpoints, preference, excluded);
+        if region.is_some() && region == self.load.home_region.as_deref() {
+            self.note_spill(pick.spilled);
+        }
+        pick.index
     }
 
     /// Picks an endpoint and claims it from its breaker: a breaker can refuse between the two
@@ -168,45 +252,65 @@ pub struct RouteTarget {
     pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
 }
 
-/// The routes of one listener. Most specific wins: service+method, then service, then "*".
-#[derive(Debug, Default, Clone)]
-pub struct RouteTable {
-    services: HashMap<String, ServiceRoutes>,
-    any: Option<RouteTarget>,
+impl Admits for RouteTarget {
+    fn enter(&self) -> Result<InFlightPermit, Refusal> {
+        self.upstream.enter()
+    }
 }
 
-#[derive(Debug, Default, Clone)]
+/// One `[[route]]` on the call path: its `match`, its upstream or split, its rate limit.
+pub type Route = RoutePolicy<RouteTarget>;
+
+/// The routes of one listener. Most specific wins: service+method, then service, then "*";
+/// within one of them the first route whose `match` holds, the one without `match` last. A
+/// level where no route matches the call's metadata passes it on to the next.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: HashMap<String, ServiceRoutes>,
+    any: RouteChoice<RouteTarget>,
+}
+
+#[derive(Debug, Default)]
 struct ServiceRoutes {
-    methods: HashMap<String, RouteTarget>,
-    whole_service: Option<RouteTarget>,
+    methods: HashMap<String, RouteChoice<RouteTarget>>,
+    whole_service: RouteChoice<RouteTarget>,
 }
 
 impl RouteTable {
     /// Every route of the table (for the status page).
-    pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.services
             .values()
-            .flat_map(|s| s.methods.values().chain(s.whole_service.iter()))
-            .chain(self.any.iter())
+            .flat_map(|s| s.methods.values().chain(std::iter::once(&s.whole_service)))
+            .chain(std::iter::once(&self.any))
+            .flat_map(RouteChoice::routes)
     }
 
-    pub fn find(&self, service: &str, method: &str) -> Option<&RouteTarget> {
+    /// Every place a route of the table can send calls (for the status page).
+    pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
+        self.routes().flat_map(Route::targets)
+    }
+
+    pub fn find(&self, service: &str, method: &str, headers: &http::HeaderMap) -> Option<&Route> {
         let by_service = self.services.get(service);
         by_service
-            .and_then(|s| s.methods.get(method).or(s.whole_service.as_ref()))
-            .or(self.any.as_ref())
+            .and_then(|s| s.methods.get(method))
+            .and_then(|c| c.find(headers))
+            .or_else(|| by_service.and_then(|s| s.whole_service.find(headers)))
+            .or_else(|| self.any.find(headers))
     }
 
-    fn insert(&mut self, route: &RouteConfig, target: RouteTarget) {
+    fn insert(&mut self, route: &RouteConfig, policy: Route) {
         match (&route.service, &route.method) {
             (ServiceMatch::Exact(s), Some(m)) => {
                 let entry = self.services.entry(s.clone()).or_default();
-                entry.methods.insert(m.clone(), target);
+                entry.methods.entry(m.clone()).or_default().push(policy);
             }
             (ServiceMatch::Exact(s), None) => {
-                self.services.entry(s.clone()).or_default().whole_service = Some(target);
+                let entry = self.services.entry(s.clone()).or_default();
+                entry.whole_service.push(policy);
             }
-            (ServiceMatch::Any, _) => self.any = Some(target),
+            (ServiceMatch::Any, _) => self.any.push(policy),
         }
     }
 }
@@ -224,7 +328,7 @@ pub struct RoutingSnapshot {
     /// Bumped by every config reload (not by discovery updates): work that holds files read
     /// from the config (health probes with TLS material) restarts when it changes.
     pub generation: u64,
-    listeners: HashMap<String, RouteTable>,
+    listeners: HashMap<String, Arc<RouteTable>>,
     tcp: HashMap<String, TcpRoute>,
     upstreams: HashMap<String, Arc<UpstreamSet>>,
 }
@@ -286,6 +390,14 @@ impl RoutingSnapshot {
                     endpoints,
                     found.empty_reason,
                     peer_tls,
+                    UpstreamLoad {
+                        in_flight: registry.policy().in_flight(&upstream.name),
+                        shed: registry.metrics().map(|m| m.shed(&upstream.name)),
+                        spill_ratio: registry
+                            .metrics()
+                            .map(|m| m.region_spill_ratio(&upstream.name)),
+                        home_region: config.gateway.region.clone(),
+                    },
                 )),
             );
         }
@@ -311,25 +423,17 @@ impl RoutingSnapshot {
             }
         }
         for route in &config.routes {
-            let (Some(table), Some(upstream)) = (
-                listeners.get_mut(&route.listener),
-                upstreams.get(&route.upstream),
-            ) else {
+            let Some(table) = listeners.get_mut(&route.listener) else {
                 continue; // validation already refused dangling references
             };
-            let metrics = registry
-                .metrics()
-                .map(|m| m.route(&route.listener, &route_label(route), &route.upstream));
-            table.insert(
-                route,
-                RouteTarget {
-                    route: route_label(route).into(),
-                    upstream: upstream.clone(),
-                    timeout: route.timeout,
-                    metrics,
-                },
-            );
+            if let Some(policy) = route_policy(route, &upstreams, registry) {
+                table.insert(route, policy);
+            }
         }
+        let listeners = listeners
+            .into_iter()
+            .map(|(name, table)| (name, Arc::new(table)))
+            .collect();
         Ok(Self {
             generation: previous.map(|p| p.generation).unwrap_or(0),
             listeners,
@@ -360,7 +464,7 @@ impl RoutingSnapshot {
     pub fn route_tables(&self) -> impl Iterator<Item = (&str, &RouteTable)> {
         self.listeners
             .iter()
-            .map(|(name, table)| (name.as_str(), table))
+            .map(|(name, table)| (name.as_str(), table.as_ref()))
     }
 
     /// The names of the tcp listeners.
@@ -369,7 +473,7 @@ impl RoutingSnapshot {
     }
 
     pub fn routes(&self, listener: &str) -> Option<&RouteTable> {
-        self.listeners.get(listener)
+        self.listeners.get(listener).map(Arc::as_ref)
     }
 
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamSet>> {
@@ -379,6 +483,49 @@ impl RoutingSnapshot {
     pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamSet>> {
         self.upstreams.get(name)
     }
+}
+
+/// The call-path form of one `[[route]]`: its targets (one per upstream it may send to, each
+/// with its counters), its `match`, and its rate limit (kept across rebuilds by the registry).
+fn route_policy(
+    route: &RouteConfig,
+    upstreams: &HashMap<String, Arc<UpstreamSet>>,
+    registry: &EndpointRegistry,
+) -> Option<Route> {
+    let label: Arc<str> = route_label(route).into();
+    let target = |upstream_name: &str| {
+        let upstream = upstreams.get(upstream_name)?;
+        Some(RouteTarget {
+            route: label.clone(),
+            upstream: upstream.clone(),
+            timeout: route.timeout,
+            metrics: registry
+                .metrics()
+                .map(|m| m.route(&route.listener, &label, upstream_name)),
+        })
+    };
+    let destination = match &route.destination {
+        RouteDestination::Upstream(name) => Destination::One(target(name)?),
+        RouteDestination::Split { sides, hash_header } => {
+            let sides = sides
+                .iter()
+                .map(|side| Some((target(&side.upstream)?, side.weight)))
+                .collect::<Option<Vec<_>>>()?;
+            Destination::Split(Split::new(sides, hash_header.clone()))
+        }
+    };
+    let rate_limit = route.rate_limit.as_ref().map(|config| {
+        let id = format!("{}|{label}|{:?}", route.listener, route.match_headers);
+        RouteLimit {
+            limit: registry.policy().rate_limit(&id, config),
+            refused: registry.metrics().map(|m| m.rate_limited(&label)),
+        }
+    });
+    Some(RoutePolicy {
+        matcher: HeaderMatch::new(route.match_headers.clone()),
+        destination,
+        rate_limit,
+    })
 }
 
 /// The `route` metric label: what the route matches, as written in the config.
@@ -469,9 +616,15 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
         let registry = EndpointRegistry::default();
         let snap = RoutingSnapshot::build(&config(), Views::default(), &registry, None).unwrap();
         let table = snap.routes("l").unwrap();
-        assert_eq!(table.find("a.A", "M").unwrap().upstream.name, "one");
-        assert_eq!(table.find("a.A", "Other").unwrap().upstream.name, "two");
-        assert_eq!(table.find("b.B", "M").unwrap().upstream.name, "one");
+        let upstream_of = |service: &str, method: &str| {
+            let route = table
+                .find(service, method, &http::HeaderMap::new())
+                .unwrap();
+            route.targets().next().unwrap().upstream.name.clone()
+        };
+        assert_eq!(upstream_of("a.A", "M"), "one");
+        assert_eq!(upstream_of("a.A", "Other"), "two");
+        assert_eq!(upstream_of("b.B", "M"), "one");
         assert!(snap.routes("missing").is_none());
     }
 

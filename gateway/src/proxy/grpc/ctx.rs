@@ -46,6 +46,8 @@ impl Attempt {
 pub struct CallCtx {
     pub started: Instant,
     pub target: Option<RouteTarget>,
+    /// The call's slot on its upstream (`max_in_flight`), freed when the call ends.
+    pub in_flight_permit: Option<crate::policy::InFlightPermit>,
     /// Absolute deadline: the caller's `grpc-timeout`, else the route's timeout.
     pub deadline: Option<Instant>,
     /// The deadline is the caller's own (not the route's): running out of it is nobody's fault.
@@ -87,6 +89,7 @@ impl CallCtx {
         Self {
             started: Instant::now(),
             target: None,
+            in_flight_permit: None,
             deadline: None,
             caller_deadline: false,
             region: None,

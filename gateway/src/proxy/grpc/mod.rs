@@ -1,7 +1,8 @@
 //! The L7 gRPC proxy: pingora's phase hooks, each doing one step of a call.
 //!
 //! request_filter      -> start the call's trace (caller's `traceparent`); parse `:path`, find
-//!                        the route, fix the deadline and preferred region
+//!                        the route (`match`); the policy admits the call (rate limit, split
+//!                        side, in-flight slot); fix the deadline and preferred region
 //! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried); one dial
 //!                        in flight per endpoint
 //! connected_to_upstream -> the dial is up: calls waiting on it go ahead
@@ -43,6 +44,7 @@ use crate::breaker::{Admission, Outcome};
 use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::observe::Observers;
+use crate::policy::CallFacts;
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -108,6 +110,7 @@ impl GrpcProxy {
     fn admit(
         &self,
         req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
         ctx: &mut CallCtx,
     ) -> std::result::Result<(), LocalStatus> {
         let path = req.uri.path();
@@ -115,15 +118,26 @@ impl GrpcProxy {
             LocalStatus::new(Code::Unimplemented, format!("malformed gRPC path {path:?}"))
         })?;
         let snapshot = self.routing.load();
-        let target = snapshot
+        let route = snapshot
             .routes(&self.listener)
-            .and_then(|table| table.find(grpc_path.service, grpc_path.method))
+            .and_then(|table| table.find(grpc_path.service, grpc_path.method, &req.headers))
             .ok_or_else(|| {
                 LocalStatus::new(
                     Code::Unimplemented,
                     format!("no route for {path} on listener {:?}", self.listener),
                 )
             })?;
+        // The traffic policy: rate limit, side of a split, a slot on the upstream.
+        let facts = CallFacts {
+            headers: &req.headers,
+            peer,
+        };
+        let admitted = route.admit(facts).map_err(|refusal| {
+            let label = route.targets().next().map(|t| &*t.route).unwrap_or("?");
+            LocalStatus::refused(refusal, label)
+        })?;
+        ctx.in_flight_permit = Some(admitted.permit);
+        let target = admitted.target;
         let budget = match req.headers.get("grpc-timeout") {
             Some(value) => Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
                 LocalStatus::new(
@@ -313,7 +327,11 @@ impl ProxyHttp for GrpcProxy {
             return Ok(true);
         }
         ctx.trace = self.observers.tracing.start(&req.headers);
-        if let Err(status) = self.admit(session.req_header(), ctx) {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Err(status) = self.admit(session.req_header(), peer, ctx) {
             write_local_status(session, &status).await?;
             ctx.local_status = Some(status);
             return Ok(true);

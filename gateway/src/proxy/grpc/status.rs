@@ -10,6 +10,8 @@ pub use crate::grpc::Code;
 pub struct LocalStatus {
     pub code: Code,
     pub message: String,
+    /// `grpc-retry-pushback-ms`: when the caller may try again (gRPC retry design A6).
+    pub retry_pushback: Option<std::time::Duration>,
 }
 
 impl LocalStatus {
@@ -17,7 +19,33 @@ impl LocalStatus {
         Self {
             code,
             message: message.into(),
+            retry_pushback: None,
         }
+    }
+
+    /// The answer to a call the traffic policy turned away.
+    pub fn refused(refusal: crate::policy::Refusal, route: &str) -> Self {
+        match refusal {
+            crate::policy::Refusal::RateLimited { limit, retry_after } => Self {
+                retry_pushback: Some(retry_after),
+                ..Self::new(
+                    Code::ResourceExhausted,
+                    format!("rate limit of route {route:?} exceeded: {limit}"),
+                )
+            },
+            crate::policy::Refusal::Shed { upstream, max } => Self::new(
+                Code::Unavailable,
+                format!("upstream {upstream:?} is at its max_in_flight of {max} calls; call shed"),
+            ),
+        }
+    }
+
+    fn pushback_value(&self) -> Option<HeaderValue> {
+        // Rounded up: a caller that waits exactly this long finds a token.
+        let wait = self.retry_pushback?;
+        // At least 1: "0" would read as "try again now", and the token is not there yet.
+        let millis = (wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 != 0)).max(1);
+        HeaderValue::from_str(&millis.to_string()).ok()
     }
 
     /// The response head of a trailers-only answer: HTTP 200 carrying the status, sent with
@@ -30,6 +58,10 @@ impl LocalStatus {
             .expect("numeric header is valid");
         resp.insert_header("grpc-message", encode_grpc_message(&self.message))
             .expect("percent-encoded header is valid");
+        if let Some(pushback) = self.pushback_value() {
+            resp.insert_header("grpc-retry-pushback-ms", pushback)
+                .expect("numeric header is valid");
+        }
         resp
     }
 
@@ -38,6 +70,9 @@ impl LocalStatus {
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", self.code.header_value());
         trailers.insert("grpc-message", encode_grpc_message(&self.message));
+        if let Some(pushback) = self.pushback_value() {
+            trailers.insert("grpc-retry-pushback-ms", pushback);
+        }
         trailers
     }
 }

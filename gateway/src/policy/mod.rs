@@ -1,0 +1,185 @@
+//! Per-call traffic policy: which route of a service takes a call (`match`), which upstream of
+//! the route (`split`), whether it may go at all (`rate_limit`, `max_in_flight`). Plain types
+//! the proxy consults once per call; the routing snapshot builds them from the config, and
+//! their live state (buckets, in-flight counts) outlives snapshots in `PolicyState`.
+
+mod in_flight;
+mod matcher;
+mod rate_limit;
+mod split;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::HeaderMap;
+use parking_lot::Mutex;
+
+use crate::config::RateLimitConfig;
+pub use in_flight::{try_enter, InFlightCount, InFlightPermit};
+pub use matcher::HeaderMatch;
+pub use rate_limit::{Limited, RateLimit, MAX_TRACKED_KEYS};
+pub use split::{stable_hash, Split};
+
+/// What the policy knows of a call when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFacts<'a> {
+    pub headers: &'a HeaderMap,
+    /// The client's address (`rate_limit.key = "peer"`).
+    pub peer: Option<IpAddr>,
+}
+
+/// Why the policy turned a call away. The proxy answers each the gRPC way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the route's rate limit: RESOURCE_EXHAUSTED, with when to try again.
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
+    /// The upstream already has `max` calls in flight: UNAVAILABLE, at once.
+    Shed { upstream: String, max: u32 },
+}
+
+/// Something a call can be sent to that bounds its calls in flight (an upstream).
+pub trait Admits {
+    /// Takes an in-flight slot, or refuses when the target is full.
+    fn enter(&self) -> Result<InFlightPermit, Refusal>;
+}
+
+/// Where a route's calls go.
+#[derive(Debug)]
+pub enum Destination<T> {
+    One(T),
+    Split(Split<T>),
+}
+
+/// A route's limit with its refusal counter.
+#[derive(Debug)]
+pub struct RouteLimit {
+    pub limit: Arc<RateLimit>,
+    pub refused: Option<prometheus::IntCounter>,
+}
+
+/// One `[[route]]` as the call path sees it.
+#[derive(Debug)]
+pub struct RoutePolicy<T> {
+    pub matcher: HeaderMatch,
+    pub destination: Destination<T>,
+    pub rate_limit: Option<RouteLimit>,
+}
+
+/// A call the policy let through: where it goes, and its in-flight slot (held to the end).
+#[derive(Debug)]
+pub struct Admitted<'a, T> {
+    pub target: &'a T,
+    pub permit: InFlightPermit,
+}
+
+impl<T: Admits> RoutePolicy<T> {
+    /// The rate limit first (a refused call must not take a slot), then the side of the
+    /// split, then a slot on that side's upstream.
+    pub fn admit(&self, call: CallFacts<'_>) -> Result<Admitted<'_, T>, Refusal> {
+        if let Some(route_limit) = &self.rate_limit {
+            if let Err(Limited { retry_after }) = route_limit.limit.check(call.headers, call.peer) {
+                if let Some(counter) = &route_limit.refused {
+                    counter.inc();
+                }
+                return Err(Refusal::RateLimited {
+                    limit: route_limit.limit.describe(),
+                    retry_after,
+                });
+            }
+        }
+        let target = match &self.destination {
+            Destination::One(target) => target,
+            Destination::Split(split) => split.choose(call.headers),
+        };
+        let permit = target.enter()?;
+        Ok(Admitted { target, permit })
+    }
+
+    /// Every target the route can send to.
+    pub fn targets(&self) -> Box<dyn Iterator<Item = &T> + '_> {
+        match &self.destination {
+            Destination::One(target) => Box::new(std::iter::once(target)),
+            Destination::Split(split) => Box::new(split.sides()),
+        }
+    }
+}
+
+/// Routes for one service (or method), tried in order: those with `match` in file order,
+/// then the fallback.
+#[derive(Debug)]
+pub struct RouteChoice<T> {
+    routes: Vec<RoutePolicy<T>>,
+}
+
+impl<T> Default for RouteChoice<T> {
+    fn default() -> Self {
+        Self { routes: Vec::new() }
+    }
+}
+
+impl<T> RouteChoice<T> {
+    /// Adds a route in file order; the fallback (no `match`) always goes last.
+    pub fn push(&mut self, route: RoutePolicy<T>) {
+        let fallback_at = self.routes.iter().position(|r| r.matcher.is_fallback());
+        match (route.matcher.is_fallback(), fallback_at) {
+            (false, Some(at)) => self.routes.insert(at, route),
+            _ => self.routes.push(route),
+        }
+    }
+
+    /// The first route whose `match` holds for these headers.
+    pub fn find(&self, headers: &HeaderMap) -> Option<&RoutePolicy<T>> {
+        self.routes.iter().find(|r| r.matcher.matches(headers))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &RoutePolicy<T>> {
+        self.routes.iter()
+    }
+}
+
+/// Policy state that outlives routing snapshots: a discovery change or a reload rebuilds the
+/// snapshot, and a rate limit left as it was keeps its buckets, an upstream its in-flight count.
+#[derive(Debug, Default)]
+pub struct PolicyState {
+    in_flight: Mutex<HashMap<String, Weak<InFlightCount>>>,
+    rate_limits: Mutex<HashMap<String, Weak<RateLimit>>>,
+}
+
+impl PolicyState {
+    /// The in-flight count of the upstream named `upstream`.
+    pub fn in_flight(&self, upstream: &str) -> Arc<InFlightCount> {
+        let mut counts = self.in_flight.lock();
+        if let Some(count) = counts.get(upstream).and_then(Weak::upgrade) {
+            return count;
+        }
+        counts.retain(|_, weak| weak.strong_count() > 0);
+        let count = Arc::new(InFlightCount::default());
+        counts.insert(upstream.to_string(), Arc::downgrade(&count));
+        count
+    }
+
+    /// The limit known as `id` (listener, route, match), reused while its settings stay;
+    /// changed settings start with full buckets.
+    pub fn rate_limit(&self, id: &str, config: &RateLimitConfig) -> Arc<RateLimit> {
+        let mut limits = self.rate_limits.lock();
+        if let Some(limit) = limits
+            .get(id)
+            .and_then(Weak::upgrade)
+            .filter(|l| l.config() == config)
+        {
+            return limit;
+        }
+        limits.retain(|_, weak| weak.strong_count() > 0);
+        let limit = Arc::new(RateLimit::new(config.clone()));
+        limits.insert(id.to_string(), Arc::downgrade(&limit));
+        limit
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! A route's `rate_limit`: GCRA token buckets (governor), one for the route or one per key
+//! (client IP, a header's value), the keyed ones held in a bounded LRU store so a flood of
+//! distinct keys costs bounded memory.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+use http::HeaderMap;
+use parking_lot::Mutex;
+
+use crate::config::{RateLimitConfig, RateLimitKey};
+
+/// Keys tracked per limit; the least recently used go first beyond this.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+/// The store is split so that worker threads rarely wait on each other's keys.
+const SHARDS: usize = 16;
+/// Longer header values are cut before they become a key (bounded memory per key).
+const MAX_KEY_BYTES: usize = 256;
+
+/// Why a call was refused by its route's rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    /// When the next token for this key is due.
+    pub retry_after: Duration,
+}
+
+type Direct = RateLimiter<
+    NotKeyed,
+    InMemoryState,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+type Keyed = RateLimiter<
+    Vec<u8>,
+    BoundedKeys,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
+enum Buckets {
+    Route(Direct),
+    Keyed(Keyed),
+}
+
+/// One route's limit. Shared by every call on the route, and kept across snapshot rebuilds
+/// and reloads that leave the limit as it was (see `PolicyState`).
+pub struct RateLimit {
+    config: RateLimitConfig,
+    buckets: Buckets,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl RateLimit {
+    pub fn new(config: RateLimitConfig) -> Self {
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_second(NonZeroU32::new(config.per_second).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(config.burst).unwrap_or(one));
+        let clock = DefaultClock::default();
+        let buckets = match config.key {
+            RateLimitKey::Route => Buckets::Route(RateLimiter::direct_with_clock(quota, clock)),
+            RateLimitKey::Peer | RateLimitKey::Header(_) => Buckets::Keyed(RateLimiter::new(
+                quota,
+                BoundedKeys::new(MAX_TRACKED_KEYS),
+                clock,
+            )),
+        };
+        Self { config, buckets }
+    }
+
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
+    /// Takes a token for this call, or says when one will be there.
+    pub fn check(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<(), Limited> {
+        let refused = match &self.buckets {
+            Buckets::Route(limiter) => limiter.check().err().map(|n| (n, limiter.clock().now())),
+            Buckets::Keyed(limiter) => {
+                let key = self.key_of(headers, peer);
+                limiter
+                    .check_key(&key)
+                    .err()
+                    .map(|n| (n, limiter.clock().now()))
+            }
+        };
+        match refused {
+            None => Ok(()),
+            Some((not_until, now)) => Err(Limited {
+                retry_after: not_until.wait_time_from(now),
+            }),
+        }
+    }
+
+    /// The bucket a call belongs to. Calls without the header (or without a known peer) share
+    /// one bucket: leaving the header out is no way around the limit.
+    fn key_of(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Vec<u8> {
+        match &self.config.key {
+            RateLimitKey::Route => Vec::new(),
+            RateLimitKey::Peer => match peer {
+                Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
+                Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
+                None => Vec::new(),
+            },
+            RateLimitKey::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes()[..v.len().min(MAX_KEY_BYTES)].to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// How the limit reads in a refusal: "100/s (burst 200) per peer".
+    pub fn describe(&self) -> String {
+        let per = match &self.config.key {
+            RateLimitKey::Route => String::new(),
+            RateLimitKey::Peer => " per client address".into(),
+            RateLimitKey::Header(name) => format!(" per {name} value"),
+        };
+        format!(
+            "{}/s (burst {}){per}",
+            self.config.per_second, self.config.burst
+        )
+    }
+
+    #[cfg(test)]
+    fn tracked_keys(&self) -> usize {
+        match &self.buckets {
+            Buckets::Route(_) => 1,
+            Buckets::Keyed(limiter) => limiter.len(),
+        }
+    }
+}
+
+/// A keyed state store holding at most `capacity` keys, least recently used dropped first
+/// (per shard, so approximately overall).
+pub struct BoundedKeys {
+    shards: Vec<Mutex<lru::LruCache<Vec<u8>, Nanos>>>,
+}
+
+impl BoundedKeys {
+    fn new(capacity: usize) -> Self {
+        let per_shard = std::num::NonZeroUsize::new((capacity / SHARDS).max(1))
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(lru::LruCache::new(per_shard)))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> &Mutex<lru::LruCache<Vec<u8>, Nanos>> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.shards[(hasher.finish() as usize) % self.shards.len()]
+    }
+}
+
+impl StateStore for BoundedKeys {
+    type Key = Vec<u8>;
+
+    fn measure_and_replace<T, F, E>(&self, key: &Vec<u8>, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut shard = self.shard(key).lock();
+        let previous = shard.get(key).copied();
+        let (result, next) = f(previous)?;
+        match shard.get_mut(key) {
+            Some(slot) => *slot = next,
+            None => {
+                shard.put(key.clone(), next);
+            }
+        }
+        Ok(result)
+    }
+}
+
+impl governor::state::keyed::ShrinkableKeyedStateStore<Vec<u8>> for BoundedKeys {
+    fn retain_recent(&self, _drop_below: Nanos) {
+        // Bounded by capacity instead: nothing to sweep.
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+
+    fn limit(per_second: u32, burst: u32, key: RateLimitKey) -> RateLimit {
+        RateLimit::new(RateLimitConfig {
+            per_second,
+            burst,
+            key,
+        })
+    }
+
+    fn admitted(limit: &RateLimit, headers: &HeaderMap, peer: Option<IpAddr>, n: usize) -> usize {
+        (0..n)
+            .filter(|_| limit.check(headers, peer).is_ok())
+            .count()
+    }
+
+    #[test]
+    fn a_route_bucket_admits_its_burst_then_refuses_with_a_wait() {
+        let l = limit(1, 5, RateLimitKey::Route);
+        assert_eq!(admitted(&l, &HeaderMap::new(), None, 20), 5);
+        let refused = l.check(&HeaderMap::new(), None).unwrap_err();
+        assert!(
+            refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn peers_have_buckets_of_their_own() {
+        let l = limit(1, 2, RateLimitKey::Peer);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(a), 10), 2);
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(b), 10), 2);
+    }
+
+    #[test]
+    fn calls_without_the_header_share_one_bucket() {
+        let name = HeaderName::from_static("x-tenant");
+        let l = limit(1, 3, RateLimitKey::Header(name.clone()));
+        let mut tenant = HeaderMap::new();
+        tenant.insert(name, HeaderValue::from_static("a"));
+        assert_eq!(admitted(&l, &tenant, None, 10), 3);
+        assert_eq!(admitted(&l, &HeaderMap::new(), None, 10), 3);
+        assert!(l.describe().contains("per x-tenant value"));
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_bounded() {
+        let l = limit(1, 1, RateLimitKey::Peer);
+        for i in 0..(MAX_TRACKED_KEYS as u32 + 20_000) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            let _ = l.check(&HeaderMap::new(), Some(ip));
+        }
+        assert!(
+            l.tracked_keys() <= MAX_TRACKED_KEYS,
+            "{} keys",
+            l.tracked_keys()
+        );
+        assert!(l.tracked_keys() >= MAX_TRACKED_KEYS - SHARDS);
+    }
+
+    #[test]
+    fn the_most_recent_key_survives_eviction() {
+        let store = BoundedKeys::new(SHARDS); // one key per shard
+        let remember = |key: &[u8], value: u64| {
+            store
+                .measure_and_replace(&key.to_vec(), |_| Ok::<_, ()>(((), Nanos::from(value))))
+                .unwrap()
+        };
+        let read = |key: &[u8]| {
+            store
+                .measure_and_replace(&key.to_vec(), Err::<((), Nanos), _>)
+                .unwrap_err()
+        };
+        remember(b"old", 1);
+        for i in 0..1000u32 {
+            remember(&i.to_be_bytes(), 2);
+        }
+        remember(b"new", 3);
+        assert_eq!(read(b"new"), Some(Nanos::from(3)));
+        assert!(governor::state::keyed::ShrinkableKeyedStateStore::len(&store) <= SHARDS);
+    }
+}

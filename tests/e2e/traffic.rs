@@ -1,0 +1,500 @@
+//! Traffic policy through real clients: routing by metadata, weighted and sticky splits, rate
+//! limits, load shedding, region spill, and reloads that change any of them under traffic.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait_tests::gateway::strait_command;
+use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
+use strait_tests::pb::echo_client::EchoClient;
+use strait_tests::pb::EchoRequest;
+use strait_tests::{Backend, BackendOptions, Gateway};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_health::ServingStatus;
+
+use crate::fixture::{client, req};
+
+/// Backends by name, a gateway whose config the test wrote, and its admin address.
+struct Fleet {
+    backends: HashMap<String, Backend>,
+    gateway: Gateway,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Fleet {
+    /// Starts one backend per name, then a gateway with `body(addresses)` below a listener
+    /// "public" and an admin listener.
+    async fn start(names: &[&str], body: impl Fn(&HashMap<String, SocketAddr>) -> String) -> Fleet {
+        let mut backends = HashMap::new();
+        for name in names {
+            backends.insert(
+                name.to_string(),
+                Backend::start(BackendOptions::named(name)).await,
+            );
+        }
+        let (listen, admin) = (free_addr(), free_addr());
+        let text = render(listen, admin, &body(&addresses(&backends)));
+        let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+        Fleet {
+            backends,
+            gateway,
+            listen,
+            admin,
+        }
+    }
+
+    async fn client(&self) -> EchoClient<Channel> {
+        client(self.listen).await
+    }
+
+    fn backend(&self, name: &str) -> &Backend {
+        &self.backends[name]
+    }
+
+    /// Writes a new body and reloads; panics when the gateway refuses it.
+    fn reload(&self, body: impl Fn(&HashMap<String, SocketAddr>) -> String) {
+        let text = render(self.listen, self.admin, &body(&addresses(&self.backends)));
+        self.gateway.write_config(&text);
+        let (code, out) = tokio::task::block_in_place(|| {
+            strait_command(&["reload", "--admin", &self.admin.to_string()])
+        });
+        assert_eq!(code, 0, "reload refused: {out}");
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, text) = tokio::task::block_in_place(|| http_get(self.admin, "/metrics"));
+        metric(&text, name, labels)
+    }
+
+    /// Waits (bounded) until `/metrics` shows `name{labels}` satisfying `ok`.
+    fn wait_metric(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool) -> f64 {
+        let text = tokio::task::block_in_place(|| {
+            wait_metrics(self.admin, Duration::from_secs(10), |text| {
+                metric(text, name, labels).is_some_and(&ok)
+            })
+        });
+        let text = text.unwrap_or_else(|| panic!("{name}{labels:?} never reached the value"));
+        metric(&text, name, labels).unwrap()
+    }
+}
+
+fn addresses(backends: &HashMap<String, Backend>) -> HashMap<String, SocketAddr> {
+    backends.iter().map(|(n, b)| (n.clone(), b.addr)).collect()
+}
+
+fn render(listen: SocketAddr, admin: SocketAddr, body: &str) -> String {
+    format!(
+        "[gateway]\nregion = \"eu-west\"\nthreads = 2\nshutdown_grace = \"10s\"\n\n\
+         [[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n{body}"
+    )
+}
+
+/// `[[upstream]]` `name` with one endpoint per backend, each `(backend, region)`, weight 100.
+fn upstream(
+    name: &str,
+    addrs: &HashMap<String, SocketAddr>,
+    eps: &[(&str, &str)],
+    extra: &str,
+) -> String {
+    let endpoints: Vec<String> = eps
+        .iter()
+        .map(|(backend, region)| {
+            format!(
+                "{{ addr = \"{}\", weight = 100, region = \"{region}\" }}",
+                addrs[*backend]
+            )
+        })
+        .collect();
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nendpoints = [{}]\nconnect_timeout = \"500ms\"\n{extra}\n\n",
+        endpoints.join(", ")
+    )
+}
+
+/// A unary call carrying the given metadata.
+fn with_metadata(pairs: &[(&'static str, String)], body: EchoRequest) -> Request<EchoRequest> {
+    let mut request = Request::new(body);
+    for (name, value) in pairs {
+        request
+            .metadata_mut()
+            .insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
+    }
+    request
+}
+
+/// Who served each of `n` calls with this metadata (every call must succeed).
+async fn served(
+    c: &mut EchoClient<Channel>,
+    n: usize,
+    metadata: &[(&'static str, String)],
+) -> HashMap<String, usize> {
+    let mut tally = HashMap::new();
+    for i in 0..n {
+        let reply = c
+            .unary(with_metadata(metadata, req(b"")))
+            .await
+            .unwrap_or_else(|s| panic!("call {i} failed: {s:?}"));
+        *tally.entry(reply.into_inner().served_by).or_insert(0) += 1;
+    }
+    tally
+}
+
+fn share(tally: &HashMap<String, usize>, name: &str) -> usize {
+    tally.get(name).copied().unwrap_or(0)
+}
+
+fn canary_routes(addrs: &HashMap<String, SocketAddr>) -> String {
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"stable\"\n\n\
+         [[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\n\
+         match = {{ headers = {{ \"x-canary\" = \"true\", \"x-tenant\" = \"*\" }} }}\nupstream = \"canary\"\n\n\
+         [[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nmethod = \"Unary\"\n\
+         match = {{ headers = {{ \"x-tenant\" = \"blue\" }} }}\nupstream = \"blue\"\n\n\
+         {}{}{}",
+        upstream("stable", addrs, &[("v1", "eu-west")], ""),
+        upstream("canary", addrs, &[("v2", "eu-west")], ""),
+        upstream("blue", addrs, &[("blue", "eu-west")], ""),
+    )
+}
+
+/// Routes with `match` win over the fallback (even one written before them) when every listed
+/// header matches; a method route's match wins over the service's; anything else falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_picks_the_route_and_the_rest_falls_back() {
+    let fleet = Fleet::start(&["v1", "v2", "blue"], canary_routes).await;
+    let mut c = fleet.client().await;
+    let canary = [
+        ("x-canary", "true".to_string()),
+        ("x-tenant", "a".to_string()),
+    ];
+    assert_eq!(share(&served(&mut c, 20, &canary).await, "v2"), 20);
+    // Not every header matches: the fallback.
+    let half = [("x-canary", "true".to_string())];
+    assert_eq!(share(&served(&mut c, 20, &half).await, "v1"), 20);
+    let wrong_value = [
+        ("x-canary", "yes".to_string()),
+        ("x-tenant", "a".to_string()),
+    ];
+    assert_eq!(share(&served(&mut c, 20, &wrong_value).await, "v1"), 20);
+    assert_eq!(share(&served(&mut c, 20, &[]).await, "v1"), 20);
+    // The method route (more specific) comes before the service's routes.
+    let blue = [
+        ("x-tenant", "blue".to_string()),
+        ("x-canary", "true".to_string()),
+    ];
+    assert_eq!(share(&served(&mut c, 20, &blue).await, "blue"), 20);
+}
+
+fn split_routes(addrs: &HashMap<String, SocketAddr>, weights: (u32, u32), hash: bool) -> String {
+    let hash_header = if hash {
+        "hash_header = \"x-user-id\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\n\
+         split = [ {{ upstream = \"cart\", weight = {} }}, {{ upstream = \"cart-v2\", weight = {} }} ]\n\
+         {hash_header}\n{}{}",
+        weights.0,
+        weights.1,
+        upstream("cart", addrs, &[("v1", "eu-west")], ""),
+        upstream("cart-v2", addrs, &[("v2", "eu-west")], ""),
+    )
+}
+
+/// 1,000 calls over a 90/10 split land within 3 points of the weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_holds_its_shares() {
+    let fleet = Fleet::start(&["v1", "v2"], |a| split_routes(a, (90, 10), false)).await;
+    let mut c = fleet.client().await;
+    let tally = served(&mut c, 1000, &[]).await;
+    let canary = share(&tally, "v2");
+    assert!((70..=130).contains(&canary), "{tally:?}");
+    assert_eq!(share(&tally, "v1") + canary, 1000);
+}
+
+/// With `hash_header`, each user stays on one side through every call; the users still divide
+/// roughly by weight, and calls without the header split by weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_split_keeps_each_user_on_one_side() {
+    let fleet = Fleet::start(&["v1", "v2"], |a| split_routes(a, (70, 30), true)).await;
+    let mut c = fleet.client().await;
+    let mut users_on_v2 = 0;
+    for user in 0..200 {
+        let id = [("x-user-id", format!("user-{user}"))];
+        let tally = served(&mut c, 5, &id).await;
+        assert_eq!(tally.len(), 1, "user-{user} was split: {tally:?}");
+        users_on_v2 += share(&tally, "v2");
+    }
+    let users_on_v2 = users_on_v2 / 5;
+    assert!(
+        (30..=90).contains(&users_on_v2),
+        "{users_on_v2} of 200 users on the 30% side"
+    );
+    let anonymous = served(&mut c, 100, &[]).await;
+    assert_eq!(share(&anonymous, "v2"), 30, "{anonymous:?}");
+}
+
+/// A reload changes the split (and adds a rate limit) under continuous calls: none fails, and
+/// the new weights take effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_policy_without_failing_a_call() {
+    let fleet = Fleet::start(&["v1", "v2"], |a| split_routes(a, (100, 0), false)).await;
+    let mut c = fleet.client().await;
+    assert_eq!(share(&served(&mut c, 50, &[]).await, "v1"), 50);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let traffic = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let mut c = fleet.client().await;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c.unary(req(b"")).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    fleet.reload(|a| {
+        split_routes(a, (50, 50), false).replace(
+            "split =",
+            "rate_limit = { per_second = 100000, key = \"peer\" }\nsplit =",
+        )
+    });
+    fleet.reload(|a| split_routes(a, (0, 100), false));
+    let after = served(&mut c, 40, &[]).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert_eq!(share(&after, "v2"), 40, "{after:?}");
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 0);
+}
+
+fn limited_route(addrs: &HashMap<String, SocketAddr>, limit: &str) -> String {
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\
+         rate_limit = {{ {limit} }}\n\n{}",
+        upstream("echo", addrs, &[("echo", "eu-west")], ""),
+    )
+}
+
+/// Four callers as fast as they can for 5 s against 100/s: what gets through is the burst plus
+/// 100 per second, within 10%. Refusals are RESOURCE_EXHAUSTED with a pushback and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_its_rate() {
+    let fleet = Fleet::start(&["echo"], |a| {
+        limited_route(a, "per_second = 100, burst = 20")
+    })
+    .await;
+    let started = Instant::now();
+    let window = Duration::from_secs(5);
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let mut c = fleet.client().await;
+        callers.push(tokio::spawn(async move {
+            let (mut ok, mut refused, mut pushbacks) = (0u64, 0u64, Vec::new());
+            while started.elapsed() < window {
+                match c.unary(req(b"")).await {
+                    Ok(_) => ok += 1,
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                        assert!(status.message().contains("rate limit"), "{status:?}");
+                        let pushback = status
+                            .metadata()
+                            .get("grpc-retry-pushback-ms")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                            .expect("grpc-retry-pushback-ms");
+                        pushbacks.push(pushback);
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused, pushbacks)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for caller in callers {
+        let (o, r, pushbacks) = caller.await.unwrap();
+        ok += o;
+        refused += r;
+        // A token comes every 10 ms: nobody is told to wait longer.
+        assert!(
+            pushbacks.iter().all(|p| (1..=10).contains(p)),
+            "{pushbacks:?}"
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected = 20.0 + 100.0 * elapsed;
+    assert!(
+        (ok as f64 - expected).abs() <= 0.1 * 100.0 * elapsed,
+        "{ok} admitted in {elapsed:.2} s, expected {expected:.0}"
+    );
+    assert!(refused > 0, "the callers never exceeded the limit");
+    fleet.wait_metric(
+        "strait_rate_limited_total",
+        &[("route", "bench.Echo")],
+        |v| v == refused as f64,
+    );
+    assert_eq!(fleet.backend("echo").calls(), ok);
+}
+
+/// Keyed by a header, each value has its own bucket: one tenant running dry leaves the other's
+/// calls alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_rate_limit_gives_each_key_its_own_bucket() {
+    let fleet = Fleet::start(&["echo"], |a| {
+        limited_route(a, "per_second = 1, burst = 3, key = \"header:x-tenant\"")
+    })
+    .await;
+    let mut c = fleet.client().await;
+    let a = admitted(&mut c, "a").await;
+    let b = admitted(&mut c, "b").await;
+    // The burst, plus at most one token refilled while the calls ran.
+    assert!((3..=4).contains(&a), "tenant a: {a}");
+    assert!((3..=4).contains(&b), "tenant b: {b}");
+}
+
+/// How many of 6 quick calls as `tenant` are admitted.
+async fn admitted(c: &mut EchoClient<Channel>, tenant: &str) -> usize {
+    let mut ok = 0;
+    for _ in 0..6 {
+        let call = with_metadata(&[("x-tenant", tenant.to_string())], req(b""));
+        if c.unary(call).await.is_ok() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// Beyond `max_in_flight` a call is shed at once with UNAVAILABLE, while the calls holding the
+/// slots are still running at the backend; once they end, calls are admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_max_in_flight_are_shed_at_once() {
+    let fleet = Fleet::start(&["echo"], |a| {
+        format!(
+            "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\n{}",
+            upstream("echo", a, &[("echo", "eu-west")], "max_in_flight = 2")
+        )
+    })
+    .await;
+    let slow = || EchoRequest {
+        delay_ms: 3000,
+        ..Default::default()
+    };
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut c = fleet.client().await;
+        let call = slow();
+        holders.push(tokio::spawn(async move { c.unary(call).await }));
+    }
+    let backend = fleet.backend("echo");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.active() < 2 {
+        assert!(Instant::now() < deadline, "the slow calls never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut c = fleet.client().await;
+    let shed = c.unary(req(b"")).await.unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+    assert!(shed.message().contains("max_in_flight of 2"), "{shed:?}");
+    // Shed, not queued: the slow calls still hold both slots and the backend never saw it.
+    assert_eq!(backend.active(), 2);
+    assert_eq!(backend.calls(), 2);
+    assert_eq!(
+        fleet.metric("strait_shed_total", &[("upstream", "echo")]),
+        Some(1.0)
+    );
+    for holder in holders {
+        holder.await.unwrap().expect("the slow calls finish");
+    }
+    c.unary(req(b""))
+        .await
+        .expect("admitted once the slots are free");
+}
+
+fn spill_upstream(addrs: &HashMap<String, SocketAddr>, overprovision: &str) -> String {
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\n{}",
+        upstream(
+            "echo",
+            addrs,
+            &[("eu-a", "eu-west"), ("eu-b", "eu-west"), ("eu-c", "eu-west"), ("us", "us-east")],
+            &format!(
+                "region_overprovision = {overprovision}\n\
+                 health = {{ interval = \"10s\", timeout = \"1s\", unhealthy_after = 2, healthy_after = 1 }}"
+            ),
+        )
+    )
+}
+
+/// The gateway's region lost 2 of its 3 endpoints: it keeps 1/3 x 1.4 of its calls and spills
+/// the rest to the other region (within 3 points over 1,000 calls), and says so in a gauge and a
+/// log line. Reloaded to `region_overprovision = 0`, nothing spills any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_lost_capacity_spills_its_share() {
+    let fleet = Fleet::start(&["eu-a", "eu-b", "eu-c", "us"], |a| {
+        spill_upstream(a, "1.4")
+    })
+    .await;
+    let mut c = fleet.client().await;
+    let all_healthy = served(&mut c, 100, &[]).await;
+    assert_eq!(share(&all_healthy, "us"), 0, "{all_healthy:?}");
+    // Every probe connects (its Watch reports at once), then two local endpoints go away.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fleet.backends.values().any(|b| b.connections() < 1) {
+        assert!(Instant::now() < deadline, "the probes never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fleet
+        .backend("eu-b")
+        .set_health(ServingStatus::NotServing)
+        .await;
+    fleet
+        .backend("eu-c")
+        .set_health(ServingStatus::NotServing)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tally = served(&mut c, 20, &[]).await;
+        if share(&tally, "eu-b") + share(&tally, "eu-c") == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eu-b and eu-c still serve: {tally:?}"
+        );
+    }
+
+    let tally = served(&mut c, 1000, &[]).await;
+    let kept = share(&tally, "eu-a") as f64 / 1000.0;
+    let expected = 1.0 / 3.0 * 1.4;
+    assert!(
+        (kept - expected).abs() <= 0.03,
+        "kept {kept}, expected {expected:.3}: {tally:?}"
+    );
+    assert_eq!(
+        share(&tally, "eu-a") + share(&tally, "us"),
+        1000,
+        "{tally:?}"
+    );
+    let gauge = fleet.metric("strait_region_spill_ratio", &[("upstream", "echo")]);
+    assert_eq!(gauge, Some(0.533), "{gauge:?}");
+    assert!(fleet.gateway.count_logs("region spill changed") >= 1);
+
+    fleet.reload(|a| spill_upstream(a, "0"));
+    // The reloaded upstream keeps its health state: eu-b and eu-c are still out.
+    let strict = served(&mut c, 100, &[]).await;
+    assert_eq!(share(&strict, "eu-a"), 100, "{strict:?}");
+    let gauge = fleet.metric("strait_region_spill_ratio", &[("upstream", "echo")]);
+    assert_eq!(gauge, Some(0.0));
+}
