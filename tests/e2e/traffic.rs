@@ -498,3 +498,178 @@ async fn a_region_that_lost_capacity_spills_its_share() {
     let gauge = fleet.metric("strait_region_spill_ratio", &[("upstream", "echo")]);
     assert_eq!(gauge, Some(0.0));
 }
+
+/// Route "bench.Echo" to upstream "echo" (backends "a" and "b" in eu-west) with this `retry`
+/// and these extra upstream lines.
+fn retrying(addrs: &HashMap<String, SocketAddr>, retry: &str, upstream_extra: &str) -> String {
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\
+         retry = {{ {retry} }}\n\n{}",
+        upstream(
+            "echo",
+            addrs,
+            &[("a", "eu-west"), ("b", "eu-west")],
+            upstream_extra
+        ),
+    )
+}
+
+/// A unary call with an id the backends count arrivals of, failing with `fail_code` when set.
+fn tagged(id: &str, fail_code: Code, metadata: &[(&'static str, &str)]) -> Request<EchoRequest> {
+    let mut pairs = vec![("x-call-id", id.to_string())];
+    pairs.extend(metadata.iter().map(|(k, v)| (*k, v.to_string())));
+    with_metadata(
+        &pairs,
+        EchoRequest {
+            fail_code: fail_code as i32,
+            fail_message: "asked for".into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn arrivals(fleet: &Fleet, id: &str) -> u32 {
+    fleet.backends.values().map(|b| b.arrivals_of(id)).sum()
+}
+
+/// Both backends fail 30% of calls trailers-only UNAVAILABLE; with `retry` on UNAVAILABLE and
+/// the default budget every call succeeds, the retries say they are retries, and they are
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retries_hide_backends_failing_30_percent() {
+    let fleet = Fleet::start(&["a", "b"], |a| {
+        retrying(a, "on = [\"UNAVAILABLE\"], max_attempts = 3", "")
+    })
+    .await;
+    for backend in fleet.backends.values() {
+        backend.fail_share(30);
+    }
+    let mut c = fleet.client().await;
+    let mut marked_as_retries = 0;
+    for i in 0..300 {
+        let reply = c
+            .unary(req(b""))
+            .await
+            .unwrap_or_else(|s| panic!("call {i} failed: {s:?}"));
+        if let Some(previous) = reply.metadata().get("x-seen-previous-rpc-attempts") {
+            let previous: u64 = previous.to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&previous), "{previous}");
+            marked_as_retries += previous;
+        }
+    }
+    let attempts: u64 = fleet.backends.values().map(|b| b.calls()).sum();
+    let retries = attempts - 300;
+    // 30% of every attempt fails, retries included: about 300 x 0.3 / 0.7 = 129 retries,
+    // within the default budget (20% of 300 calls plus 10/s over 10 s = 160).
+    assert!((100..=160).contains(&retries), "{retries} retries");
+    // The attempt that succeeded knew of every attempt before it.
+    assert_eq!(marked_as_retries, retries);
+    fleet.wait_metric(
+        "strait_retries_total",
+        &[("upstream", "echo"), ("reason", "status")],
+        |v| v == retries as f64,
+    );
+}
+
+/// A backend that always fails: retries stop once the budget (10% of the calls plus 1/s over
+/// 10 s) is spent, and each refusal is counted; the callers get the backend's own status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retries_stop_when_the_budget_is_spent() {
+    let fleet = Fleet::start(&["a", "b"], |a| {
+        retrying(
+            a,
+            "on = [\"UNAVAILABLE\"], max_attempts = 2",
+            // UNAVAILABLE is no breaker failure here: the breakers stay out of the count.
+            "retry_budget = { percent = 10, min_per_second = 1 }\nbreaker = { failure_codes = [\"DATA_LOSS\"] }",
+        )
+    })
+    .await;
+    for backend in fleet.backends.values() {
+        backend.force_status(Some(Code::Unavailable));
+    }
+    let mut c = fleet.client().await;
+    for i in 0..200 {
+        let status = c.unary(req(b"")).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "call {i}: {status:?}");
+        assert!(
+            status.message().contains("forced by the test"),
+            "{status:?}"
+        );
+    }
+    let attempts: u64 = fleet.backends.values().map(|b| b.calls()).sum();
+    let retries = attempts - 200;
+    // 10% of 200 calls plus 1/s x 10 s; the calls took well under the 10 s window.
+    assert!((28..=32).contains(&retries), "{retries} retries");
+    fleet.wait_metric(
+        "strait_retry_budget_exhausted_total",
+        &[("upstream", "echo")],
+        |v| v == (200 - retries) as f64,
+    );
+}
+
+/// What the retry policy must not retry: a status not listed, a request larger than `buffer`,
+/// a backend's negative pushback, and anything after a response message. A listed status with
+/// a pushback of 0 is retried up to `max_attempts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retries_only_where_safe() {
+    let fleet = Fleet::start(&["a", "b"], |a| {
+        retrying(
+            a,
+            "on = [\"UNAVAILABLE\", \"RESOURCE_EXHAUSTED\"], max_attempts = 3, buffer = \"1KiB\"",
+            "",
+        )
+    })
+    .await;
+    let mut c = fleet.client().await;
+
+    let status = c
+        .unary(tagged(
+            "listed",
+            Code::Unavailable,
+            &[("x-echo-pushback", "0")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(arrivals(&fleet, "listed"), 3, "retried up to max_attempts");
+
+    c.unary(tagged("unlisted", Code::Internal, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(arrivals(&fleet, "unlisted"), 1);
+
+    let status = c
+        .unary(tagged(
+            "stop",
+            Code::ResourceExhausted,
+            &[("x-echo-pushback", "-1")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        arrivals(&fleet, "stop"),
+        1,
+        "a negative pushback means: do not retry"
+    );
+
+    let mut large = tagged("large", Code::Unavailable, &[]);
+    large.get_mut().payload = vec![7; 2000];
+    c.unary(large).await.unwrap_err();
+    assert_eq!(arrivals(&fleet, "large"), 1, "larger than the retry buffer");
+
+    let mut stream_call = tagged("streamed", Code::Unavailable, &[]);
+    stream_call.get_mut().reply_count = 1;
+    let mut stream = c.server_stream(stream_call).await.unwrap().into_inner();
+    assert!(
+        stream.message().await.unwrap().is_some(),
+        "the first message arrives"
+    );
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        arrivals(&fleet, "streamed"),
+        1,
+        "no retry after a response message"
+    );
+}

@@ -30,6 +30,9 @@ pub struct BackendStats {
     pub connections: AtomicU64,
     /// When non-zero, every call ends with this gRPC status (after the replies, for streams).
     pub forced_code: std::sync::atomic::AtomicI32,
+    /// This percentage of calls ends with UNAVAILABLE, spread evenly (never two in a row).
+    pub fail_percent: std::sync::atomic::AtomicU32,
+    fail_sequence: AtomicU64,
     /// How often each `x-call-id` reached a handler: a call sent twice shows up as 2.
     pub arrivals: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Where a backend process appends each arrival's call id, one per line, before serving it
@@ -97,6 +100,10 @@ fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     } else {
         &[]
     };
+    // Only retried calls carry it, so echoing it costs other calls nothing.
+    if let Some(value) = from.get("grpc-previous-rpc-attempts") {
+        out.insert("x-seen-previous-rpc-attempts", value.clone());
+    }
     for &(seen, as_name) in trace_context {
         if let Some(value) = from.get(seen) {
             out.insert(as_name, value.clone());
@@ -133,6 +140,10 @@ fn failing_status(req: &EchoRequest, metadata: &MetadataMap) -> Option<Status> {
         }
     }
     trailers.insert("x-trailer-custom", MetadataValue::from_static("present"));
+    // `x-echo-pushback: N` asks the caller to retry after N ms (or never, if negative).
+    if let Some(pushback) = metadata.get("x-echo-pushback") {
+        trailers.insert("grpc-retry-pushback-ms", pushback.clone());
+    }
     Some(Status::with_details_and_metadata(
         Code::from_i32(req.fail_code),
         req.fail_message.clone(),
@@ -144,7 +155,14 @@ fn failing_status(req: &EchoRequest, metadata: &MetadataMap) -> Option<Status> {
 impl EchoService {
     fn forced(&self) -> Option<Status> {
         match self.stats.forced_code.load(Ordering::SeqCst) {
-            0 => None,
+            0 => {
+                let percent = u64::from(self.stats.fail_percent.load(Ordering::SeqCst));
+                let n = self.stats.fail_sequence.fetch_add(1, Ordering::SeqCst);
+                // Steps of 61 (mod 100) never land below 30 twice in a row.
+                ((n * 61) % 100 < percent).then(|| {
+                    Status::unavailable(format!("{} fails {percent}% of calls", self.name))
+                })
+            }
             code => Some(Status::new(
                 Code::from_i32(code),
                 format!("forced by the test on {}", self.name),
@@ -422,6 +440,12 @@ impl Backend {
         self.stats
             .forced_code
             .store(code.map(|c| c as i32).unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Makes `percent` of the following calls end with UNAVAILABLE (trailers-only for unary
+    /// calls), spread evenly: for up to 30%, never two in a row.
+    pub fn fail_share(&self, percent: u32) {
+        self.stats.fail_percent.store(percent, Ordering::SeqCst);
     }
 
     pub fn connections(&self) -> u64 {

@@ -220,6 +220,8 @@ pub struct RouteSection {
     pub match_on: Option<Spanned<MatchSection>>,
     /// Calls per second admitted on this route, per key; beyond: RESOURCE_EXHAUSTED.
     pub rate_limit: Option<Spanned<RateLimitSection>>,
+    /// Send a call again when its backend answered trailers-only with one of these statuses.
+    pub retry: Option<Spanned<RetrySection>>,
     /// Deadline for calls that carry no grpc-timeout.
     pub timeout: Option<Spanned<ConfigDuration>>,
 }
@@ -255,6 +257,41 @@ pub struct RateLimitSection {
     pub key: Option<Spanned<String>>,
 }
 
+/// `{ on = ["UNAVAILABLE"], max_attempts = 3, backoff = "25ms", max_backoff = "250ms", buffer = "64KiB" }`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// gRPC status names (like "UNAVAILABLE") of a trailers-only answer that may be retried.
+    pub on: Vec<Spanned<String>>,
+    /// Attempts per call, first included, 2 to 10 (default 3).
+    pub max_attempts: Option<Spanned<i64>>,
+    /// Back-off before the first retry, randomised below it and doubled per retry (default 25ms).
+    pub backoff: Option<Spanned<ConfigDuration>>,
+    /// The back-off's ceiling (default 250ms).
+    pub max_backoff: Option<Spanned<ConfigDuration>>,
+    /// Request size up to which a call may be retried: "64KiB" (the default and the most),
+    /// "16KiB", "512B", or a number of bytes.
+    pub buffer: Option<Spanned<ByteSize>>,
+}
+
+/// A size in bytes: a number, or a string with B, KiB or MiB.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `{ percent = 20, min_per_second = 10 }`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    /// Retries at most this percentage of the calls of the last 10 s, 0 to 100 (default 20).
+    pub percent: Option<Spanned<i64>>,
+    /// ... plus this many per second, 0 to 100000 (default 10).
+    pub min_per_second: Option<Spanned<i64>>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
@@ -285,6 +322,9 @@ pub struct UpstreamSection {
     /// Region spill: the preferred region keeps min(1, healthy share x this) of its calls, the
     /// rest goes by weight to other regions (default 1.4; 0 = strict region first).
     pub region_overprovision: Option<Spanned<f64>>,
+    /// Retries of the routes to this upstream are at most `percent` of its calls of the last
+    /// 10 s plus `min_per_second` (default `{ percent = 20, min_per_second = 10 }`).
+    pub retry_budget: Option<Spanned<RetryBudgetSection>>,
     pub tls: Option<UpstreamTlsSection>,
 }
 

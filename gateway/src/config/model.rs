@@ -257,6 +257,8 @@ pub struct RouteConfig {
     pub match_headers: Vec<HeaderCondition>,
     pub destination: Destination,
     pub rate_limit: Option<RateLimitConfig>,
+    /// Retries of calls answered trailers-only with a listed status.
+    pub retry: Option<RetryConfig>,
     /// Deadline applied when the caller sends no `grpc-timeout`.
     pub timeout: Option<Duration>,
 }
@@ -306,6 +308,38 @@ pub struct RateLimitConfig {
     pub key: RateLimitKey,
 }
 
+/// A route's `retry` (gRPC's retry design, A6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Status codes of a trailers-only answer that make a call worth sending again.
+    pub on: Vec<crate::grpc::Code>,
+    /// Attempts per call, the first included; connect-level retries count too.
+    pub max_attempts: u32,
+    /// The first retry waits a random time below this, doubling per retry up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Calls whose request grew past this many bytes are not retried (the gateway keeps a
+    /// copy of at most this much to send again).
+    pub buffer: u32,
+}
+
+/// An upstream's `retry_budget`: retries at most `percent` of the last 10 s of calls, plus
+/// `min_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetConfig {
+    pub percent: u32,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: 20,
+            min_per_second: 10,
+        }
+    }
+}
+
 /// What the calls of one rate-limit bucket have in common.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitKey {
@@ -327,6 +361,7 @@ pub struct UpstreamConfig {
     pub max_in_flight: Option<u32>,
     /// The preferred region keeps min(1, healthy share x this) of its calls; 0 = strict.
     pub region_overprovision: f64,
+    pub retry_budget: RetryBudgetConfig,
     pub tls: Option<UpstreamTls>,
     /// Active gRPC health probes; none without `[upstream.health]`.
     pub health: Option<HealthSettings>,

@@ -1,13 +1,21 @@
-//! Validation of a route's traffic policy (`upstream` or `split`, `match`, `rate_limit`) and of
-//! the upstream keys that shape load (`max_in_flight`, `region_overprovision`).
+//! Validation of a route's traffic policy (`upstream` or `split`, `match`, `rate_limit`,
+//! `retry`) and of the upstream keys that shape load (`max_in_flight`, `region_overprovision`,
+//! `retry_budget`).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use http::HeaderName;
 
 use super::diagnostics::Diagnostics;
-use super::file::{RouteSection, UpstreamSection};
-use super::model::{Destination, HeaderCondition, RateLimitConfig, RateLimitKey, SplitSide};
+use super::duration::ConfigDuration;
+use super::file::{ByteSize, RouteSection, UpstreamSection};
+use super::model::{
+    Destination, HeaderCondition, RateLimitConfig, RateLimitKey, RetryBudgetConfig, RetryConfig,
+    SplitSide,
+};
+use super::spanned::Spanned;
+use crate::grpc::Code;
 
 /// Envoy's default overprovisioning factor: a region with 5 of 7 endpoints usable still keeps
 /// all of its calls; below that it spills gradually.
@@ -276,4 +284,185 @@ pub(super) fn validate_load_shaping(
         }
     };
     (max_in_flight, overprovision)
+}
+
+/// pingora keeps at most 64 KiB of a request to send it again (its retry buffer).
+pub const MAX_RETRY_BUFFER: u32 = 64 * 1024;
+const DEFAULT_RETRY_ATTEMPTS: i64 = 3;
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+
+pub(super) fn validate_retry(
+    section: &RouteSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> Option<RetryConfig> {
+    let retry = section.retry.as_ref()?;
+    let written = retry.get_ref();
+    let key = |name: &str| format!("{path}.retry.{name}");
+    if written.on.is_empty() {
+        diag.at(
+            Some(retry.span()),
+            key("on"),
+            "list at least one status, like [\"UNAVAILABLE\"]",
+        );
+    }
+    let mut on = Vec::new();
+    for code in &written.on {
+        match code.get_ref().parse::<Code>() {
+            Ok(Code::Ok) => diag.at(Some(code.span()), key("on"), "OK is not a failure to retry"),
+            Ok(c) if on.contains(&c) => {
+                diag.at(Some(code.span()), key("on"), format!("{c} is listed twice"))
+            }
+            Ok(c) => on.push(c),
+            Err(e) => diag.at(Some(code.span()), key("on"), e),
+        }
+    }
+    let max_attempts = match &written.max_attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) if (2..=10).contains(n.get_ref()) => *n.get_ref(),
+        Some(n) => {
+            diag.at(
+                Some(n.span()),
+                key("max_attempts"),
+                format!(
+                    "must be between 2 and 10 (the first attempt included), got {}",
+                    n.get_ref()
+                ),
+            );
+            DEFAULT_RETRY_ATTEMPTS
+        }
+    } as u32;
+    let duration = |value: &Option<Spanned<ConfigDuration>>,
+                    name: &str,
+                    default,
+                    diag: &mut Diagnostics| match value {
+        None => default,
+        Some(d) if d.get_ref().0 > Duration::ZERO && d.get_ref().0 <= MAX_RETRY_BACKOFF => {
+            d.get_ref().0
+        }
+        Some(d) => {
+            diag.at(
+                Some(d.span()),
+                key(name),
+                format!("must be above 0 and at most 60s, got {:?}", d.get_ref().0),
+            );
+            default
+        }
+    };
+    let backoff = duration(&written.backoff, "backoff", DEFAULT_RETRY_BACKOFF, diag);
+    let max_backoff = duration(
+        &written.max_backoff,
+        "max_backoff",
+        DEFAULT_RETRY_MAX_BACKOFF.max(backoff),
+        diag,
+    );
+    if backoff > max_backoff {
+        let at = written
+            .max_backoff
+            .as_ref()
+            .or(written.backoff.as_ref())
+            .map(|d| d.span());
+        diag.at(
+            at,
+            key("max_backoff"),
+            format!("must be at least backoff ({backoff:?}), got {max_backoff:?}"),
+        );
+    }
+    let buffer = match &written.buffer {
+        None => MAX_RETRY_BUFFER,
+        Some(size) => match byte_size(size.get_ref()) {
+            Ok(bytes) if bytes <= u64::from(MAX_RETRY_BUFFER) => bytes as u32,
+            Ok(bytes) => {
+                diag.at(
+                    Some(size.span()),
+                    key("buffer"),
+                    format!(
+                        "at most 64KiB (the most of a request the gateway keeps to send again), got {bytes} bytes"
+                    ),
+                );
+                MAX_RETRY_BUFFER
+            }
+            Err(e) => {
+                diag.at(Some(size.span()), key("buffer"), e);
+                MAX_RETRY_BUFFER
+            }
+        },
+    };
+    Some(RetryConfig {
+        on,
+        max_attempts,
+        backoff,
+        max_backoff: max_backoff.max(backoff),
+        buffer,
+    })
+}
+
+/// "64KiB", "512B", "1MiB" or a plain number of bytes.
+fn byte_size(size: &ByteSize) -> Result<u64, String> {
+    let text = match size {
+        ByteSize::Bytes(n) => {
+            return u64::try_from(*n).map_err(|_| format!("a size cannot be negative, got {n}"))
+        }
+        ByteSize::Text(text) => text.trim(),
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use B, KiB or MiB"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("{text:?} is not a size like \"64KiB\""))
+}
+
+/// An upstream's `retry_budget`.
+pub(super) fn validate_retry_budget(
+    section: &UpstreamSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> RetryBudgetConfig {
+    let defaults = RetryBudgetConfig::default();
+    let Some(budget) = &section.retry_budget else {
+        return defaults;
+    };
+    let written = budget.get_ref();
+    let within = |value: &Option<Spanned<i64>>,
+                  max: i64,
+                  name: &str,
+                  default: u32,
+                  diag: &mut Diagnostics| match value {
+        None => default,
+        Some(v) if (0..=max).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            diag.at(
+                Some(v.span()),
+                format!("{path}.retry_budget.{name}"),
+                format!("must be between 0 and {max}, got {}", v.get_ref()),
+            );
+            default
+        }
+    };
+    RetryBudgetConfig {
+        percent: within(&written.percent, 100, "percent", defaults.percent, diag),
+        min_per_second: within(
+            &written.min_per_second,
+            100_000,
+            "min_per_second",
+            defaults.min_per_second,
+            diag,
+        ),
+    }
 }

@@ -1611,3 +1611,134 @@ fn load_shaping_keys_land_in_the_model_and_bad_ones_are_refused() {
         );
     }
 }
+
+#[test]
+fn retries_land_in_the_model_and_bad_ones_are_refused() {
+    let config = accepted(&policy_route(
+        "upstream = \"echo\"\nretry = { on = [\"UNAVAILABLE\", \"RESOURCE_EXHAUSTED\"], max_attempts = 4, backoff = \"10ms\", max_backoff = \"1s\", buffer = \"16KiB\" }",
+    ));
+    assert_eq!(
+        config.routes[0].retry,
+        Some(RetryConfig {
+            on: vec![
+                crate::grpc::Code::Unavailable,
+                crate::grpc::Code::ResourceExhausted
+            ],
+            max_attempts: 4,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            buffer: 16 * 1024,
+        })
+    );
+    let defaults = accepted(&policy_route(
+        "upstream = \"echo\"\nretry = { on = [\"UNAVAILABLE\"] }",
+    ));
+    let retry = defaults.routes[0].retry.clone().unwrap();
+    assert_eq!(
+        (
+            retry.max_attempts,
+            retry.backoff,
+            retry.max_backoff,
+            retry.buffer
+        ),
+        (
+            3,
+            Duration::from_millis(25),
+            Duration::from_millis(250),
+            65536
+        )
+    );
+    let bytes = accepted(&policy_route(
+        "upstream = \"echo\"\nretry = { on = [\"UNAVAILABLE\"], buffer = 100 }",
+    ));
+    assert_eq!(bytes.routes[0].retry.as_ref().unwrap().buffer, 100);
+    for (retry, key, needle) in [
+        ("on = []", "on", "at least one status"),
+        ("on = [\"OK\"]", "on", "OK is not a failure"),
+        (
+            "on = [\"UNAVAILABLE\", \"UNAVAILABLE\"]",
+            "on",
+            "listed twice",
+        ),
+        ("on = [\"NOPE\"]", "on", "NOPE"),
+        (
+            "on = [\"UNAVAILABLE\"], max_attempts = 1",
+            "max_attempts",
+            "between 2 and 10",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], max_attempts = 11",
+            "max_attempts",
+            "between 2 and 10",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], backoff = \"0s\"",
+            "backoff",
+            "above 0",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], max_backoff = \"2m\"",
+            "max_backoff",
+            "at most 60s",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], backoff = \"1s\", max_backoff = \"100ms\"",
+            "max_backoff",
+            "at least backoff",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], buffer = \"65KiB\"",
+            "buffer",
+            "at most 64KiB",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], buffer = \"1GB\"",
+            "buffer",
+            "unknown size unit",
+        ),
+        (
+            "on = [\"UNAVAILABLE\"], buffer = -1",
+            "buffer",
+            "cannot be negative",
+        ),
+    ] {
+        let source = policy_route(&format!("upstream = \"echo\"\nretry = {{ {retry} }}"));
+        refused_on_line(&source, &format!("route[0].retry.{key}"), needle, "retry =");
+    }
+}
+
+#[test]
+fn retry_budgets_land_in_the_model_and_bad_ones_are_refused() {
+    let config = accepted(&upstream(
+        "retry_budget = { percent = 50, min_per_second = 0 }",
+    ));
+    assert_eq!(
+        config.upstreams[0].retry_budget,
+        RetryBudgetConfig {
+            percent: 50,
+            min_per_second: 0
+        }
+    );
+    assert_eq!(
+        accepted(&upstream("")).upstreams[0].retry_budget,
+        RetryBudgetConfig {
+            percent: 20,
+            min_per_second: 10
+        }
+    );
+    for (bad, key) in [
+        ("retry_budget = { percent = 101 }", "percent"),
+        ("retry_budget = { percent = -1 }", "percent"),
+        (
+            "retry_budget = { min_per_second = 100001 }",
+            "min_per_second",
+        ),
+    ] {
+        refused_on_line(
+            &upstream(bad),
+            &format!("upstream[0].retry_budget.{key}"),
+            "between 0 and",
+            bad,
+        );
+    }
+}

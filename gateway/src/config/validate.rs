@@ -574,6 +574,7 @@ fn validate_upstreams(
         };
         let (max_in_flight, region_overprovision) =
             super::policy::validate_load_shaping(section, &path, diag);
+        let retry_budget = super::policy::validate_retry_budget(section, &path, diag);
         let connect_timeout = duration_up_to(
             &section.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
@@ -639,6 +640,7 @@ fn validate_upstreams(
             max_attempts,
             max_in_flight,
             region_overprovision,
+            retry_budget,
             tls,
             health,
             breaker,
@@ -1083,6 +1085,7 @@ fn validate_routes(
             super::policy::validate_destination(section, &path, &upstream_names, diag);
         let match_headers = super::policy::validate_match(section, &path, diag);
         let rate_limit = super::policy::validate_rate_limit(section, &path, diag);
+        let retry = super::policy::validate_retry(section, &path, diag);
         let service_text = section.service.get_ref();
         let service = if service_text == "*" {
             ServiceMatch::Any
@@ -1141,6 +1144,7 @@ fn validate_routes(
             match_headers,
             destination,
             rate_limit,
+            retry,
             timeout: section
                 .timeout
                 .as_ref()

@@ -62,6 +62,7 @@ pub struct Metrics {
     upstream_traffic: Mutex<HashMap<String, Arc<TrafficWindow>>>,
     attempts: IntCounterVec,
     retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
     in_flight: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     probes: IntCounterVec,
@@ -174,7 +175,13 @@ impl Metrics {
             retries: counter(
                 &registry,
                 "strait_retries_total",
-                "Attempts after the first, by upstream.",
+                "Attempts after the first, by upstream and reason: unprocessed (nothing reached a backend) or status (a retry policy's status).",
+                &["upstream", "reason"],
+            ),
+            retry_budget_exhausted: counter(
+                &registry,
+                "strait_retry_budget_exhausted_total",
+                "Retries a route's retry policy allowed but the upstream's retry_budget refused.",
                 &["upstream"],
             ),
             in_flight: gauge(
@@ -333,6 +340,11 @@ impl Metrics {
         self.rate_limited.with_label_values(&[route])
     }
 
+    /// Retries refused by an upstream's retry budget.
+    pub fn retry_budget_exhausted(&self, upstream: &str) -> IntCounter {
+        self.retry_budget_exhausted.with_label_values(&[upstream])
+    }
+
     /// Calls shed by an upstream's max_in_flight.
     pub fn shed(&self, upstream: &str) -> IntCounter {
         self.shed.with_label_values(&[upstream])
@@ -364,7 +376,8 @@ impl Metrics {
             .or_insert_with(|| {
                 Arc::new(RouteMetrics {
                     methods: RouteMethods::new(self.methods.clone(), listener, route, upstream),
-                    retries: self.retries.with_label_values(&[upstream]),
+                    retries_unprocessed: self.retries.with_label_values(&[upstream, "unprocessed"]),
+                    retries_on_status: self.retries.with_label_values(&[upstream, "status"]),
                     traffic: Default::default(),
                     upstream_traffic: self.upstream_traffic(upstream),
                 })
@@ -484,7 +497,8 @@ impl Metrics {
 #[derive(Debug)]
 pub struct RouteMetrics {
     pub methods: RouteMethods,
-    retries: IntCounter,
+    retries_unprocessed: IntCounter,
+    retries_on_status: IntCounter,
     /// The last minute of this route's calls (status page).
     pub traffic: TrafficWindow,
     /// The same for its upstream, shared by every route to it.
@@ -492,8 +506,14 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn retry(&self) {
-        self.retries.inc();
+    /// A further attempt; `on_status` when a retry policy sent the call again after the
+    /// backend's status, else the backend never saw the previous attempt.
+    pub fn retry(&self, on_status: bool) {
+        if on_status {
+            self.retries_on_status.inc();
+        } else {
+            self.retries_unprocessed.inc();
+        }
     }
 }
 

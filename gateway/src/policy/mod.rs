@@ -1,11 +1,14 @@
 //! Per-call traffic policy: which route of a service takes a call (`match`), which upstream of
-//! the route (`split`), whether it may go at all (`rate_limit`, `max_in_flight`). Plain types
-//! the proxy consults once per call; the routing snapshot builds them from the config, and
-//! their live state (buckets, in-flight counts) outlives snapshots in `PolicyState`.
+//! the route (`split`), whether it may go at all (`rate_limit`, `max_in_flight`), and whether
+//! a failed attempt is tried again (`retry`, within the upstream's retry budget). Plain types
+//! the proxy consults; the routing snapshot builds them from the config, and their live state
+//! (buckets, in-flight counts, retry budgets) outlives snapshots in `PolicyState`.
 
+mod budget;
 mod in_flight;
 mod matcher;
 mod rate_limit;
+mod retry;
 mod split;
 
 use std::collections::HashMap;
@@ -16,10 +19,12 @@ use std::time::Duration;
 use http::HeaderMap;
 use parking_lot::Mutex;
 
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, RetryBudgetConfig};
+pub use budget::RetryBudget;
 pub use in_flight::{try_enter, InFlightCount, InFlightPermit};
 pub use matcher::HeaderMatch;
 pub use rate_limit::{Limited, RateLimit, MAX_TRACKED_KEYS};
+pub use retry::{NoRetry, Pushback, RetryFacts, RetryPolicy, Verdict};
 pub use split::{stable_hash, Split};
 
 /// What the policy knows of a call when it decides.
@@ -148,6 +153,7 @@ impl<T> RouteChoice<T> {
 pub struct PolicyState {
     in_flight: Mutex<HashMap<String, Weak<InFlightCount>>>,
     rate_limits: Mutex<HashMap<String, Weak<RateLimit>>>,
+    retry_budgets: Mutex<HashMap<String, Weak<RetryBudget>>>,
 }
 
 impl PolicyState {
@@ -178,6 +184,24 @@ impl PolicyState {
         let limit = Arc::new(RateLimit::new(config.clone()));
         limits.insert(id.to_string(), Arc::downgrade(&limit));
         limit
+    }
+
+    /// The retry budget of the upstream named `upstream`, kept while its settings stay (a
+    /// rebuilt snapshot must not hand a failing upstream a fresh allowance).
+    pub fn retry_budget(&self, upstream: &str, config: &RetryBudgetConfig) -> Arc<RetryBudget> {
+        let mut budgets = self.retry_budgets.lock();
+        let settings = (config.percent, config.min_per_second);
+        if let Some(budget) = budgets
+            .get(upstream)
+            .and_then(Weak::upgrade)
+            .filter(|b| b.settings() == settings)
+        {
+            return budget;
+        }
+        budgets.retain(|_, weak| weak.strong_count() > 0);
+        let budget = Arc::new(RetryBudget::new(config.percent, config.min_per_second));
+        budgets.insert(upstream.to_string(), Arc::downgrade(&budget));
+        budget
     }
 }
 

@@ -14,8 +14,8 @@ use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
 use crate::policy::{
-    self, Admits, Destination, HeaderMatch, InFlightCount, InFlightPermit, Refusal, RouteChoice,
-    RouteLimit, RoutePolicy, Split,
+    self, Admits, Destination, HeaderMatch, InFlightCount, InFlightPermit, Refusal, RetryBudget,
+    RetryPolicy, RouteChoice, RouteLimit, RoutePolicy, Split,
 };
 
 /// One endpoint as the call path sees it: what discovery reported, plus its live state and its
@@ -88,6 +88,9 @@ pub struct UpstreamLoad {
     pub spill_ratio: Option<prometheus::Gauge>,
     /// The gateway's own region: its spill is the one reported.
     pub home_region: Option<String>,
+    /// How many retries the routes to this upstream may make now.
+    pub retry_budget: Option<Arc<RetryBudget>>,
+    pub budget_exhausted: Option<prometheus::IntCounter>,
 }
 
 impl UpstreamSet {
@@ -123,6 +126,24 @@ impl UpstreamSet {
             region_overprovision: config.region_overprovision,
             spill: SpillSequence::default(),
             spilled_permille: AtomicU32::new(SPILL_UNSET),
+        }
+    }
+
+    /// Counts a call towards the retry budget (its first attempt).
+    pub fn count_call(&self) {
+        if let Some(budget) = &self.load.retry_budget {
+            budget.record_call();
+        }
+    }
+
+    /// Takes a retry from the budget; a refusal is counted.
+    pub fn retry_budget(&self) -> Option<&RetryBudget> {
+        self.load.retry_budget.as_deref()
+    }
+
+    pub fn note_budget_exhausted(&self) {
+        if let Some(counter) = &self.load.budget_exhausted {
+            counter.inc();
         }
     }
 
@@ -250,6 +271,8 @@ pub struct RouteTarget {
     /// Call counters for this route, resolved once per snapshot (none without `[admin]`).
     /// Shared: a target is cloned into every call, and the counters are 35 handles.
     pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
+    /// The route's `retry` (none: only calls no backend saw are tried again).
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 impl Admits for RouteTarget {
@@ -397,6 +420,14 @@ impl RoutingSnapshot {
                             .metrics()
                             .map(|m| m.region_spill_ratio(&upstream.name)),
                         home_region: config.gateway.region.clone(),
+                        retry_budget: Some(
+                            registry
+                                .policy()
+                                .retry_budget(&upstream.name, &upstream.retry_budget),
+                        ),
+                        budget_exhausted: registry
+                            .metrics()
+                            .map(|m| m.retry_budget_exhausted(&upstream.name)),
                     },
                 )),
             );
@@ -493,6 +524,10 @@ fn route_policy(
     registry: &EndpointRegistry,
 ) -> Option<Route> {
     let label: Arc<str> = route_label(route).into();
+    let retry = route
+        .retry
+        .as_ref()
+        .map(|config| Arc::new(RetryPolicy::new(config.clone())));
     let target = |upstream_name: &str| {
         let upstream = upstreams.get(upstream_name)?;
         Some(RouteTarget {
@@ -502,6 +537,7 @@ fn route_policy(
             metrics: registry
                 .metrics()
                 .map(|m| m.route(&route.listener, &label, upstream_name)),
+            retry: retry.clone(),
         })
     };
     let destination = match &route.destination {

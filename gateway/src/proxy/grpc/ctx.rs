@@ -63,6 +63,10 @@ pub struct CallCtx {
     pub response_started: bool,
     /// `grpc-status` seen from the backend (trailers or trailers-only).
     pub upstream_status: Option<Code>,
+    /// The route's retry policy sends the call again after this wait: the backend answered
+    /// trailers-only with a listed status (set in the response filter, taken by the next
+    /// `upstream_peer`).
+    pub pending_retry: Option<Duration>,
     /// A status the gateway decided on itself, written by `fail_to_proxy` or a filter.
     pub local_status: Option<LocalStatus>,
     pub call_guard: Option<CallGuard>,
@@ -98,6 +102,7 @@ impl CallCtx {
             last_failure: None,
             response_started: false,
             upstream_status: None,
+            pending_retry: None,
             local_status: None,
             call_guard: None,
             not_grpc: false,

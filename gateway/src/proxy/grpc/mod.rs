@@ -3,14 +3,16 @@
 //! request_filter      -> start the call's trace (caller's `traceparent`); parse `:path`, find
 //!                        the route (`match`); the policy admits the call (rate limit, split
 //!                        side, in-flight slot); fix the deadline and preferred region
-//! upstream_peer       -> pick an endpoint (region, smooth WRR, not yet tried); one dial
-//!                        in flight per endpoint
+//! upstream_peer       -> after a status retry, wait its back-off; pick an endpoint (region
+//!                        spill, smooth WRR, not yet tried); one dial in flight per endpoint
 //! connected_to_upstream -> the dial is up: calls waiting on it go ahead
-//! upstream_request    -> forward the remaining budget as `grpc-timeout`, and the gateway's
-//!                        span as the backend's `traceparent`
+//! upstream_request    -> forward the remaining budget as `grpc-timeout`, the gateway's span
+//!                        as the backend's `traceparent`, `grpc-previous-rpc-attempts`
 //! fail_to_connect /
 //! error_while_proxy   -> decide whether another endpoint may be tried
-//! response filters    -> note `grpc-status` (headers, trailers-only or trailers), enforce deadline
+//! response filters    -> note `grpc-status` (headers, trailers-only or trailers); a
+//!                        trailers-only status the route's `retry` allows is not relayed but
+//!                        retried; enforce the deadline
 //! fail_to_proxy       -> answer the gateway's own errors the gRPC way
 //! logging             -> the breaker's verdict; then `report.rs`: metrics, traffic, spans,
 //!                        access log
@@ -44,7 +46,7 @@ use crate::breaker::{Admission, Outcome};
 use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::observe::Observers;
-use crate::policy::CallFacts;
+use crate::policy::{CallFacts, NoRetry, Pushback, RetryFacts, Verdict};
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -138,6 +140,7 @@ impl GrpcProxy {
         })?;
         ctx.in_flight_permit = Some(admitted.permit);
         let target = admitted.target;
+        target.upstream.count_call();
         let budget = match req.headers.get("grpc-timeout") {
             Some(value) => Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
                 LocalStatus::new(
@@ -250,13 +253,73 @@ impl GrpcProxy {
         }
     }
 
+    /// Attempts a call may make: the route's `retry.max_attempts`, else the upstream's.
+    fn max_attempts(ctx: &CallCtx) -> u32 {
+        ctx.target.as_ref().map_or(1, |t| {
+            t.retry
+                .as_ref()
+                .map_or(t.upstream.max_attempts, |r| r.max_attempts())
+        })
+    }
+
     fn may_try_again(ctx: &CallCtx) -> bool {
-        let max = ctx
-            .target
-            .as_ref()
-            .map(|t| t.upstream.max_attempts)
-            .unwrap_or(1);
-        (ctx.tried.len() as u32) < max && !ctx.deadline_passed()
+        (ctx.tried.len() as u32) < Self::max_attempts(ctx) && !ctx.deadline_passed()
+    }
+
+    /// Ends an attempt whose trailers-only `code` is retried instead of relayed: the breaker
+    /// and the attempt metrics see the status; pingora sees a retryable upstream error and
+    /// asks `upstream_peer` for the next attempt (see `error_while_proxy`).
+    fn hold_back_for_retry(ctx: &mut CallCtx, code: Code, wait: Duration) -> Box<Error> {
+        let outcome = Self::classify_response(ctx, None);
+        let counted_as = match outcome {
+            Some(Outcome::Failure) => Some(AttemptOutcome::GrpcFailure),
+            _ => Some(AttemptOutcome::Ok),
+        };
+        ctx.finish_attempt(outcome, counted_as);
+        if let Some(addr) = ctx.endpoint {
+            ctx.last_failure = Some(format!("{addr}: answered {code}"));
+        }
+        ctx.upstream_status = None;
+        ctx.pending_retry = Some(wait);
+        Error::explain(
+            ErrorType::Custom("retrying on status"),
+            format!("backend answered {code}; the route retries it"),
+        )
+        .into_up()
+    }
+
+    /// Asks the route's retry policy whether a trailers-only `code` is sent again; the wait
+    /// before the next attempt when it is.
+    fn retry_on_status(
+        session: &Session,
+        response: &ResponseHeader,
+        ctx: &CallCtx,
+        code: Code,
+    ) -> Option<Duration> {
+        let target = ctx.target.as_ref()?;
+        let policy = target.retry.as_ref()?;
+        let budget = target.upstream.retry_budget()?;
+        let facts = RetryFacts {
+            attempts: ctx.tried.len() as u32,
+            request_bytes: ctx.frames.bytes,
+            copy_truncated: session.as_ref().retry_buffer_truncated(),
+            remaining: ctx.remaining(),
+            pushback: Pushback::parse(
+                response
+                    .headers
+                    .get("grpc-retry-pushback-ms")
+                    .map(|v| v.as_bytes()),
+            ),
+            jitter: rand::random::<f64>(),
+        };
+        match policy.decide(code, facts, budget) {
+            Verdict::RetryAfter(wait) => Some(wait),
+            Verdict::Stop(NoRetry::BudgetExhausted) => {
+                target.upstream.note_budget_exhausted();
+                None
+            }
+            Verdict::Stop(_) => None,
+        }
     }
 }
 
@@ -350,23 +413,39 @@ impl ProxyHttp for GrpcProxy {
                 "call reached upstream_peer unrouted",
             ));
         };
+        let after_status = ctx.pending_retry.take();
+        if let Some(wait) = after_status {
+            // The policy's back-off or the backend's pushback; the deadline leaves time for it
+            // (checked when the retry was decided).
+            tokio::time::sleep(wait).await;
+        }
         if ctx.deadline_passed() {
             ctx.local_status = Some(Self::deadline_status(ctx));
             return Err(Error::new(ErrorType::Custom("deadline exceeded")));
         }
         let upstream = &target.upstream;
-        if (ctx.tried.len() as u32) >= upstream.max_attempts {
+        if (ctx.tried.len() as u32) >= Self::max_attempts(ctx) {
             ctx.local_status = Some(Self::no_endpoint_status(ctx));
             return Err(Self::no_endpoint_error());
         }
-        let Some((index, admission)) = upstream.claim(ctx.region.as_deref(), &ctx.tried) else {
+        // A status retry goes to another endpoint when one is usable, else to one already
+        // tried (the backend answered; it may answer differently now).
+        let claimed = upstream
+            .claim(ctx.region.as_deref(), &ctx.tried)
+            .or_else(|| {
+                after_status
+                    .is_some()
+                    .then(|| upstream.claim(ctx.region.as_deref(), &[]))
+                    .flatten()
+            });
+        let Some((index, admission)) = claimed else {
             ctx.local_status = Some(Self::no_endpoint_status(ctx));
             return Err(Self::no_endpoint_error());
         };
         let endpoint = &upstream.endpoints[index];
         if !ctx.tried.is_empty() {
             if let Some(m) = &target.metrics {
-                m.retry();
+                m.retry(after_status.is_some());
             }
         }
         ctx.tried.push(index);
@@ -419,6 +498,13 @@ impl ProxyHttp for GrpcProxy {
             upstream_request.insert_header(
                 "grpc-timeout",
                 once_per_call(format_grpc_timeout(remaining))?,
+            )?;
+        }
+        if ctx.tried.len() > 1 {
+            // gRPC's retry design: the backend learns this is not the first attempt.
+            upstream_request.insert_header(
+                "grpc-previous-rpc-attempts",
+                (ctx.tried.len() - 1).to_string(),
             )?;
         }
         if let Some(trace) = &ctx.trace {
@@ -487,6 +573,11 @@ impl ProxyHttp for GrpcProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        if ctx.pending_retry.is_some() {
+            // The response filter held back a status to retry: nothing reached the caller.
+            e.set_retry(true);
+            return e;
+        }
         Self::attempt_failed(ctx, peer, &e, false);
         // gRPC calls are not idempotent: retry only when the backend provably did not see it,
         // nothing came back yet, and the whole request body is still buffered for a resend.
@@ -500,15 +591,23 @@ impl ProxyHttp for GrpcProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut CallCtx,
     ) -> Result<()> {
-        ctx.response_started = true;
-        if let Some(value) = upstream_response.headers.get("grpc-status") {
+        let trailers_only = upstream_response
+            .headers
+            .get("grpc-status")
+            .map(|value| Code::from_header(value.as_bytes()));
+        if let Some(code) = trailers_only {
             // Trailers-only response: the status rides in the headers and stays there.
-            let code = Code::from_header(value.as_bytes());
             ctx.upstream_status = Some(code);
+            if let Some(wait) = Self::retry_on_status(session, upstream_response, ctx, code) {
+                return Err(Self::hold_back_for_retry(ctx, code, wait));
+            }
+        }
+        ctx.response_started = true;
+        if let Some(code) = trailers_only {
             if let Some(status) = expired_budget_status(ctx, code) {
                 upstream_response.insert_header("grpc-status", status.code as u8 as u16)?;
                 upstream_response
@@ -613,6 +712,17 @@ impl ProxyHttp for GrpcProxy {
             gauge.dec();
         }
         ctx.call_guard = None;
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &CallCtx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A status retry is policy at work, counted in strait_retries_total{reason="status"}.
+        ctx.pending_retry.is_some()
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, error: &Error) -> bool {
