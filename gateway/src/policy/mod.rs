@@ -159,50 +159,52 @@ pub struct PolicyState {
 impl PolicyState {
     /// The in-flight count of the upstream named `upstream`.
     pub fn in_flight(&self, upstream: &str) -> Arc<InFlightCount> {
-        let mut counts = self.in_flight.lock();
-        if let Some(count) = counts.get(upstream).and_then(Weak::upgrade) {
-            return count;
-        }
-        counts.retain(|_, weak| weak.strong_count() > 0);
-        let count = Arc::new(InFlightCount::default());
-        counts.insert(upstream.to_string(), Arc::downgrade(&count));
-        count
+        shared(&self.in_flight, upstream, |_| true, InFlightCount::default)
     }
 
     /// The limit known as `id` (listener, route, match), reused while its settings stay;
     /// changed settings start with full buckets.
     pub fn rate_limit(&self, id: &str, config: &RateLimitConfig) -> Arc<RateLimit> {
-        let mut limits = self.rate_limits.lock();
-        if let Some(limit) = limits
-            .get(id)
-            .and_then(Weak::upgrade)
-            .filter(|l| l.config() == config)
-        {
-            return limit;
-        }
-        limits.retain(|_, weak| weak.strong_count() > 0);
-        let limit = Arc::new(RateLimit::new(config.clone()));
-        limits.insert(id.to_string(), Arc::downgrade(&limit));
-        limit
+        shared(
+            &self.rate_limits,
+            id,
+            |limit| limit.config() == config,
+            || RateLimit::new(config.clone()),
+        )
     }
 
     /// The retry budget of the upstream named `upstream`, kept while its settings stay (a
     /// rebuilt snapshot must not hand a failing upstream a fresh allowance).
     pub fn retry_budget(&self, upstream: &str, config: &RetryBudgetConfig) -> Arc<RetryBudget> {
-        let mut budgets = self.retry_budgets.lock();
-        let settings = (config.percent, config.min_per_second);
-        if let Some(budget) = budgets
-            .get(upstream)
-            .and_then(Weak::upgrade)
-            .filter(|b| b.settings() == settings)
-        {
-            return budget;
-        }
-        budgets.retain(|_, weak| weak.strong_count() > 0);
-        let budget = Arc::new(RetryBudget::new(config.percent, config.min_per_second));
-        budgets.insert(upstream.to_string(), Arc::downgrade(&budget));
-        budget
+        shared(
+            &self.retry_budgets,
+            upstream,
+            |budget| budget.settings() == (config.percent, config.min_per_second),
+            || RetryBudget::new(config.percent, config.min_per_second),
+        )
     }
+}
+
+/// The live `T` known as `key` while a snapshot still holds it and `still_fits` it; else a new
+/// one from `make`. Entries no snapshot holds any more are dropped on the way.
+fn shared<T>(
+    map: &Mutex<HashMap<String, Weak<T>>>,
+    key: &str,
+    still_fits: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut entries = map.lock();
+    if let Some(live) = entries
+        .get(key)
+        .and_then(Weak::upgrade)
+        .filter(|live| still_fits(live))
+    {
+        return live;
+    }
+    entries.retain(|_, weak| weak.strong_count() > 0);
+    let fresh = Arc::new(make());
+    entries.insert(key.to_string(), Arc::downgrade(&fresh));
+    fresh
 }
 
 #[cfg(test)]

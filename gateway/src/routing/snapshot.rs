@@ -136,11 +136,12 @@ impl UpstreamSet {
         }
     }
 
-    /// Takes a retry from the budget; a refusal is counted.
+    /// The upstream's retry budget (shared by every route to it).
     pub fn retry_budget(&self) -> Option<&RetryBudget> {
         self.load.retry_budget.as_deref()
     }
 
+    /// Counts a status retry the budget refused.
     pub fn note_budget_exhausted(&self) {
         if let Some(counter) = &self.load.budget_exhausted {
             counter.inc();
