@@ -24,9 +24,17 @@ pub const ETCD_WATCH: &str = "etcd_watch";
 pub const HEALTH_PROBES: &str = "health_probes";
 pub const CONTROL: &str = "control";
 pub const DNS_DISCOVERY: &str = "dns_discovery";
+/// This gateway's registration and the count of the fleet's (cluster-wide rate limits).
+pub const GATEWAY_MEMBERS: &str = "gateway_members";
 /// One endpoint's probe, restarted by the health task itself (it owns the probe tasks).
 pub const HEALTH_PROBE: &str = "health_probe";
-const TASKS: [&str; 4] = [ETCD_WATCH, HEALTH_PROBES, CONTROL, DNS_DISCOVERY];
+const TASKS: [&str; 5] = [
+    ETCD_WATCH,
+    HEALTH_PROBES,
+    CONTROL,
+    DNS_DISCOVERY,
+    GATEWAY_MEMBERS,
+];
 
 /// First restart after 0.5-1 s, doubling up to 30 s while a task keeps failing.
 const RESTART_BASE: Duration = Duration::from_secs(1);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use strait_tests::etcd::Etcd;
 use strait_tests::gateway::strait_command;
 use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::pb::echo_client::EchoClient;
@@ -296,11 +297,51 @@ async fn a_rate_limit_holds_its_rate() {
         limited_route(a, "per_second = 100, burst = 20")
     })
     .await;
+    let flood = flood(fleet.listen, Duration::from_secs(5)).await;
+    // A token comes every 10 ms: nobody is told to wait longer.
+    assert!(
+        flood.pushbacks.iter().all(|p| (1..=10).contains(p)),
+        "{:?}",
+        flood.pushbacks
+    );
+    flood.assert_rate(20.0, 100.0);
+    assert!(flood.refused > 0, "the callers never exceeded the limit");
+    fleet.wait_metric(
+        "strait_rate_limited_total",
+        &[("route", "bench.Echo")],
+        |v| v == flood.refused as f64,
+    );
+    assert_eq!(fleet.backend("echo").calls(), flood.ok);
+}
+
+/// What four callers calling as fast as they can got through a rate limit.
+struct Flood {
+    ok: u64,
+    refused: u64,
+    pushbacks: Vec<u64>,
+    elapsed: f64,
+}
+
+impl Flood {
+    /// Admitted: the burst plus the rate over the time taken, within 10% of the rate's share.
+    #[track_caller]
+    fn assert_rate(&self, burst: f64, per_second: f64) {
+        let expected = burst + per_second * self.elapsed;
+        assert!(
+            (self.ok as f64 - expected).abs() <= 0.1 * per_second * self.elapsed,
+            "{} admitted in {:.2} s, expected {expected:.0}",
+            self.ok,
+            self.elapsed
+        );
+    }
+}
+
+/// Four callers on `listen` for `window`; every refusal must be a rate limit's, with a pushback.
+async fn flood(listen: SocketAddr, window: Duration) -> Flood {
     let started = Instant::now();
-    let window = Duration::from_secs(5);
     let mut callers = Vec::new();
     for _ in 0..4 {
-        let mut c = fleet.client().await;
+        let mut c = client(listen).await;
         callers.push(tokio::spawn(async move {
             let (mut ok, mut refused, mut pushbacks) = (0u64, 0u64, Vec::new());
             while started.elapsed() < window {
@@ -322,30 +363,90 @@ async fn a_rate_limit_holds_its_rate() {
             (ok, refused, pushbacks)
         }));
     }
-    let (mut ok, mut refused) = (0, 0);
+    let mut flood = Flood {
+        ok: 0,
+        refused: 0,
+        pushbacks: Vec::new(),
+        elapsed: 0.0,
+    };
     for caller in callers {
-        let (o, r, pushbacks) = caller.await.unwrap();
-        ok += o;
-        refused += r;
-        // A token comes every 10 ms: nobody is told to wait longer.
-        assert!(
-            pushbacks.iter().all(|p| (1..=10).contains(p)),
-            "{pushbacks:?}"
-        );
+        let (ok, refused, pushbacks) = caller.await.unwrap();
+        flood.ok += ok;
+        flood.refused += refused;
+        flood.pushbacks.extend(pushbacks);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let expected = 20.0 + 100.0 * elapsed;
+    flood.elapsed = started.elapsed().as_secs_f64();
+    flood
+}
+
+/// A gateway on `etcd_url` with a cluster-wide limit of 100/s (burst 10) in front of `backend`.
+fn cluster_gateway(etcd_url: &str, backend: SocketAddr) -> (Gateway, SocketAddr, SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let addrs = HashMap::from([("echo".to_string(), backend)]);
+    let body = format!(
+        "[etcd]\nendpoints = [\"{etcd_url}\"]\ndial_timeout = \"1s\"\n\n{}",
+        limited_route(&addrs, "per_second = 100, burst = 10, scope = \"cluster\"")
+    );
+    let text = render(listen, admin, &body);
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    (gateway, listen, admin)
+}
+
+fn wait_gateways(admin: SocketAddr, n: f64) {
+    let seen = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(15), |text| {
+            metric(text, "strait_cluster_gateways", &[]) == Some(n)
+        })
+    });
+    assert!(seen.is_some(), "{admin} never counted {n} gateways");
+}
+
+/// Two gateways on one etcd share a cluster-wide limit of 100/s: each counts two gateways and
+/// admits 50/s. When the other's registration goes, the one left takes the whole 100/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_limit_is_shared_by_the_registered_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = tokio::task::block_in_place(|| Etcd::single(dir.path()));
+    let backend = Backend::start(BackendOptions::named("echo")).await;
+    let (_a, a_listen, a_admin) = cluster_gateway(&etcd.url(), backend.addr);
+    let (b, _b_listen, b_admin) = cluster_gateway(&etcd.url(), backend.addr);
+    wait_gateways(a_admin, 2.0);
+    wait_gateways(b_admin, 2.0);
+    let half = flood(a_listen, Duration::from_secs(3)).await;
+    half.assert_rate(5.0, 50.0);
+    let refusal = client(a_listen).await.unary(req(b"")).await.unwrap_err();
     assert!(
-        (ok as f64 - expected).abs() <= 0.1 * 100.0 * elapsed,
-        "{ok} admitted in {elapsed:.2} s, expected {expected:.0}"
+        refusal
+            .message()
+            .contains("across the cluster (50/s on each of 2 gateways)"),
+        "{refusal:?}"
     );
-    assert!(refused > 0, "the callers never exceeded the limit");
-    fleet.wait_metric(
-        "strait_rate_limited_total",
-        &[("route", "bench.Echo")],
-        |v| v == refused as f64,
-    );
-    assert_eq!(fleet.backend("echo").calls(), ok);
+
+    // The other gateway's registration disappears (as when its lease expires).
+    let mut kv = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    let listed = kv
+        .get(
+            "/strait/gateways/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let b_key = listed
+        .kvs()
+        .iter()
+        .find(|kv| {
+            kv.value_str()
+                .unwrap()
+                .contains(&format!("\"pid\":{},", b.pid()))
+        })
+        .map(|kv| kv.key().to_vec())
+        .expect("gateway b is registered");
+    kv.delete(b_key, None).await.unwrap();
+    wait_gateways(a_admin, 1.0);
+    let whole = flood(a_listen, Duration::from_secs(2)).await;
+    whole.assert_rate(10.0, 100.0);
 }
 
 /// Keyed by a header, each value has its own bucket: one tenant running dry leaves the other's
@@ -672,4 +773,95 @@ async fn status_retries_only_where_safe() {
         1,
         "no retry after a response message"
     );
+}
+
+fn hedged_route(addrs: &HashMap<String, SocketAddr>, hedge: &str) -> String {
+    format!(
+        "[[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\
+         idempotent = true\nhedge = {{ {hedge} }}\n\n{}",
+        upstream(
+            "echo",
+            addrs,
+            &[("slow", "eu-west"), ("fast", "eu-west")],
+            ""
+        ),
+    )
+}
+
+/// One backend takes 3 s to answer: every call whose first attempt went there is answered by a
+/// hedge to the other backend; the slow attempts are cancelled at the backend (their handlers
+/// end long before their 3 s), and the hedges are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_answers_when_the_first_attempt_is_slow() {
+    let fleet = Fleet::start(&["slow", "fast"], |a| {
+        hedged_route(a, "delay = \"50ms\", max_attempts = 2")
+    })
+    .await;
+    fleet.backend("slow").slow_share(100, 3000);
+    let mut c = fleet.client().await;
+    let started = Instant::now();
+    let tally = served(&mut c, 20, &[]).await;
+    assert_eq!(share(&tally, "fast"), 20, "{tally:?}");
+    // Smooth WRR sent every other first attempt to the slow backend.
+    let slow = fleet.backend("slow");
+    assert_eq!(slow.calls(), 10);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a call waited for the slow backend"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while slow.active() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow attempts were not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fleet.wait_metric(
+        "strait_retries_total",
+        &[("upstream", "echo"), ("reason", "hedge")],
+        |v| v == 10.0,
+    );
+    // The access to the fast backend: hedged attempts say they are not the first.
+    let reply = c.unary(req(b"")).await.unwrap();
+    assert_eq!(reply.get_ref().served_by, "fast");
+}
+
+/// A hedged route answers what the first attempt to respond sent, error statuses included,
+/// and a call whose request is larger than 64 KiB is refused clearly instead of hedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_route_relays_statuses_and_refuses_large_requests() {
+    let fleet = Fleet::start(&["slow", "fast"], |a| {
+        hedged_route(a, "delay = \"1s\", max_attempts = 3")
+    })
+    .await;
+    let mut c = fleet.client().await;
+    let status = c
+        .unary(tagged("failing", Code::NotFound, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "asked for");
+    assert_eq!(
+        arrivals(&fleet, "failing"),
+        1,
+        "answered before the hedge delay"
+    );
+    let mut large = req(b"");
+    large.payload = vec![1; 70 * 1024];
+    let status = c.unary(large).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("at most 64 KiB"), "{status:?}");
+    // A streamed response is relayed message by message.
+    let call = EchoRequest {
+        reply_count: 3,
+        ..Default::default()
+    };
+    let mut stream = c.server_stream(call).await.unwrap().into_inner();
+    let mut replies = 0;
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.seq, replies);
+        replies += 1;
+    }
+    assert_eq!(replies, 3);
 }

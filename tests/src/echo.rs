@@ -33,6 +33,11 @@ pub struct BackendStats {
     /// This percentage of calls ends with UNAVAILABLE, spread evenly (never two in a row).
     pub fail_percent: std::sync::atomic::AtomicU32,
     fail_sequence: AtomicU64,
+    /// This percentage of unary calls waits `slow_ms` before answering, spread evenly (a
+    /// backend with a slow tail, for hedging).
+    pub slow_percent: std::sync::atomic::AtomicU32,
+    pub slow_ms: AtomicU64,
+    slow_sequence: AtomicU64,
     /// How often each `x-call-id` reached a handler: a call sent twice shows up as 2.
     pub arrivals: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Where a backend process appends each arrival's call id, one per line, before serving it
@@ -170,6 +175,17 @@ impl EchoService {
         }
     }
 
+    /// The wait of a call in the slow tail (see `slow_percent`), if this call is one.
+    fn slow_tail(&self) -> Option<Duration> {
+        let percent = u64::from(self.stats.slow_percent.load(Ordering::Relaxed));
+        if percent == 0 {
+            return None;
+        }
+        let n = self.stats.slow_sequence.fetch_add(1, Ordering::Relaxed);
+        ((n * 61) % 100 < percent)
+            .then(|| Duration::from_millis(self.stats.slow_ms.load(Ordering::Relaxed)))
+    }
+
     fn note_timeout(&self, metadata: &MetadataMap) {
         let ms = metadata
             .get("grpc-timeout")
@@ -207,6 +223,9 @@ fn parse_timeout_ms(value: &str) -> Option<u64> {
 impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let _active = ActiveGuard::new(&self.stats, request.metadata());
+        if let Some(tail) = self.slow_tail() {
+            tokio::time::sleep(tail).await;
+        }
         self.note_timeout(request.metadata());
         let headers = echoed_headers(request.metadata());
         let metadata = request.metadata().clone();
@@ -442,6 +461,12 @@ impl Backend {
             .store(code.map(|c| c as i32).unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Makes `percent` of the following unary calls wait `ms` before answering.
+    pub fn slow_share(&self, percent: u32, ms: u64) {
+        self.stats.slow_ms.store(ms, Ordering::SeqCst);
+        self.stats.slow_percent.store(percent, Ordering::SeqCst);
+    }
+
     /// Makes `percent` of the following calls end with UNAVAILABLE (trailers-only for unary
     /// calls), spread evenly: for up to 30%, never two in a row.
     pub fn fail_share(&self, percent: u32) {
@@ -505,6 +530,7 @@ pub async fn serve_forever(
     name: String,
     addr: SocketAddr,
     arrivals_log: Option<std::path::PathBuf>,
+    slow: Option<(u32, u64)>,
 ) {
     let backend = Backend::start(BackendOptions {
         name,
@@ -514,6 +540,9 @@ pub async fn serve_forever(
         arrivals_log,
     })
     .await;
+    if let Some((percent, ms)) = slow {
+        backend.slow_share(percent, ms);
+    }
     eprintln!(
         "echo backend {} listening on {}",
         backend.name, backend.addr

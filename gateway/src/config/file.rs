@@ -93,6 +93,9 @@ pub struct EtcdSection {
     pub endpoints: Vec<Spanned<String>>,
     /// Namespace root (default "/services/").
     pub prefix: Option<Spanned<String>>,
+    /// Where each gateway registers itself on a lease, for cluster-wide rate limits (default
+    /// "/strait/gateways/"; outside `prefix`).
+    pub members_prefix: Option<Spanned<String>>,
     pub dial_timeout: Option<Spanned<ConfigDuration>>,
     pub username: Option<String>,
     /// File holding the password for `username`.
@@ -222,6 +225,11 @@ pub struct RouteSection {
     pub rate_limit: Option<Spanned<RateLimitSection>>,
     /// Send a call again when its backend answered trailers-only with one of these statuses.
     pub retry: Option<Spanned<RetrySection>>,
+    /// The route's calls may be sent more than once and run to completion (needed by `hedge`).
+    pub idempotent: Option<Spanned<bool>>,
+    /// `{ delay = "20ms", max_attempts = 2 }`: when no response headers came `delay` after the
+    /// latest attempt started, send another to another endpoint; the first to answer wins.
+    pub hedge: Option<Spanned<HedgeSection>>,
     /// Deadline for calls that carry no grpc-timeout.
     pub timeout: Option<Spanned<ConfigDuration>>,
 }
@@ -255,6 +263,9 @@ pub struct RateLimitSection {
     /// "route" (default: one bucket for the route), "peer" (one per client IP) or
     /// "header:NAME" (one per value of that request header).
     pub key: Option<Spanned<String>>,
+    /// "gateway" (default: each gateway enforces the whole limit) or "cluster" (the limit is
+    /// shared by the gateways registered in etcd: each enforces per_second / N; needs [etcd]).
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `{ on = ["UNAVAILABLE"], max_attempts = 3, backoff = "25ms", max_backoff = "250ms", buffer = "64KiB" }`
@@ -272,6 +283,16 @@ pub struct RetrySection {
     /// Request size up to which a call may be retried: "64KiB" (the default and the most),
     /// "16KiB", "512B", or a number of bytes.
     pub buffer: Option<Spanned<ByteSize>>,
+}
+
+/// `{ delay = "20ms", max_attempts = 2 }`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeSection {
+    /// How long an attempt may go without response headers before the next starts (1ms-60s).
+    pub delay: Spanned<ConfigDuration>,
+    /// Attempts at most, the first included, 2 to 5 (default 2).
+    pub max_attempts: Option<Spanned<i64>>,
 }
 
 /// A size in bytes: a number, or a string with B, KiB or MiB.

@@ -21,6 +21,7 @@ use std::path::Path;
 pub use diagnostics::{ConfigError, Problem};
 pub use duration::parse_duration;
 pub use model::*;
+pub use policy::MAX_RETRY_BUFFER;
 
 /// Reads, parses and validates a config file, reporting every problem found.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

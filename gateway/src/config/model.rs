@@ -79,6 +79,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Namespace root, always ending in `/`.
     pub prefix: String,
+    /// Where gateways register themselves (cluster-wide rate limits), ending in `/`.
+    pub members_prefix: String,
     pub dial_timeout: Duration,
     pub auth: Option<EtcdAuth>,
     pub tls: Option<EtcdTls>,
@@ -259,6 +261,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Retries of calls answered trailers-only with a listed status.
     pub retry: Option<RetryConfig>,
+    /// Hedged attempts (only on routes marked `idempotent`).
+    pub hedge: Option<HedgeConfig>,
     /// Deadline applied when the caller sends no `grpc-timeout`.
     pub timeout: Option<Duration>,
 }
@@ -306,6 +310,31 @@ pub struct RateLimitConfig {
     pub per_second: u32,
     pub burst: u32,
     pub key: RateLimitKey,
+    pub scope: RateLimitScope,
+}
+
+/// Who shares a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// Each gateway enforces the whole limit.
+    Gateway,
+    /// The gateways registered in etcd share it: each enforces 1/N of it.
+    Cluster,
+}
+
+impl RateLimitConfig {
+    /// This gateway's part of the limit when `gateways` share it (rounded up, at least 1).
+    pub fn share(&self, gateways: u32) -> RateLimitConfig {
+        let n = match self.scope {
+            RateLimitScope::Gateway => 1,
+            RateLimitScope::Cluster => gateways.max(1),
+        };
+        RateLimitConfig {
+            per_second: self.per_second.div_ceil(n).max(1),
+            burst: self.burst.div_ceil(n).max(1),
+            ..self.clone()
+        }
+    }
 }
 
 /// A route's `retry` (gRPC's retry design, A6).
@@ -321,6 +350,15 @@ pub struct RetryConfig {
     /// Calls whose request grew past this many bytes are not retried (the gateway keeps a
     /// copy of at most this much to send again).
     pub buffer: u32,
+}
+
+/// A route's `hedge` (gRPC's hedging, A6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HedgeConfig {
+    /// An attempt without response headers this long after it started gets a companion.
+    pub delay: Duration,
+    /// Attempts at most, the first included.
+    pub max_attempts: u32,
 }
 
 /// An upstream's `retry_budget`: retries at most `percent` of the last 10 s of calls, plus
@@ -418,6 +456,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_WEIGHT: i64 = 100;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
+pub const DEFAULT_MEMBERS_PREFIX: &str = "/strait/gateways/";
 pub const DEFAULT_MAX_METHODS: u32 = 1000;
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);

@@ -10,9 +10,10 @@ use http::HeaderName;
 use super::diagnostics::Diagnostics;
 use super::duration::ConfigDuration;
 use super::file::{ByteSize, RouteSection, UpstreamSection};
+use super::model::DEFAULT_MEMBERS_PREFIX;
 use super::model::{
-    Destination, HeaderCondition, RateLimitConfig, RateLimitKey, RetryBudgetConfig, RetryConfig,
-    SplitSide,
+    Destination, HeaderCondition, HedgeConfig, RateLimitConfig, RateLimitKey, RateLimitScope,
+    RetryBudgetConfig, RetryConfig, SplitSide,
 };
 use super::spanned::Spanned;
 use crate::grpc::Code;
@@ -242,11 +243,88 @@ pub(super) fn validate_rate_limit(
             },
         },
     };
+    let scope = match written.scope.as_ref() {
+        None => RateLimitScope::Gateway,
+        Some(s) => match s.get_ref().as_str() {
+            "gateway" => RateLimitScope::Gateway,
+            "cluster" => RateLimitScope::Cluster,
+            other => {
+                diag.at(
+                    Some(s.span()),
+                    format!("{key_path}.scope"),
+                    format!("unknown scope {other:?}; use \"gateway\" or \"cluster\""),
+                );
+                RateLimitScope::Gateway
+            }
+        },
+    };
     Some(RateLimitConfig {
         per_second,
         burst,
         key,
+        scope,
     })
+}
+
+/// A cluster-wide limit counts the gateways registered in etcd: without `[etcd]` it has nothing
+/// to count.
+pub(super) fn check_cluster_limits_have_etcd(
+    routes: &[RouteSection],
+    have_etcd: bool,
+    diag: &mut Diagnostics,
+) {
+    if have_etcd {
+        return;
+    }
+    for (i, route) in routes.iter().enumerate() {
+        let scope = route
+            .rate_limit
+            .as_ref()
+            .and_then(|l| l.get_ref().scope.as_ref())
+            .filter(|s| s.get_ref() == "cluster");
+        if let Some(scope) = scope {
+            diag.at(
+                Some(scope.span()),
+                format!("route[{i}].rate_limit.scope"),
+                "a cluster-wide limit needs [etcd]: the gateways share it through their \
+                 registrations there",
+            );
+        }
+    }
+}
+
+/// `[etcd] members_prefix`: where gateways register, disjoint from the services' prefix.
+pub(super) fn validate_members_prefix(
+    written: Option<&Spanned<String>>,
+    services_prefix: &str,
+    diag: &mut Diagnostics,
+) -> String {
+    let Some(written) = written else {
+        return DEFAULT_MEMBERS_PREFIX.to_string();
+    };
+    let mut prefix = written.get_ref().clone();
+    if !prefix.starts_with('/') {
+        diag.at(
+            Some(written.span()),
+            "etcd.members_prefix",
+            "must start with '/' (e.g. \"/strait/gateways/\")",
+        );
+        return DEFAULT_MEMBERS_PREFIX.to_string();
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    if prefix.starts_with(services_prefix) || services_prefix.starts_with(&prefix) {
+        diag.at(
+            Some(written.span()),
+            "etcd.members_prefix",
+            format!(
+                "{prefix:?} overlaps the services' prefix {services_prefix:?}: gateways would be \
+                 read as service instances"
+            ),
+        );
+    }
+    prefix
 }
 
 /// `max_in_flight` and `region_overprovision` of one upstream.
@@ -396,6 +474,61 @@ pub(super) fn validate_retry(
         backoff,
         max_backoff: max_backoff.max(backoff),
         buffer,
+    })
+}
+
+/// A route's `hedge`: only with `idempotent = true`, and not with `retry` (A6: a method has one
+/// policy or the other).
+pub(super) fn validate_hedge(
+    section: &RouteSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> Option<HedgeConfig> {
+    let hedge = section.hedge.as_ref()?;
+    let written = hedge.get_ref();
+    let key = |name: &str| format!("{path}.hedge{name}");
+    if !section.idempotent.as_ref().is_some_and(|i| *i.get_ref()) {
+        diag.at(
+            Some(hedge.span()),
+            key(""),
+            "hedging sends a call more than once: mark the route `idempotent = true` if its \
+             calls may run twice",
+        );
+    }
+    if let Some(retry) = &section.retry {
+        diag.at(
+            Some(retry.span()),
+            format!("{path}.retry"),
+            "a route has either `retry` or `hedge`, not both (a hedged call is already sent \
+             again)",
+        );
+    }
+    let delay = written.delay.get_ref().0;
+    if delay < Duration::from_millis(1) || delay > MAX_RETRY_BACKOFF {
+        diag.at(
+            Some(written.delay.span()),
+            key(".delay"),
+            format!("must be between 1ms and 60s, got {delay:?}"),
+        );
+    }
+    let max_attempts = match &written.max_attempts {
+        None => 2,
+        Some(n) if (2..=5).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            diag.at(
+                Some(n.span()),
+                key(".max_attempts"),
+                format!(
+                    "must be between 2 and 5 (the first attempt included), got {}",
+                    n.get_ref()
+                ),
+            );
+            2
+        }
+    };
+    Some(HedgeConfig {
+        delay: delay.clamp(Duration::from_millis(1), MAX_RETRY_BACKOFF),
+        max_attempts,
     })
 }
 

@@ -1530,6 +1530,7 @@ fn rate_limits_land_in_the_model_and_bad_ones_are_refused() {
             per_second: 100,
             burst: 200,
             key: RateLimitKey::Header(http::HeaderName::from_static("x-tenant")),
+            scope: crate::config::RateLimitScope::Gateway,
         })
     );
     let default_burst = accepted(&policy_route(
@@ -1541,6 +1542,7 @@ fn rate_limits_land_in_the_model_and_bad_ones_are_refused() {
             per_second: 7,
             burst: 7,
             key: RateLimitKey::Peer,
+            scope: crate::config::RateLimitScope::Gateway,
         })
     );
     for (limit, key, needle) in [
@@ -1741,4 +1743,140 @@ fn retry_budgets_land_in_the_model_and_bad_ones_are_refused() {
             bad,
         );
     }
+}
+
+#[test]
+fn cluster_limits_need_etcd_and_a_members_prefix_of_their_own() {
+    let cluster = "upstream = \"echo\"\nrate_limit = { per_second = 10, scope = \"cluster\" }";
+    refused_on_line(
+        &policy_route(cluster),
+        "route[0].rate_limit.scope",
+        "needs [etcd]",
+        "rate_limit",
+    );
+    let with_etcd = policy_route(cluster) + ETCD;
+    let config = accepted(&with_etcd);
+    assert_eq!(
+        config.routes[0].rate_limit.as_ref().map(|l| l.scope),
+        Some(RateLimitScope::Cluster)
+    );
+    assert_eq!(config.etcd.unwrap().members_prefix, DEFAULT_MEMBERS_PREFIX);
+    refused_on_line(
+        &policy_route("upstream = \"echo\"\nrate_limit = { per_second = 10, scope = \"fleet\" }"),
+        "route[0].rate_limit.scope",
+        "unknown scope \"fleet\"",
+        "rate_limit",
+    );
+    let members = |prefix: &str| {
+        etcd(&format!(
+            "endpoints = [\"http://a:1\"]\nprefix = \"/services/\"\nmembers_prefix = \"{prefix}\""
+        ))
+    };
+    assert_eq!(
+        accepted(&members("/fleet/gw")).etcd.unwrap().members_prefix,
+        "/fleet/gw/"
+    );
+    for inside in ["/services/gateways/", "/"] {
+        refused_on_line(
+            &members(inside),
+            "etcd.members_prefix",
+            "overlaps",
+            "members_prefix",
+        );
+    }
+    refused_on_line(
+        &members("gw/"),
+        "etcd.members_prefix",
+        "must start with '/'",
+        "members_prefix",
+    );
+}
+
+#[test]
+fn a_cluster_share_rounds_up_and_never_reaches_zero() {
+    let limit = RateLimitConfig {
+        per_second: 100,
+        burst: 10,
+        key: RateLimitKey::Route,
+        scope: RateLimitScope::Cluster,
+    };
+    assert_eq!((limit.share(3).per_second, limit.share(3).burst), (34, 4));
+    assert_eq!((limit.share(0).per_second, limit.share(0).burst), (100, 10));
+    assert_eq!(
+        (limit.share(1000).per_second, limit.share(1000).burst),
+        (1, 1)
+    );
+    let own = RateLimitConfig {
+        scope: RateLimitScope::Gateway,
+        ..limit
+    };
+    assert_eq!(own.share(5), own);
+}
+
+#[test]
+fn hedges_need_idempotent_routes_and_exclude_retries() {
+    let config = accepted(&policy_route(
+        "upstream = \"echo\"\nidempotent = true\nhedge = { delay = \"20ms\", max_attempts = 3 }",
+    ));
+    assert_eq!(
+        config.routes[0].hedge,
+        Some(HedgeConfig {
+            delay: Duration::from_millis(20),
+            max_attempts: 3
+        })
+    );
+    let default_attempts = accepted(&policy_route(
+        "upstream = \"echo\"\nidempotent = true\nhedge = { delay = \"5ms\" }",
+    ));
+    assert_eq!(
+        default_attempts.routes[0]
+            .hedge
+            .as_ref()
+            .unwrap()
+            .max_attempts,
+        2
+    );
+    refused_on_line(
+        &policy_route("upstream = \"echo\"\nhedge = { delay = \"20ms\" }"),
+        "route[0].hedge",
+        "idempotent = true",
+        "hedge =",
+    );
+    refused_on_line(
+        &policy_route("upstream = \"echo\"\nidempotent = false\nhedge = { delay = \"20ms\" }"),
+        "route[0].hedge",
+        "idempotent = true",
+        "hedge =",
+    );
+    refused_on_line(
+        &policy_route(
+            "upstream = \"echo\"\nidempotent = true\nhedge = { delay = \"20ms\" }\nretry = { on = [\"UNAVAILABLE\"] }",
+        ),
+        "route[0].retry",
+        "either `retry` or `hedge`",
+        "retry =",
+    );
+    for (hedge, key, needle) in [
+        ("delay = \"0s\"", "delay", "between 1ms and 60s"),
+        ("delay = \"61s\"", "delay", "between 1ms and 60s"),
+        (
+            "delay = \"20ms\", max_attempts = 1",
+            "max_attempts",
+            "between 2 and 5",
+        ),
+        (
+            "delay = \"20ms\", max_attempts = 6",
+            "max_attempts",
+            "between 2 and 5",
+        ),
+    ] {
+        let source = policy_route(&format!(
+            "upstream = \"echo\"\nidempotent = true\nhedge = {{ {hedge} }}"
+        ));
+        refused_on_line(&source, &format!("route[0].hedge.{key}"), needle, "hedge =");
+    }
+    assert!(!problems(&policy_route(
+        "upstream = \"echo\"\nidempotent = true\nhedge = {}"
+    ))
+    .is_empty());
 }

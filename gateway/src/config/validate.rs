@@ -54,6 +54,7 @@ pub fn validate(
         .etcd
         .as_ref()
         .map(|section| validate_etcd(section, base_dir, &mut diag));
+    super::policy::check_cluster_limits_have_etcd(&file_config.routes, etcd.is_some(), &mut diag);
     let dns = super::dns::validate_dns_section(file_config.dns.as_ref(), &mut diag);
     let access_log = file_config
         .access_log
@@ -1034,9 +1035,12 @@ fn validate_etcd(
         };
         EtcdTls { ca, identity }
     });
+    let members_prefix =
+        super::policy::validate_members_prefix(etcd.members_prefix.as_ref(), &prefix, diag);
     EtcdConfig {
         endpoints,
         prefix,
+        members_prefix,
         dial_timeout: duration_up_to(
             &etcd.dial_timeout,
             DEFAULT_ETCD_DIAL_TIMEOUT,
@@ -1086,6 +1090,7 @@ fn validate_routes(
         let match_headers = super::policy::validate_match(section, &path, diag);
         let rate_limit = super::policy::validate_rate_limit(section, &path, diag);
         let retry = super::policy::validate_retry(section, &path, diag);
+        let hedge = super::policy::validate_hedge(section, &path, diag);
         let service_text = section.service.get_ref();
         let service = if service_text == "*" {
             ServiceMatch::Any
@@ -1145,6 +1150,7 @@ fn validate_routes(
             destination,
             rate_limit,
             retry,
+            hedge,
             timeout: section
                 .timeout
                 .as_ref()

@@ -23,6 +23,7 @@ struct Current {
     config: Arc<Config>,
     view: Option<Arc<EtcdView>>,
     dns: Option<Arc<DnsView>>,
+    gateways: Option<u32>,
 }
 
 impl Current {
@@ -30,6 +31,7 @@ impl Current {
         Views {
             etcd: self.view.as_deref(),
             dns: self.dns.as_deref(),
+            gateways: self.gateways,
         }
     }
 }
@@ -64,6 +66,7 @@ impl ControlPlane {
                 config,
                 view: None,
                 dns: None,
+                gateways: None,
             }),
             routing,
             registry,
@@ -99,6 +102,17 @@ impl ControlPlane {
         let mut current = self.lock();
         current.dns = Some(view);
         self.rebuild(&current, "dns");
+    }
+
+    /// A new count of the gateways in the cluster: cluster-wide rate limits take their new
+    /// share.
+    pub fn gateways_changed(&self, gateways: u32) {
+        let mut current = self.lock();
+        current.gateways = Some(gateways);
+        if let Some(metrics) = &self.metrics {
+            metrics.cluster_gateways.set(i64::from(gateways));
+        }
+        self.rebuild(&current, "gateways");
     }
 
     fn rebuild(&self, current: &Current, cause: &'static str) {

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod etcd;
 pub mod instance;
+pub mod members;
 
 use std::net::SocketAddr;
 
@@ -17,6 +18,9 @@ use etcd::EtcdView;
 pub struct Views<'a> {
     pub etcd: Option<&'a EtcdView>,
     pub dns: Option<&'a DnsView>,
+    /// Gateways registered under `[etcd] members_prefix`, this one included (`None` before
+    /// the first count): cluster-wide rate limits divide by it.
+    pub gateways: Option<u32>,
 }
 
 /// One endpoint as a discovery source reports it.

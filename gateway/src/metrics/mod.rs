@@ -85,6 +85,7 @@ pub struct Metrics {
     pub(crate) access_log_dropped: IntCounter,
     pub(crate) trace_spans: IntCounterVec,
     rate_limited: IntCounterVec,
+    pub(crate) cluster_gateways: prometheus::IntGauge,
     shed: IntCounterVec,
     region_spill: prometheus::GaugeVec,
 }
@@ -305,6 +306,17 @@ impl Metrics {
                 "Bytes relayed by tcp listeners; upstream = client to backend.",
                 &["listener", "direction"],
             ),
+            cluster_gateways: {
+                let g = prometheus::IntGauge::new(
+                    "strait_cluster_gateways",
+                    "Gateways registered under [etcd] members_prefix, this one included; cluster-wide rate limits divide by it (0 before the first count).",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             rate_limited: counter(
                 &registry,
                 "strait_rate_limited_total",
@@ -378,6 +390,7 @@ impl Metrics {
                     methods: RouteMethods::new(self.methods.clone(), listener, route, upstream),
                     retries_unprocessed: self.retries.with_label_values(&[upstream, "unprocessed"]),
                     retries_on_status: self.retries.with_label_values(&[upstream, "status"]),
+                    hedges: self.retries.with_label_values(&[upstream, "hedge"]),
                     traffic: Default::default(),
                     upstream_traffic: self.upstream_traffic(upstream),
                 })
@@ -499,6 +512,7 @@ pub struct RouteMetrics {
     pub methods: RouteMethods,
     retries_unprocessed: IntCounter,
     retries_on_status: IntCounter,
+    hedges: IntCounter,
     /// The last minute of this route's calls (status page).
     pub traffic: TrafficWindow,
     /// The same for its upstream, shared by every route to it.
@@ -508,6 +522,11 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// A further attempt; `on_status` when a retry policy sent the call again after the
     /// backend's status, else the backend never saw the previous attempt.
+    /// A hedged attempt after the first.
+    pub fn hedge(&self) {
+        self.hedges.inc();
+    }
+
     pub fn retry(&self, on_status: bool) {
         if on_status {
             self.retries_on_status.inc();

@@ -5,6 +5,7 @@
 //! (buckets, in-flight counts, retry budgets) outlives snapshots in `PolicyState`.
 
 mod budget;
+mod hedge;
 mod in_flight;
 mod matcher;
 mod rate_limit;
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 
 use crate::config::{RateLimitConfig, RetryBudgetConfig};
 pub use budget::RetryBudget;
+pub use hedge::HedgePolicy;
 pub use in_flight::{try_enter, InFlightCount, InFlightPermit};
 pub use matcher::HeaderMatch;
 pub use rate_limit::{Limited, RateLimit, MAX_TRACKED_KEYS};
@@ -162,14 +164,14 @@ impl PolicyState {
         shared(&self.in_flight, upstream, |_| true, InFlightCount::default)
     }
 
-    /// The limit known as `id` (listener, route, match), reused while its settings stay;
-    /// changed settings start with full buckets.
-    pub fn rate_limit(&self, id: &str, config: &RateLimitConfig) -> Arc<RateLimit> {
+    /// The limit known as `id` (listener, route, match), reused while its settings (and, for a
+    /// cluster-wide one, the number of gateways) stay; a changed one starts with full buckets.
+    pub fn rate_limit(&self, id: &str, config: &RateLimitConfig, gateways: u32) -> Arc<RateLimit> {
         shared(
             &self.rate_limits,
             id,
-            |limit| limit.config() == config,
-            || RateLimit::new(config.clone()),
+            |limit| limit.is(config, gateways),
+            || RateLimit::new(config.clone(), gateways),
         )
     }
 

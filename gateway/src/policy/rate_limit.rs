@@ -15,7 +15,7 @@ use governor::{Quota, RateLimiter};
 use http::HeaderMap;
 use parking_lot::Mutex;
 
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::config::{RateLimitConfig, RateLimitKey, RateLimitScope};
 
 /// Keys tracked per limit; the least recently used go first beyond this.
 pub const MAX_TRACKED_KEYS: usize = 100_000;
@@ -52,7 +52,10 @@ enum Buckets {
 /// One route's limit. Shared by every call on the route, and kept across snapshot rebuilds
 /// and reloads that leave the limit as it was (see `PolicyState`).
 pub struct RateLimit {
+    /// As written: for a cluster-wide limit, the whole cluster's.
     config: RateLimitConfig,
+    /// Gateways sharing a cluster-wide limit (1 for a gateway's own).
+    gateways: u32,
     buckets: Buckets,
 }
 
@@ -65,10 +68,16 @@ impl std::fmt::Debug for RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(config: RateLimitConfig) -> Self {
+    /// The limit as written; a cluster-wide one enforces its share among `gateways`.
+    pub fn new(config: RateLimitConfig, gateways: u32) -> Self {
+        let gateways = match config.scope {
+            RateLimitScope::Gateway => 1,
+            RateLimitScope::Cluster => gateways.max(1),
+        };
+        let share = config.share(gateways);
         let one = NonZeroU32::MIN;
-        let quota = Quota::per_second(NonZeroU32::new(config.per_second).unwrap_or(one))
-            .allow_burst(NonZeroU32::new(config.burst).unwrap_or(one));
+        let quota = Quota::per_second(NonZeroU32::new(share.per_second).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(share.burst).unwrap_or(one));
         let clock = DefaultClock::default();
         let buckets = match config.key {
             RateLimitKey::Route => Buckets::Route(RateLimiter::direct_with_clock(quota, clock)),
@@ -78,11 +87,24 @@ impl RateLimit {
                 clock,
             )),
         };
-        Self { config, buckets }
+        Self {
+            config,
+            gateways,
+            buckets,
+        }
     }
 
     pub fn config(&self) -> &RateLimitConfig {
         &self.config
+    }
+
+    /// Whether this limit is `config` shared among `gateways` (so it can be kept).
+    pub fn is(&self, config: &RateLimitConfig, gateways: u32) -> bool {
+        let gateways = match config.scope {
+            RateLimitScope::Gateway => 1,
+            RateLimitScope::Cluster => gateways.max(1),
+        };
+        &self.config == config && self.gateways == gateways
     }
 
     /// Takes a token for this call, or says when one will be there.
@@ -129,8 +151,16 @@ impl RateLimit {
             RateLimitKey::Peer => " per client address".into(),
             RateLimitKey::Header(name) => format!(" per {name} value"),
         };
+        let shared = match self.config.scope {
+            RateLimitScope::Gateway => String::new(),
+            RateLimitScope::Cluster => format!(
+                " across the cluster ({}/s on each of {} gateways)",
+                self.config.share(self.gateways).per_second,
+                self.gateways
+            ),
+        };
         format!(
-            "{}/s (burst {}){per}",
+            "{}/s (burst {}){per}{shared}",
             self.config.per_second, self.config.burst
         )
     }
@@ -208,11 +238,15 @@ mod tests {
     use http::{HeaderName, HeaderValue};
 
     fn limit(per_second: u32, burst: u32, key: RateLimitKey) -> RateLimit {
-        RateLimit::new(RateLimitConfig {
-            per_second,
-            burst,
-            key,
-        })
+        RateLimit::new(
+            RateLimitConfig {
+                per_second,
+                burst,
+                key,
+                scope: crate::config::RateLimitScope::Gateway,
+            },
+            1,
+        )
     }
 
     fn admitted(limit: &RateLimit, headers: &HeaderMap, peer: Option<IpAddr>, n: usize) -> usize {
@@ -229,6 +263,24 @@ mod tests {
         assert!(
             refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn a_cluster_limit_enforces_its_share_and_says_so() {
+        let config = RateLimitConfig {
+            per_second: 10,
+            burst: 9,
+            key: RateLimitKey::Route,
+            scope: RateLimitScope::Cluster,
+        };
+        let of_three = RateLimit::new(config.clone(), 3);
+        assert_eq!(admitted(&of_three, &HeaderMap::new(), None, 20), 3);
+        assert!(of_three
+            .describe()
+            .contains("10/s (burst 9) across the cluster (4/s on each of 3 gateways)"));
+        // Before the first count (0 gateways known), a gateway enforces the whole limit.
+        let alone = RateLimit::new(config, 0);
+        assert_eq!(admitted(&alone, &HeaderMap::new(), None, 20), 9);
     }
 
     #[test]

@@ -88,11 +88,15 @@ fn a_rate_limited_call_takes_no_in_flight_slot() {
         matcher: HeaderMatch::default(),
         destination: Destination::One(Target::new("a", Some(10))),
         rate_limit: Some(RouteLimit {
-            limit: Arc::new(RateLimit::new(RateLimitConfig {
-                per_second: 1,
-                burst: 2,
-                key: RateLimitKey::Route,
-            })),
+            limit: Arc::new(RateLimit::new(
+                RateLimitConfig {
+                    per_second: 1,
+                    burst: 2,
+                    key: RateLimitKey::Route,
+                    scope: crate::config::RateLimitScope::Gateway,
+                },
+                1,
+            )),
             refused: None,
         }),
     };
@@ -142,14 +146,34 @@ fn state_is_kept_for_unchanged_limits_and_renewed_for_changed_ones() {
         per_second: 5,
         burst: 5,
         key: RateLimitKey::Peer,
+        scope: crate::config::RateLimitScope::Gateway,
     };
-    let first = state.rate_limit("l|a.A|", &config);
-    assert!(Arc::ptr_eq(&first, &state.rate_limit("l|a.A|", &config)));
+    let first = state.rate_limit("l|a.A|", &config, 1);
+    assert!(Arc::ptr_eq(&first, &state.rate_limit("l|a.A|", &config, 1)));
+    // A gateway's own limit does not care how many gateways there are.
+    assert!(Arc::ptr_eq(&first, &state.rate_limit("l|a.A|", &config, 3)));
     let changed = RateLimitConfig {
         per_second: 6,
         ..config.clone()
     };
-    assert!(!Arc::ptr_eq(&first, &state.rate_limit("l|a.A|", &changed)));
+    assert!(!Arc::ptr_eq(
+        &first,
+        &state.rate_limit("l|a.A|", &changed, 1)
+    ));
+    // A cluster-wide one is rebuilt for its new share when the number of gateways changes.
+    let cluster = RateLimitConfig {
+        scope: crate::config::RateLimitScope::Cluster,
+        ..config.clone()
+    };
+    let of_two = state.rate_limit("l|b.B|", &cluster, 2);
+    assert!(Arc::ptr_eq(
+        &of_two,
+        &state.rate_limit("l|b.B|", &cluster, 2)
+    ));
+    assert!(!Arc::ptr_eq(
+        &of_two,
+        &state.rate_limit("l|b.B|", &cluster, 3)
+    ));
     let count = state.in_flight("up");
     assert!(Arc::ptr_eq(&count, &state.in_flight("up")));
     drop(count);

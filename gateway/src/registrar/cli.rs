@@ -188,6 +188,8 @@ pub fn registration(args: RegisterArgs) -> Result<Registration, String> {
         etcd: EtcdConfig {
             endpoints: etcd,
             prefix,
+            // Unused by the registrar: it registers a backend, not a gateway.
+            members_prefix: crate::config::DEFAULT_MEMBERS_PREFIX.to_string(),
             dial_timeout: DEFAULT_ETCD_DIAL_TIMEOUT,
             auth,
             tls,

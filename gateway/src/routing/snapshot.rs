@@ -14,8 +14,8 @@ use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
 use crate::policy::{
-    self, Admits, Destination, HeaderMatch, InFlightCount, InFlightPermit, Refusal, RetryBudget,
-    RetryPolicy, RouteChoice, RouteLimit, RoutePolicy, Split,
+    self, Admits, Destination, HeaderMatch, HedgePolicy, InFlightCount, InFlightPermit, Refusal,
+    RetryBudget, RetryPolicy, RouteChoice, RouteLimit, RoutePolicy, Split,
 };
 
 /// One endpoint as the call path sees it: what discovery reported, plus its live state and its
@@ -274,6 +274,8 @@ pub struct RouteTarget {
     pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
     /// The route's `retry` (none: only calls no backend saw are tried again).
     pub retry: Option<Arc<RetryPolicy>>,
+    /// The route's `hedge`: its calls are carried by the proxy's hedging relay.
+    pub hedge: Option<Arc<HedgePolicy>>,
 }
 
 impl Admits for RouteTarget {
@@ -458,7 +460,8 @@ impl RoutingSnapshot {
             let Some(table) = listeners.get_mut(&route.listener) else {
                 continue; // validation already refused dangling references
             };
-            if let Some(policy) = route_policy(route, &upstreams, registry) {
+            let gateways = views.gateways.unwrap_or(1);
+            if let Some(policy) = route_policy(route, &upstreams, registry, gateways) {
                 table.insert(route, policy);
             }
         }
@@ -523,12 +526,17 @@ fn route_policy(
     route: &RouteConfig,
     upstreams: &HashMap<String, Arc<UpstreamSet>>,
     registry: &EndpointRegistry,
+    gateways: u32,
 ) -> Option<Route> {
     let label: Arc<str> = route_label(route).into();
     let retry = route
         .retry
         .as_ref()
         .map(|config| Arc::new(RetryPolicy::new(config.clone())));
+    let hedge = route
+        .hedge
+        .as_ref()
+        .map(|config| Arc::new(HedgePolicy::new(config.clone())));
     let target = |upstream_name: &str| {
         let upstream = upstreams.get(upstream_name)?;
         Some(RouteTarget {
@@ -539,6 +547,7 @@ fn route_policy(
                 .metrics()
                 .map(|m| m.route(&route.listener, &label, upstream_name)),
             retry: retry.clone(),
+            hedge: hedge.clone(),
         })
     };
     let destination = match &route.destination {
@@ -554,7 +563,7 @@ fn route_policy(
     let rate_limit = route.rate_limit.as_ref().map(|config| {
         let id = format!("{}|{label}|{:?}", route.listener, route.match_headers);
         RouteLimit {
-            limit: registry.policy().rate_limit(&id, config),
+            limit: registry.policy().rate_limit(&id, config, gateways),
             refused: registry.metrics().map(|m| m.rate_limited(&label)),
         }
     });
@@ -705,6 +714,7 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
             Views {
                 etcd: None,
                 dns: Some(dns),
+                gateways: None,
             }
         }
         let first = RoutingSnapshot::build(&config, views(&dns), &registry, None).unwrap();

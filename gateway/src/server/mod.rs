@@ -118,6 +118,17 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         });
         status
     });
+    // Every gateway with [etcd] registers itself, so that a reload may add a cluster-wide
+    // limit and find the fleet already counted.
+    if let Some(etcd_config) = config.etcd.clone() {
+        let control = control.clone();
+        crate::discovery::members::spawn(
+            &supervisor,
+            etcd_config,
+            crate::discovery::members::member_id(),
+            move |gateways| control.gateways_changed(gateways),
+        );
+    }
     // Always running, idle without dns upstreams: a reload may add some.
     let dns_status = Arc::new(dns::DnsStatus::default());
     {

@@ -16,6 +16,11 @@ struct Args {
     /// Append each call's `x-call-id` to this file as it arrives (for replay checks).
     #[arg(long)]
     arrivals: Option<std::path::PathBuf>,
+    /// This percentage of unary calls answers after `--slow-ms` (a slow tail, for hedging).
+    #[arg(long, default_value_t = 0)]
+    slow_percent: u32,
+    #[arg(long, default_value_t = 200)]
+    slow_ms: u64,
 }
 
 fn main() {
@@ -33,5 +38,6 @@ fn main() {
         args.name,
         args.listen,
         args.arrivals,
+        (args.slow_percent > 0).then_some((args.slow_percent, args.slow_ms)),
     ));
 }

@@ -3,6 +3,7 @@
 //! request_filter      -> start the call's trace (caller's `traceparent`); parse `:path`, find
 //!                        the route (`match`); the policy admits the call (rate limit, split
 //!                        side, in-flight slot); fix the deadline and preferred region
+//!                        (a hedged call is carried by `hedge.rs` from here on)
 //! upstream_peer       -> after a status retry, wait its back-off; pick an endpoint (region
 //!                        spill, smooth WRR, not yet tried); one dial in flight per endpoint
 //! connected_to_upstream -> the dial is up: calls waiting on it go ahead
@@ -21,6 +22,7 @@ mod ctx;
 mod deadline;
 mod failure;
 mod frames;
+mod hedge;
 mod report;
 mod status;
 
@@ -69,6 +71,8 @@ pub struct GrpcProxy {
     metrics: Option<Arc<Metrics>>,
     in_flight: Option<prometheus::IntGauge>,
     observers: Arc<Observers>,
+    /// The upstream connections of hedged calls, which the gateway makes itself (`hedge.rs`).
+    hedging: Arc<pingora::connectors::http::Connector>,
 }
 
 impl GrpcProxy {
@@ -91,6 +95,7 @@ impl GrpcProxy {
             metrics,
             in_flight,
             observers,
+            hedging: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 
@@ -397,6 +402,19 @@ impl ProxyHttp for GrpcProxy {
         if let Err(status) = self.admit(session.req_header(), peer, ctx) {
             write_local_status(session, &status).await?;
             ctx.local_status = Some(status);
+            return Ok(true);
+        }
+        if let Some(policy) = ctx.target.as_ref().and_then(|t| t.hedge.clone()) {
+            // A hedged call never goes through pingora's upstream phases: hedge.rs carries it.
+            let mut header = session.req_header().clone();
+            self.upstream_request_filter(session, &mut header, ctx)
+                .await?;
+            if let hedge::Relayed::Local(status) =
+                hedge::relay(&self.hedging, session, ctx, &policy, header).await?
+            {
+                write_local_status(session, &status).await?;
+                ctx.local_status = Some(status);
+            }
             return Ok(true);
         }
         Ok(false)
