@@ -865,3 +865,24 @@ async fn a_hedged_route_relays_statuses_and_refuses_large_requests() {
     }
     assert_eq!(replies, 3);
 }
+
+/// A hedged call is held to the listener's `max_message_size` like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_keeps_the_listeners_message_limit() {
+    let fleet = Fleet::start(&["slow", "fast"], |a| {
+        // Refers to the listener "public" above (the latest [[listener]]).
+        "[listener.limits]\nmax_message_size = 2048\n\n".to_string()
+            + &hedged_route(a, "delay = \"1s\"")
+    })
+    .await;
+    let mut c = fleet.client().await;
+    c.unary(req(&[1; 1000])).await.expect("a small call passes");
+    let status = c.unary(req(&[1; 3000])).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max_message_size (2048 bytes)"),
+        "{status:?}"
+    );
+    let reached: u64 = fleet.backends.values().map(|b| b.calls()).sum();
+    assert_eq!(reached, 1, "the large call never reached a backend");
+}

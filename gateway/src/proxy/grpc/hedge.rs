@@ -64,6 +64,7 @@ pub(super) async fn relay(
     ctx: &mut CallCtx,
     policy: &HedgePolicy,
     upstream_header: RequestHeader,
+    max_message_size: u32,
 ) -> Result<Relayed> {
     let Some(body) = read_whole_request(session).await? else {
         return Ok(Relayed::Local(LocalStatus::new(
@@ -74,9 +75,21 @@ pub(super) async fn relay(
             ),
         )));
     };
-    // Counted as pingora's path counts them (access log, message metrics).
+    // Checked and counted as on pingora's path (the listener's max_message_size, the access
+    // log, the message metrics).
     for (i, chunk) in body.iter().enumerate() {
-        let _ = ctx.frames.feed(chunk, i + 1 == body.len(), u32::MAX);
+        if let Err(super::FrameError::TooLarge { length, limit }) =
+            ctx.frames
+                .feed(chunk, i + 1 == body.len(), max_message_size)
+        {
+            return Ok(Relayed::Local(LocalStatus::new(
+                Code::ResourceExhausted,
+                format!(
+                    "request message of {length} bytes is larger than this listener's \
+                     max_message_size ({limit} bytes)"
+                ),
+            )));
+        }
     }
     let body = Arc::new(body);
     let target = ctx.target.clone().expect("routed before relay");

@@ -409,8 +409,15 @@ impl ProxyHttp for GrpcProxy {
             let mut header = session.req_header().clone();
             self.upstream_request_filter(session, &mut header, ctx)
                 .await?;
-            if let hedge::Relayed::Local(status) =
-                hedge::relay(&self.hedging, session, ctx, &policy, header).await?
+            if let hedge::Relayed::Local(status) = hedge::relay(
+                &self.hedging,
+                session,
+                ctx,
+                &policy,
+                header,
+                self.max_message_size,
+            )
+            .await?
             {
                 write_local_status(session, &status).await?;
                 ctx.local_status = Some(status);
