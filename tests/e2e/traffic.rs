@@ -511,6 +511,14 @@ async fn calls_beyond_max_in_flight_are_shed_at_once() {
     // Shed, not queued: the slow calls still hold both slots and the backend never saw it.
     assert_eq!(backend.active(), 2);
     assert_eq!(backend.calls(), 2);
+    let (_, json) = tokio::task::block_in_place(|| http_get(fleet.admin, "/upstreams"));
+    let view: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let echo = &view["upstreams"][0];
+    assert_eq!(
+        (&echo["calls_in_flight"], &echo["max_in_flight"]),
+        (&2.into(), &2.into()),
+        "{json}"
+    );
     assert_eq!(
         fleet.metric("strait_shed_total", &[("upstream", "echo")]),
         Some(1.0)

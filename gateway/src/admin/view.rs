@@ -56,6 +56,9 @@ pub struct UpstreamView {
     pub probed: bool,
     pub empty_reason: Option<String>,
     pub staleness_seconds: Option<f64>,
+    /// Calls in flight on the upstream now (every route to it), and the bound that sheds.
+    pub calls_in_flight: u32,
+    pub max_in_flight: Option<u32>,
     /// The last minute of calls to this upstream, all routes together (none without metrics).
     pub traffic: Option<TrafficSummary>,
     /// dns upstreams: each name's resolution state.
@@ -194,6 +197,8 @@ pub fn gateway_view(
                 discovery: u.discovery,
                 probed: u.health.is_some(),
                 empty_reason: u.empty_reason.clone(),
+                calls_in_flight: u.in_flight(),
+                max_in_flight: u.max_in_flight(),
                 staleness_seconds: match u.discovery {
                     "etcd" => staleness.map(|s| if s.is_finite() { s } else { -1.0 }),
                     "dns" => dns.as_deref().and_then(dns_staleness),
