@@ -8,6 +8,10 @@ use crate::grpc::Code;
 
 use super::budget::RetryBudget;
 
+/// The longest pushback a call waits out: a backend asking for more is asking not to be
+/// retried, and a call without a deadline must not sleep for days on its word.
+pub const MAX_PUSHBACK: Duration = Duration::from_secs(60);
+
 /// What the backend said about trying again (`grpc-retry-pushback-ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushback {
@@ -100,6 +104,7 @@ impl RetryPolicy {
         }
         let wait = match facts.pushback {
             Pushback::Stop => return Verdict::Stop(BackendSaidStop),
+            Pushback::After(wait) if wait > MAX_PUSHBACK => return Verdict::Stop(BackendSaidStop),
             Pushback::After(wait) => wait,
             Pushback::Absent => self.backoff(facts.attempts, facts.jitter),
         };
@@ -235,6 +240,15 @@ mod tests {
             &plenty(),
         );
         assert_eq!(after, Verdict::RetryAfter(Duration::from_millis(700)));
+        let forever = policy().decide(
+            Code::Unavailable,
+            RetryFacts {
+                pushback: Pushback::After(MAX_PUSHBACK + Duration::from_millis(1)),
+                ..facts()
+            },
+            &plenty(),
+        );
+        assert_eq!(forever, Verdict::Stop(NoRetry::BackendSaidStop));
     }
 
     #[test]
