@@ -170,63 +170,53 @@ mod tests {
 
     #[test]
     fn every_reason_to_stop() {
-        let p = policy();
-        let budget = plenty();
-        let stop = |code, f: RetryFacts| p.decide(code, f, &budget);
-        assert_eq!(
-            stop(Code::Internal, facts()),
-            Verdict::Stop(NoRetry::CodeNotListed)
-        );
-        assert_eq!(
-            stop(
+        let (p, budget) = (policy(), plenty());
+        let cases = [
+            (Code::Internal, facts(), NoRetry::CodeNotListed),
+            (
                 Code::Unavailable,
                 RetryFacts {
                     attempts: 3,
                     ..facts()
-                }
+                },
+                NoRetry::AttemptsUsed,
             ),
-            Verdict::Stop(NoRetry::AttemptsUsed)
-        );
-        assert_eq!(
-            stop(
+            (
                 Code::Unavailable,
                 RetryFacts {
                     request_bytes: 64 * 1024 + 1,
                     ..facts()
-                }
+                },
+                NoRetry::RequestTooLarge,
             ),
-            Verdict::Stop(NoRetry::RequestTooLarge)
-        );
-        assert_eq!(
-            stop(
+            (
                 Code::Unavailable,
                 RetryFacts {
                     copy_truncated: true,
                     ..facts()
-                }
+                },
+                NoRetry::RequestTooLarge,
             ),
-            Verdict::Stop(NoRetry::RequestTooLarge)
-        );
-        assert_eq!(
-            stop(
+            (
                 Code::Unavailable,
                 RetryFacts {
                     pushback: Pushback::Stop,
                     ..facts()
-                }
+                },
+                NoRetry::BackendSaidStop,
             ),
-            Verdict::Stop(NoRetry::BackendSaidStop)
-        );
-        assert_eq!(
-            stop(
+            (
                 Code::Unavailable,
                 RetryFacts {
                     remaining: Some(Duration::from_millis(5)),
                     ..facts()
-                }
+                },
+                NoRetry::NoTimeLeft,
             ),
-            Verdict::Stop(NoRetry::NoTimeLeft)
-        );
+        ];
+        for (code, f, why) in cases {
+            assert_eq!(p.decide(code, f, &budget), Verdict::Stop(why), "{f:?}");
+        }
     }
 
     #[test]
