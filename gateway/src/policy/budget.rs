@@ -145,6 +145,17 @@ mod tests {
     }
 
     #[test]
+    fn calls_recorded_now_earn_their_share() {
+        // On the real clock: the calls and the withdrawals fall in the same 10 s window.
+        let budget = RetryBudget::new(10, 0);
+        for _ in 0..100 {
+            budget.record_call();
+        }
+        assert_eq!((0..20).filter(|_| budget.try_withdraw()).count(), 10);
+        assert_eq!(budget.settings(), (10, 0));
+    }
+
+    #[test]
     fn a_zero_budget_allows_nothing() {
         let budget = RetryBudget::new(0, 0);
         for s in 0..30 {

@@ -50,6 +50,7 @@ mod tests {
     fn hedges_are_due_a_delay_apart_until_the_attempts_are_out() {
         let start = Instant::now();
         let p = policy();
+        assert_eq!(p.max_attempts(), 3);
         assert_eq!(
             p.next_due(1, start, true),
             Some(start + Duration::from_millis(20))

@@ -161,6 +161,41 @@ mod tests {
     }
 
     #[test]
+    fn the_edges_are_still_retried() {
+        let p = policy();
+        assert_eq!(p.max_attempts(), 3);
+        let budget = plenty();
+        let at_buffer = RetryFacts {
+            request_bytes: 64 * 1024,
+            attempts: 2,
+            ..facts()
+        };
+        assert!(matches!(
+            p.decide(Code::Unavailable, at_buffer, &budget),
+            Verdict::RetryAfter(_)
+        ));
+        let longest = RetryFacts {
+            pushback: Pushback::After(MAX_PUSHBACK),
+            ..facts()
+        };
+        assert_eq!(
+            p.decide(Code::Unavailable, longest, &budget),
+            Verdict::RetryAfter(MAX_PUSHBACK)
+        );
+    }
+
+    #[test]
+    fn the_backoff_doubles_per_retry_up_to_its_cap() {
+        let p = policy();
+        let half = |n| p.backoff(n, 0.5);
+        assert_eq!(half(1), Duration::from_micros(12_500));
+        assert_eq!(half(2), Duration::from_millis(25));
+        assert_eq!(half(3), Duration::from_millis(50));
+        assert_eq!(half(4), Duration::from_millis(100));
+        assert_eq!(half(5), Duration::from_millis(125), "capped at 250 ms");
+    }
+
+    #[test]
     fn a_listed_code_is_retried_after_the_jittered_backoff() {
         assert_eq!(
             policy().decide(Code::Unavailable, facts(), &plenty()),

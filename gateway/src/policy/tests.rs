@@ -3,7 +3,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 
 use super::*;
-use crate::config::{HeaderCondition, RateLimitKey};
+use crate::config::{HeaderCondition, RateLimitKey, RetryBudgetConfig};
 
 /// A target with a fixed capacity, standing in for an upstream.
 #[derive(Debug)]
@@ -174,6 +174,24 @@ fn state_is_kept_for_unchanged_limits_and_renewed_for_changed_ones() {
         &of_two,
         &state.rate_limit("l|b.B|", &cluster, 3)
     ));
+    let budget = RetryBudgetConfig {
+        percent: 20,
+        min_per_second: 10,
+    };
+    let kept = state.retry_budget("up", &budget);
+    assert!(Arc::ptr_eq(&kept, &state.retry_budget("up", &budget)));
+    for changed in [
+        RetryBudgetConfig {
+            percent: 30,
+            ..budget
+        },
+        RetryBudgetConfig {
+            min_per_second: 5,
+            ..budget
+        },
+    ] {
+        assert!(!Arc::ptr_eq(&kept, &state.retry_budget("up", &changed)));
+    }
     let count = state.in_flight("up");
     assert!(Arc::ptr_eq(&count, &state.in_flight("up")));
     drop(count);
