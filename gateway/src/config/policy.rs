@@ -16,6 +16,7 @@ use super::model::{
     RetryBudgetConfig, RetryConfig, SplitSide,
 };
 use super::spanned::Spanned;
+use super::validate::int_in;
 use crate::grpc::Code;
 
 /// Envoy's default overprovisioning factor: a region with 5 of 7 endpoints usable still keeps
@@ -572,29 +573,20 @@ pub(super) fn validate_retry_budget(
         return defaults;
     };
     let written = budget.get_ref();
-    let within = |value: &Option<Spanned<i64>>,
-                  max: i64,
-                  name: &str,
-                  default: u32,
-                  diag: &mut Diagnostics| match value {
-        None => default,
-        Some(v) if (0..=max).contains(v.get_ref()) => *v.get_ref() as u32,
-        Some(v) => {
-            diag.at(
-                Some(v.span()),
-                format!("{path}.retry_budget.{name}"),
-                format!("must be between 0 and {max}, got {}", v.get_ref()),
-            );
-            default
-        }
-    };
+    let key = |name: &str| format!("{path}.retry_budget.{name}");
     RetryBudgetConfig {
-        percent: within(&written.percent, 100, "percent", defaults.percent, diag),
-        min_per_second: within(
+        percent: int_in(
+            &written.percent,
+            0..=100,
+            defaults.percent,
+            key("percent"),
+            diag,
+        ),
+        min_per_second: int_in(
             &written.min_per_second,
-            100_000,
-            "min_per_second",
+            0..=100_000,
             defaults.min_per_second,
+            key("min_per_second"),
             diag,
         ),
     }

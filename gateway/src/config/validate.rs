@@ -682,7 +682,7 @@ fn duration_up_to(
 }
 
 /// An integer setting within a range, or the default with a problem reported.
-fn int_in(
+pub(super) fn int_in(
     value: &Option<Spanned<i64>>,
     range: std::ops::RangeInclusive<i64>,
     default: u32,
