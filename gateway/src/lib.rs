@@ -25,3 +25,4 @@ pub mod rehearsal;
 pub mod routing;
 pub mod server;
 pub mod tls;
+pub mod transcode;

@@ -171,7 +171,10 @@ async fn metadata_and_trailers_pass_both_ways() {
     assert_eq!(replies, 3);
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(status.message(), "stopped after three");
-    assert_eq!(status.details(), b"details-for-10");
+    assert_eq!(
+        status.details(),
+        strait_tests::echo::status_details(10, "stopped after three")
+    );
     assert_eq!(
         status.metadata().get("x-trailer-custom").unwrap(),
         "present"
@@ -195,7 +198,10 @@ async fn every_status_code_arrives_with_its_message() {
             .expect_err("backend fails the call");
         assert_eq!(status.code() as i32, code, "code {code}");
         assert_eq!(status.message(), message, "message of code {code}");
-        assert_eq!(status.details(), format!("details-for-{code}").as_bytes());
+        assert_eq!(
+            status.details(),
+            strait_tests::echo::status_details(code, &message)
+        );
     }
 }
 

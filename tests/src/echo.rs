@@ -152,9 +152,50 @@ fn failing_status(req: &EchoRequest, metadata: &MetadataMap) -> Option<Status> {
     Some(Status::with_details_and_metadata(
         Code::from_i32(req.fail_code),
         req.fail_message.clone(),
-        bytes::Bytes::from(format!("details-for-{}", req.fail_code)),
+        status_details(req.fail_code, &req.fail_message),
         trailers,
     ))
+}
+
+/// `google.rpc.Status`, the standard content of `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<prost_types_any::Any>,
+}
+
+/// `google.protobuf.Any`.
+pub mod prost_types_any {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "1")]
+        pub type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+}
+
+/// The details a failing call carries: a `google.rpc.Status` whose one detail is an
+/// `EchoReply` with `served_by = "details-for-<code>"`, so clients can check they arrive.
+pub fn status_details(code: i32, message: &str) -> bytes::Bytes {
+    use prost::Message as _;
+    let detail = EchoReply {
+        served_by: format!("details-for-{code}"),
+        ..Default::default()
+    };
+    let status = RpcStatus {
+        code,
+        message: message.to_string(),
+        details: vec![prost_types_any::Any {
+            type_url: "type.googleapis.com/bench.EchoReply".into(),
+            value: detail.encode_to_vec(),
+        }],
+    };
+    bytes::Bytes::from(status.encode_to_vec())
 }
 
 impl EchoService {

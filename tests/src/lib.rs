@@ -19,6 +19,9 @@ pub mod pb {
     tonic::include_proto!("bench");
 }
 
+/// `proto/echo.proto` as a FileDescriptorSet with its imports (google.api.http annotations).
+pub const ECHO_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_descriptor.pb"));
+
 pub use echo::{Backend, BackendOptions};
 pub use gateway::Gateway;
 

@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub admin: Option<AdminSection>,
     pub access_log: Option<AccessLogSection>,
     pub tracing: Option<TracingSection>,
+    /// gRPC-JSON transcoding per listener.
+    #[serde(default, rename = "transcode")]
+    pub transcodes: Vec<TranscodeSection>,
 }
 
 /// OpenTelemetry tracing: W3C trace context in and out, one span per call exported over
@@ -156,6 +159,36 @@ pub struct ListenerSection {
     pub idle_timeout: Option<Spanned<ConfigDuration>>,
     pub tls: Option<ListenerTlsSection>,
     pub limits: Option<LimitsSection>,
+    /// grpc: also accept gRPC-Web calls (application/grpc-web, +proto, -text) over HTTP/1.1
+    /// and HTTP/2, translated to native gRPC towards the upstream (default false).
+    pub grpc_web: Option<bool>,
+    /// grpc: CORS for browser callers: preflights answered by the gateway for these origins.
+    pub cors: Option<CorsSection>,
+}
+
+/// CORS of a listener (browsers calling from pages of other origins).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Origins allowed to call, as "scheme://host[:port]", or "*" for any.
+    pub allow_origins: Vec<Spanned<String>>,
+    /// How long a browser may cache a preflight's answer (default 10m, at most 24h).
+    pub max_age: Option<Spanned<ConfigDuration>>,
+}
+
+/// gRPC-JSON transcoding on a listener: REST routes from the `google.api.http` annotations of
+/// a FileDescriptorSet, plus `POST /package.Service/Method` for every exposed method.
+/// Reloadable: the file is read again on reload.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeSection {
+    /// The grpc listener whose callers may use JSON.
+    pub listener: Spanned<String>,
+    /// A FileDescriptorSet (relative to this file), made with
+    /// `protoc --include_imports --descriptor_set_out=api.pb ...`.
+    pub descriptors: Spanned<String>,
+    /// Fully qualified services to expose, e.g. "shop.Cart".
+    pub services: Vec<Spanned<String>>,
 }
 
 /// Resource bounds of one listener; see docs/security.md for what each protects against.

@@ -12,6 +12,7 @@ mod spanned;
 mod tls_files;
 mod tracing;
 mod validate;
+mod web;
 
 #[cfg(test)]
 mod tests;

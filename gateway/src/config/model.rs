@@ -22,6 +22,35 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// Spans exported over OTLP; none without `[tracing]`.
     pub tracing: Option<TracingConfig>,
+    /// gRPC-JSON transcoding: the REST routes of each listener that has any.
+    pub transcodes: Vec<TranscodeConfig>,
+}
+
+/// The REST routes of one listener, read from its `[[transcode]]` sections' descriptors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscodeConfig {
+    pub listener: String,
+    pub table: std::sync::Arc<crate::transcode::TranscodeTable>,
+}
+
+/// A listener's browser-facing settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebConfig {
+    pub grpc_web: bool,
+    pub cors: Option<CorsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    pub allow_origins: AllowedOrigins,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    /// Exact origins, compared without regard to case.
+    List(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +206,8 @@ pub struct ListenerConfig {
     /// grpc: close a connection with no call in flight for this long.
     pub idle_timeout: Duration,
     pub limits: ListenerLimits,
+    /// gRPC-Web and CORS (grpc listeners).
+    pub web: WebConfig,
 }
 
 /// Resource bounds of one listener.

@@ -64,6 +64,8 @@ pub fn validate(
         .tracing
         .as_ref()
         .map(|section| super::tracing::validate_tracing(section, &mut diag));
+    let transcodes =
+        super::web::validate_transcodes(&file_config.transcodes, &listeners, base_dir, &mut diag);
     if etcd.is_none() {
         for (i, (section, upstream)) in file_config.upstreams.iter().zip(&upstreams).enumerate() {
             if matches!(upstream.discovery, Discovery::Etcd { .. }) {
@@ -118,6 +120,7 @@ pub fn validate(
             admin,
             access_log,
             tracing,
+            transcodes,
         })
     } else {
         Err(diag.into_error(file))
@@ -263,6 +266,7 @@ fn validate_listeners(
             .as_ref()
             .map(|l| validate_limits(l, &path, diag))
             .unwrap_or_default();
+        let web = super::web::validate_listener_web(section, &kind, &path, diag);
         listeners.push(ListenerConfig {
             name: name.clone(),
             listen,
@@ -270,6 +274,7 @@ fn validate_listeners(
             tls,
             idle_timeout,
             limits,
+            web,
         });
     }
     listeners

@@ -6,12 +6,12 @@
 //! `service="other", method="other"`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
-use crate::grpc::Code;
+use crate::grpc::{Code, Protocol};
 
 /// The label value of the pairs beyond the bound.
 pub const OTHER: &str = "other";
@@ -47,15 +47,34 @@ impl MethodFamilies {
 /// One method's handles on one route.
 #[derive(Debug)]
 pub struct MethodMetrics {
+    /// Native gRPC calls, by code.
     calls: [IntCounter; 17],
+    /// gRPC-Web and JSON calls, by code: made on the first such call, so a listener without
+    /// browsers or REST callers exports no series for them.
+    web_calls: [OnceLock<[IntCounter; 17]>; 2],
+    family: IntCounterVec,
+    /// listener, route, upstream, service, method.
+    labels: [String; 5],
     duration: Histogram,
     request_messages: IntCounter,
     response_messages: IntCounter,
 }
 
 impl MethodMetrics {
-    pub fn call_finished(&self, code: Code, seconds: f64, request_msgs: u64, response_msgs: u64) {
-        self.calls[code as usize].inc();
+    pub fn call_finished(
+        &self,
+        code: Code,
+        protocol: Protocol,
+        seconds: f64,
+        request_msgs: u64,
+        response_msgs: u64,
+    ) {
+        let calls = match protocol {
+            Protocol::Grpc => &self.calls,
+            Protocol::GrpcWeb => self.web_calls[0].get_or_init(|| self.by_code(protocol)),
+            Protocol::Json => self.web_calls[1].get_or_init(|| self.by_code(protocol)),
+        };
+        calls[code as usize].inc();
         self.duration.observe(seconds);
         if request_msgs > 0 {
             self.request_messages.inc_by(request_msgs);
@@ -64,6 +83,19 @@ impl MethodMetrics {
             self.response_messages.inc_by(response_msgs);
         }
     }
+
+    fn by_code(&self, protocol: Protocol) -> [IntCounter; 17] {
+        calls_by_code(&self.family, &self.labels, protocol)
+    }
+}
+
+fn calls_by_code(
+    family: &IntCounterVec,
+    labels: &[String; 5],
+    protocol: Protocol,
+) -> [IntCounter; 17] {
+    let [l, r, u, s, m] = labels.each_ref().map(String::as_str);
+    Code::ALL.map(|c| family.with_label_values(&[l, r, u, s, m, c.as_str(), protocol.as_str()]))
 }
 
 /// The methods seen on one route (listener, route, upstream).
@@ -104,11 +136,12 @@ impl RouteMethods {
             self.route.as_str(),
             self.upstream.as_str(),
         );
+        let labels = [l, r, u, service, method].map(str::to_string);
         MethodMetrics {
-            calls: Code::ALL.map(|c| {
-                f.calls
-                    .with_label_values(&[l, r, u, service, method, c.as_str()])
-            }),
+            calls: calls_by_code(&f.calls, &labels, Protocol::Grpc),
+            web_calls: Default::default(),
+            family: f.calls.clone(),
+            labels,
             duration: f.duration.with_label_values(&[u, service, method]),
             request_messages: f
                 .messages
@@ -156,7 +189,9 @@ mod tests {
         Arc::new(MethodFamilies {
             calls: IntCounterVec::new(
                 Opts::new("c", "c"),
-                &["listener", "route", "upstream", "service", "method", "code"],
+                &[
+                    "listener", "route", "upstream", "service", "method", "code", "protocol",
+                ],
             )
             .unwrap(),
             duration: HistogramVec::new(
@@ -181,21 +216,34 @@ mod tests {
         let first = route.for_call("/a.A/M", "a.A", "M");
         let again = route.for_call("/a.A/M", "a.A", "M");
         assert!(Arc::ptr_eq(&first, &again));
-        first.call_finished(Code::Ok, 0.01, 3, 2);
-        again.call_finished(Code::NotFound, 0.02, 1, 0);
-        let calls = |code: &str| {
+        first.call_finished(Code::Ok, Protocol::Grpc, 0.01, 3, 2);
+        again.call_finished(Code::NotFound, Protocol::Grpc, 0.02, 1, 0);
+        again.call_finished(Code::NotFound, Protocol::Json, 0.02, 1, 0);
+        let calls = |code: &str, protocol: &str| {
             f.calls
-                .with_label_values(&["l", "a.A", "up", "a.A", "M", code])
+                .with_label_values(&["l", "a.A", "up", "a.A", "M", code, protocol])
                 .get()
         };
-        assert_eq!((calls("OK"), calls("NOT_FOUND")), (1, 1));
+        assert_eq!(
+            (
+                calls("OK", "grpc"),
+                calls("NOT_FOUND", "grpc"),
+                calls("NOT_FOUND", "json")
+            ),
+            (1, 1, 1)
+        );
+        // No gRPC-Web call yet: no gRPC-Web series.
+        let exported = prometheus::core::Collector::collect(&f.calls)[0]
+            .get_metric()
+            .len();
+        assert_eq!(exported, 2 * 17);
         let msgs = |d: &str| f.messages.with_label_values(&["up", "a.A", "M", d]).get();
-        assert_eq!((msgs("request"), msgs("response")), (4, 2));
+        assert_eq!((msgs("request"), msgs("response")), (5, 2));
         assert_eq!(
             f.duration
                 .with_label_values(&["up", "a.A", "M"])
                 .get_sample_count(),
-            2
+            3
         );
     }
 
@@ -219,11 +267,11 @@ mod tests {
         let b_again = one.for_call("/b.B/M", "b.B", "M");
         assert!(!Arc::ptr_eq(&b_again, &c));
         assert!(!Arc::ptr_eq(&elsewhere.for_call("/c.C/M", "c.C", "M"), &c));
-        c.call_finished(Code::Ok, 0.0, 0, 0);
-        d.call_finished(Code::Ok, 0.0, 0, 0);
+        c.call_finished(Code::Ok, Protocol::Grpc, 0.0, 0, 0);
+        d.call_finished(Code::Ok, Protocol::Grpc, 0.0, 0, 0);
         assert_eq!(
             f.calls
-                .with_label_values(&["l", "*", "up", OTHER, OTHER, "OK"])
+                .with_label_values(&["l", "*", "up", OTHER, OTHER, "OK", "grpc"])
                 .get(),
             2
         );

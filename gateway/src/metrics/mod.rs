@@ -149,8 +149,8 @@ impl Metrics {
             calls: counter(
                 &registry,
                 "strait_calls_total",
-                "Calls by listener, route, upstream, gRPC service and method, and final gRPC code.",
-                &["listener", "route", "upstream", "service", "method", "code"],
+                "Calls by listener, route, upstream, gRPC service and method, final gRPC code, and protocol (grpc, grpc-web, json).",
+                &["listener", "route", "upstream", "service", "method", "code", "protocol"],
             ),
             duration,
             messages: counter(
@@ -427,10 +427,18 @@ impl Metrics {
     }
 
     /// Counter for calls that matched no route (answered by the gateway itself).
-    pub fn unrouted_call(&self, listener: &str, code: Code) {
+    pub fn unrouted_call(&self, listener: &str, code: Code, protocol: crate::grpc::Protocol) {
         self.methods
             .calls
-            .with_label_values(&[listener, "-", "-", "-", "-", code.as_str()])
+            .with_label_values(&[
+                listener,
+                "-",
+                "-",
+                "-",
+                "-",
+                code.as_str(),
+                protocol.as_str(),
+            ])
             .inc();
     }
 

@@ -4,5 +4,6 @@
 pub mod grpc;
 mod inflight;
 pub mod tcp;
+pub mod web;
 
 pub use inflight::{CallGuard, InFlightCalls};

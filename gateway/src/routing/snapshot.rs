@@ -357,6 +357,8 @@ pub struct RoutingSnapshot {
     listeners: HashMap<String, Arc<RouteTable>>,
     tcp: HashMap<String, TcpRoute>,
     upstreams: HashMap<String, Arc<UpstreamSet>>,
+    /// The REST routes of listeners with `[[transcode]]` (read when the config loaded).
+    transcoders: HashMap<String, Arc<crate::transcode::TranscodeTable>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -469,11 +471,17 @@ impl RoutingSnapshot {
             .into_iter()
             .map(|(name, table)| (name, Arc::new(table)))
             .collect();
+        let transcoders = config
+            .transcodes
+            .iter()
+            .map(|t| (t.listener.clone(), t.table.clone()))
+            .collect();
         Ok(Self {
             generation: previous.map(|p| p.generation).unwrap_or(0),
             listeners,
             tcp,
             upstreams,
+            transcoders,
         })
     }
 
@@ -488,7 +496,15 @@ impl RoutingSnapshot {
             if let Some(route) = previous.tcp.get(name) {
                 self.tcp.insert(name.clone(), route.clone());
             }
+            if let Some(table) = previous.transcoders.get(name) {
+                self.transcoders.insert(name.clone(), table.clone());
+            }
         }
+    }
+
+    /// The listener's REST routes, when it transcodes JSON.
+    pub fn transcoder(&self, listener: &str) -> Option<&Arc<crate::transcode::TranscodeTable>> {
+        self.transcoders.get(listener)
     }
 
     pub fn tcp_route(&self, listener: &str) -> Option<&TcpRoute> {

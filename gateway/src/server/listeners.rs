@@ -27,8 +27,9 @@ use super::runtime::ListenerRuntime;
 use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::{Metrics, Rejection};
-use crate::proxy::grpc::{CallSettings, GrpcProxy};
+use crate::proxy::grpc::{CallSettings, GrpcProxy, ListenerProfile};
 use crate::proxy::tcp::TcpProxy;
+use crate::proxy::web::{cors::CorsPolicy, WebSettings};
 use crate::proxy::InFlightCalls;
 use crate::routing::Routing;
 use crate::tls::{ListenerTlsState, TlsError};
@@ -173,6 +174,7 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
         && mutual(&running.config) == mutual(wanted)
         && running.config.limits == wanted.limits
         && running.config.idle_timeout == wanted.idle_timeout
+        && running.config.web == wanted.web
 }
 
 impl ListenerSet {
@@ -368,9 +370,16 @@ impl ListenerSet {
     ) -> Service<Admission<HttpProxy<GrpcProxy>>> {
         let d = &self.deps;
         let limits = &listener.limits;
+        let profile = ListenerProfile {
+            name: listener.name.clone(),
+            max_message_size: limits.max_message_size,
+            web: WebSettings {
+                grpc_web: listener.web.grpc_web,
+                cors: listener.web.cors.as_ref().map(CorsPolicy::new),
+            },
+        };
         let app = GrpcProxy::new(
-            listener.name.clone(),
-            limits.max_message_size,
+            profile,
             d.routing.clone(),
             d.settings.clone(),
             d.calls.clone(),

@@ -38,6 +38,8 @@ pub struct CallRecord {
     pub region: Option<String>,
     pub user_agent: Option<String>,
     pub trace_id: Option<String>,
+    /// How the call arrived: `grpc`, `grpc-web` or `json`; `tcp` for tcp connections.
+    pub protocol: &'static str,
 }
 
 fn rfc3339_micros<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -62,7 +64,7 @@ impl CallRecord {
         let mut line = String::with_capacity(256);
         let _ = write!(
             line,
-            "{} {} {} {} {} {} {:.3}ms route={} upstream={} endpoint={} attempts={} req={}B/{} resp={}B/{} region={}",
+            "{} {} {} {} {} {} {:.3}ms route={} upstream={} endpoint={} attempts={} req={}B/{} resp={}B/{} region={} protocol={}",
             format_ts(self.ts),
             self.listener,
             dash(&self.peer),
@@ -79,6 +81,7 @@ impl CallRecord {
             self.resp_bytes,
             self.resp_msgs,
             dash(&self.region),
+            self.protocol,
         );
         if let Some(ua) = &self.user_agent {
             let _ = write!(line, " user_agent={}", quoted(ua));
@@ -137,6 +140,7 @@ pub(super) fn example() -> CallRecord {
             region: Some("eu-west".into()),
             user_agent: Some("grpc-rust \"x\"\nforged".into()),
             trace_id: None,
+            protocol: "grpc",
         }
     }
 }
@@ -173,10 +177,11 @@ mod tests {
             "region",
             "user_agent",
             "trace_id",
+            "protocol",
         ] {
             assert!(object.contains_key(key), "{key} missing");
         }
-        assert_eq!(object.len(), 19);
+        assert_eq!(object.len(), 20);
         assert_eq!(value["ts"], "2025-12-03T09:46:40.123456Z");
         assert!(value["message"].is_null() && value["trace_id"].is_null());
         assert_eq!(value["code"], 0);

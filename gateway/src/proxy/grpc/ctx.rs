@@ -86,6 +86,8 @@ pub struct CallCtx {
     /// The call's trace when tracing is on (sampled or not: the upstream gets a `traceparent`
     /// either way).
     pub trace: Option<CallTrace>,
+    /// A browser (gRPC-Web) or REST (JSON) call: how its request and answer are translated.
+    pub web: Option<crate::proxy::web::WebCall>,
 }
 
 impl CallCtx {
@@ -112,6 +114,7 @@ impl CallCtx {
             endpoint: None,
             method_metrics: None,
             trace: None,
+            web: None,
         }
     }
 
@@ -148,7 +151,15 @@ impl CallCtx {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             trace_id: self.trace.as_ref().map(CallTrace::trace_id),
+            protocol: self.protocol().as_str(),
         }
+    }
+
+    /// How the call arrived: native gRPC, gRPC-Web or JSON.
+    pub fn protocol(&self) -> crate::proxy::web::Protocol {
+        self.web
+            .as_ref()
+            .map_or(crate::proxy::web::Protocol::Grpc, |w| w.protocol())
     }
 
     /// Remaining budget, `Some(ZERO)` once the deadline has passed, `None` without a deadline.

@@ -5,6 +5,12 @@
 //! their streams with CANCEL. When an attempt has no response headers `delay` after it started
 //! (or failed before answering), the next goes to another endpoint, within `max_attempts`, the
 //! deadline and the upstream's retry budget.
+//!
+//! JSON calls (`proxy/web`) are carried here too, with their one translated message and no
+//! hedge: pingora's filters cannot hold a unary answer back until its status is known, which
+//! JSON needs to choose the HTTP status. Without a hedge, a failed attempt is followed by
+//! another only when the backend certainly did not process it (as on pingora's path). Every
+//! answer is written through the call's `WebCall`, if it has one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,11 +68,16 @@ pub(super) async fn relay(
     connector: &Arc<Connector>,
     session: &mut Session,
     ctx: &mut CallCtx,
-    policy: &HedgePolicy,
+    policy: Option<&HedgePolicy>,
     upstream_header: RequestHeader,
     max_message_size: u32,
+    body: Option<Vec<Bytes>>,
 ) -> Result<Relayed> {
-    let Some(body) = read_whole_request(session).await? else {
+    let body = match body {
+        Some(body) => Some(body),
+        None => read_whole_request(session).await?,
+    };
+    let Some(body) = body else {
         return Ok(Relayed::Local(LocalStatus::new(
             Code::ResourceExhausted,
             format!(
@@ -98,7 +109,10 @@ pub(super) async fn relay(
     let mut running: Vec<Option<Running>> = Vec::new();
     let mut latest = Instant::now();
     let mut winner: Option<usize> = None;
-    let mut may_hedge = true;
+    let mut may_hedge = policy.is_some();
+    // Without a hedge: another attempt only after a failure the backend never saw.
+    let mut may_resend = false;
+    let max_attempts = policy.map_or(upstream.max_attempts, HedgePolicy::max_attempts);
     let deadline = ctx.deadline;
 
     loop {
@@ -108,11 +122,16 @@ pub(super) async fn relay(
             // at once, as a hedge would, with the budget's consent).
             let first = ctx.tried.is_empty();
             let another = !first
-                && may_hedge
-                && (ctx.tried.len() as u32) < policy.max_attempts()
-                && upstream
-                    .retry_budget()
-                    .is_none_or(|budget| policy.may_send(ctx.remaining(), budget));
+                && (ctx.tried.len() as u32) < max_attempts
+                && match policy {
+                    Some(policy) => {
+                        may_hedge
+                            && upstream
+                                .retry_budget()
+                                .is_none_or(|budget| policy.may_send(ctx.remaining(), budget))
+                    }
+                    None => std::mem::take(&mut may_resend) && !ctx.deadline_passed(),
+                };
             if !first && !another {
                 return Ok(Relayed::Local(no_answer(ctx)));
             }
@@ -123,10 +142,11 @@ pub(super) async fn relay(
             latest = Instant::now();
             continue;
         }
-        let due = if winner.is_none() && may_hedge {
-            policy.next_due(ctx.tried.len() as u32, latest, true)
-        } else {
-            None
+        let due = match policy {
+            Some(policy) if winner.is_none() && may_hedge => {
+                policy.next_due(ctx.tried.len() as u32, latest, true)
+            }
+            _ => None,
         };
         tokio::select! {
             Some((i, event)) = events.recv() => {
@@ -148,12 +168,13 @@ pub(super) async fn relay(
                         if let Some(value) = header.headers.get("grpc-status") {
                             ctx.upstream_status = Some(Code::from_header(value.as_bytes()));
                         }
-                        session.write_response_tasks(vec![HttpTask::Header(header, end)]).await?;
+                        respond(session, ctx, HttpTask::Header(header, end)).await?;
                         if end {
                             return Ok(Relayed::Answered);
                         }
                     }
                     (None, Event::Failed(e)) => {
+                        may_resend = super::failure::certainly_unprocessed(&e);
                         if let Some(mut failed) = running[i].take() {
                             ctx.last_failure = Some(format!(
                                 "{}: {}",
@@ -165,7 +186,7 @@ pub(super) async fn relay(
                     }
                     (Some(w), Event::Body(data, end)) if w == i => {
                         let _ = ctx.resp_frames.feed(&data, false, u32::MAX);
-                        session.write_response_tasks(vec![HttpTask::Body(Some(data), end)]).await?;
+                        respond(session, ctx, HttpTask::Body(Some(data), end)).await?;
                         if end {
                             return Ok(Relayed::Answered);
                         }
@@ -174,7 +195,7 @@ pub(super) async fn relay(
                         if let Some(value) = trailers.get("grpc-status") {
                             ctx.upstream_status = Some(Code::from_header(value.as_bytes()));
                         }
-                        session.write_response_tasks(vec![HttpTask::Trailer(Some(trailers))]).await?;
+                        respond(session, ctx, HttpTask::Trailer(Some(trailers))).await?;
                         return Ok(Relayed::Answered);
                     }
                     (Some(w), Event::Failed(e)) if w == i => {
@@ -185,6 +206,7 @@ pub(super) async fn relay(
                 }
             }
             _ = sleep_until(due), if due.is_some() => {
+                let Some(policy) = policy else { continue };
                 let budget_allows = upstream
                     .retry_budget()
                     .is_none_or(|budget| policy.may_send(ctx.remaining(), budget));
@@ -217,6 +239,18 @@ pub(super) async fn relay(
             }
         }
     }
+}
+
+/// Writes one task of the winner's answer, translated for a gRPC-Web or JSON caller.
+async fn respond(session: &mut Session, ctx: &mut CallCtx, task: HttpTask) -> Result<()> {
+    let tasks = match ctx.web.as_mut() {
+        Some(web) => web.shape(task),
+        None => vec![task],
+    };
+    if !tasks.is_empty() {
+        session.write_response_tasks(tasks).await?;
+    }
+    Ok(())
 }
 
 /// The request body, whole, or `None` when it is larger than a hedged call may keep.

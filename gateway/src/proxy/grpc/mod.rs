@@ -1,9 +1,11 @@
 //! The L7 gRPC proxy: pingora's phase hooks, each doing one step of a call.
 //!
-//! request_filter      -> start the call's trace (caller's `traceparent`); parse `:path`, find
+//! request_filter      -> gRPC-Web and JSON callers become native gRPC (`proxy/web`), a CORS
+//!                        preflight is answered; start the call's trace (caller's
+//!                        `traceparent`); parse `:path`, find
 //!                        the route (`match`); the policy admits the call (rate limit, split
 //!                        side, in-flight slot); fix the deadline and preferred region
-//!                        (a hedged call is carried by `hedge.rs` from here on)
+//!                        (hedged and JSON calls are carried by `hedge.rs` from here on)
 //! upstream_peer       -> after a status retry, wait its back-off; pick an endpoint (region
 //!                        spill, smooth WRR, not yet tried); one dial in flight per endpoint
 //! connected_to_upstream -> the dial is up: calls waiting on it go ahead
@@ -11,9 +13,11 @@
 //!                        as the backend's `traceparent`, `grpc-previous-rpc-attempts`
 //! fail_to_connect /
 //! error_while_proxy   -> decide whether another endpoint may be tried
-//! response filters    -> note `grpc-status` (headers, trailers-only or trailers); a
+//! upstream response
+//! filters             -> note `grpc-status` (headers, trailers-only or trailers); a
 //!                        trailers-only status the route's `retry` allows is not relayed but
 //!                        retried; enforce the deadline
+//! response filters    -> a gRPC-Web caller's answer: content type, base64, trailer frame
 //! fail_to_proxy       -> answer the gateway's own errors the gRPC way
 //! logging             -> the breaker's verdict; then `report.rs`: metrics, traffic, spans,
 //!                        access log
@@ -49,6 +53,7 @@ use crate::endpoint::DialTurn;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::observe::Observers;
 use crate::policy::{CallFacts, NoRetry, Pushback, RetryFacts, Verdict};
+use crate::proxy::web::{self, Arrived, WebSettings};
 use crate::proxy::InFlightCalls;
 use crate::routing::{parse_grpc_path, Routing};
 use ctx::Attempt;
@@ -58,6 +63,16 @@ use ctx::Attempt;
 pub struct CallSettings {
     pub region: Option<String>,
     pub region_header: Option<HeaderName>,
+}
+
+/// What one gRPC listener's own config says about its calls.
+#[derive(Debug, Clone)]
+pub struct ListenerProfile {
+    pub name: String,
+    /// Largest request message accepted, in bytes.
+    pub max_message_size: u32,
+    /// gRPC-Web and CORS (`proxy/web`).
+    pub web: WebSettings,
 }
 
 /// One gRPC listener's proxy logic.
@@ -71,20 +86,27 @@ pub struct GrpcProxy {
     metrics: Option<Arc<Metrics>>,
     in_flight: Option<prometheus::IntGauge>,
     observers: Arc<Observers>,
-    /// The upstream connections of hedged calls, which the gateway makes itself (`hedge.rs`).
+    /// The upstream connections of calls the gateway relays itself (`hedge.rs`): hedged and
+    /// JSON calls.
     hedging: Arc<pingora::connectors::http::Connector>,
+    /// gRPC-Web and CORS (`proxy/web`).
+    web: WebSettings,
 }
 
 impl GrpcProxy {
     pub fn new(
-        listener: String,
-        max_message_size: u32,
+        profile: ListenerProfile,
         routing: Arc<Routing>,
         settings: Arc<CallSettings>,
         calls: InFlightCalls,
         metrics: Option<Arc<Metrics>>,
         observers: Arc<Observers>,
     ) -> Self {
+        let ListenerProfile {
+            name: listener,
+            max_message_size,
+            web,
+        } = profile;
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
             listener,
@@ -96,6 +118,7 @@ impl GrpcProxy {
             in_flight,
             observers,
             hedging: Arc::new(pingora::connectors::http::Connector::new(None)),
+            web,
         }
     }
 
@@ -328,7 +351,16 @@ impl GrpcProxy {
     }
 }
 
-async fn write_local_status(session: &mut Session, status: &LocalStatus) -> Result<bool> {
+async fn write_local_status(
+    session: &mut Session,
+    ctx: &mut CallCtx,
+    status: &LocalStatus,
+) -> Result<bool> {
+    if let Some(web) = ctx.web.as_mut() {
+        // In the caller's protocol: gRPC-Web or JSON.
+        let tasks = web.local_answer(status, session.response_written().is_some());
+        return session.write_response_tasks(tasks).await;
+    }
     if session.response_written().is_none() {
         let head = status.trailers_only_response();
         session
@@ -355,6 +387,34 @@ async fn reject_non_grpc(session: &mut Session, status: u16, message: &str) -> R
     Ok(())
 }
 
+/// Native gRPC's own checks: HTTP/2, a gRPC content type, POST. `true` when the request was
+/// refused (and answered).
+async fn refuse_non_grpc(session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
+    let req = session.req_header();
+    let refusal = if req.version != Version::HTTP_2 {
+        Some((
+            505,
+            "this listener serves gRPC over HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2)",
+        ))
+    } else if !req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        Some((415, "content-type must be application/grpc"))
+    } else if req.method != Method::POST {
+        Some((405, "gRPC calls use POST"))
+    } else {
+        None
+    };
+    let Some((status, message)) = refusal else {
+        return Ok(false);
+    };
+    reject_non_grpc(session, status, message).await?;
+    ctx.not_grpc = true;
+    Ok(true)
+}
+
 #[async_trait]
 impl ProxyHttp for GrpcProxy {
     type CTX = CallCtx;
@@ -369,57 +429,51 @@ impl ProxyHttp for GrpcProxy {
             gauge.inc();
             ctx.in_flight_gauge = Some(gauge.clone());
         }
-        let req = session.req_header();
-        if req.version != Version::HTTP_2 {
-            reject_non_grpc(
-                session,
-                505,
-                "this listener serves gRPC over HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2)",
-            )
-            .await?;
-            ctx.not_grpc = true;
-            return Ok(true);
-        }
-        let is_grpc = req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if !is_grpc {
-            reject_non_grpc(session, 415, "content-type must be application/grpc").await?;
-            ctx.not_grpc = true;
-            return Ok(true);
-        }
-        if req.method != Method::POST {
-            reject_non_grpc(session, 405, "gRPC calls use POST").await?;
-            ctx.not_grpc = true;
-            return Ok(true);
-        }
-        ctx.trace = self.observers.tracing.start(&req.headers);
+        // Browsers and REST clients: a preflight is answered; gRPC-Web and JSON become native
+        // gRPC here (proxy/web).
+        let transcoder = self.routing.load().transcoder(&self.listener).cloned();
+        let arrived =
+            web::arrive(session, ctx, &self.web, transcoder, self.max_message_size).await?;
+        let json_request = match arrived {
+            Arrived::Answered => return Ok(true),
+            Arrived::Json(message) => Some(message),
+            Arrived::GrpcWeb => None,
+            Arrived::Grpc => {
+                if refuse_non_grpc(session, ctx).await? {
+                    return Ok(true);
+                }
+                None
+            }
+        };
+        ctx.trace = self.observers.tracing.start(&session.req_header().headers);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let Err(status) = self.admit(session.req_header(), peer, ctx) {
-            write_local_status(session, &status).await?;
+            write_local_status(session, ctx, &status).await?;
             ctx.local_status = Some(status);
             return Ok(true);
         }
-        if let Some(policy) = ctx.target.as_ref().and_then(|t| t.hedge.clone()) {
-            // A hedged call never goes through pingora's upstream phases: hedge.rs carries it.
+        let hedge = ctx.target.as_ref().and_then(|t| t.hedge.clone());
+        if hedge.is_some() || json_request.is_some() {
+            // Not through pingora's upstream phases: hedge.rs carries hedged and JSON calls.
             let mut header = session.req_header().clone();
             self.upstream_request_filter(session, &mut header, ctx)
                 .await?;
-            if let hedge::Relayed::Local(status) = hedge::relay(
+            let body = json_request.map(|message| vec![message]);
+            let relayed = hedge::relay(
                 &self.hedging,
                 session,
                 ctx,
-                &policy,
+                hedge.as_deref(),
                 header,
                 self.max_message_size,
+                body,
             )
-            .await?
-            {
-                write_local_status(session, &status).await?;
+            .await?;
+            if let hedge::Relayed::Local(status) = relayed {
+                write_local_status(session, ctx, &status).await?;
                 ctx.local_status = Some(status);
             }
             return Ok(true);
@@ -477,6 +531,9 @@ impl ProxyHttp for GrpcProxy {
         ctx.endpoint = Some(endpoint.addr);
         // A retry replays the request body through request_body_filter from its start.
         ctx.frames = frames::FrameScanner::default();
+        if let Some(web) = ctx.web.as_mut() {
+            web.restart_request();
+        }
         let mut attempt = Attempt::new(endpoint.state.clone(), admission == Admission::Trial);
         match endpoint.state.dial.turn() {
             DialTurn::Go => {}
@@ -518,6 +575,9 @@ impl ProxyHttp for GrpcProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut CallCtx,
     ) -> Result<()> {
+        if ctx.web.is_some() {
+            web::grpc_web::strip_hop_by_hop(upstream_request);
+        }
         if let Some(remaining) = ctx.remaining() {
             // The backend gets what is left of the budget, not the caller's original value.
             upstream_request.insert_header(
@@ -550,6 +610,13 @@ impl ProxyHttp for GrpcProxy {
         ctx: &mut CallCtx,
     ) -> Result<()> {
         check_deadline(ctx)?;
+        if let Some(web) = ctx.web.as_mut() {
+            // grpc-web-text: the backend gets the decoded bytes.
+            if let Err(reason) = web.request_body(body, end_of_stream) {
+                ctx.local_status = Some(LocalStatus::new(Code::InvalidArgument, reason));
+                return Err(Error::new(ErrorType::Custom("malformed request body")).into_down());
+            }
+        }
         let chunk = body.as_deref().unwrap_or_default();
         if let Err(e) = ctx.frames.feed(chunk, end_of_stream, self.max_message_size) {
             // Only this call ends; the connection and its other calls go on.
@@ -674,6 +741,41 @@ impl ProxyHttp for GrpcProxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(web) = ctx.web.as_mut() {
+            web.response_header(response);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(web) = ctx.web.as_mut() {
+            web.response_body(body);
+        }
+        Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut CallCtx,
+    ) -> Result<Option<Bytes>> {
+        // gRPC-Web: the trailers become the body's last frame.
+        Ok(ctx.web.as_mut().and_then(|web| web.trailers(trailers)))
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -711,7 +813,7 @@ impl ProxyHttp for GrpcProxy {
         } else {
             Self::no_endpoint_status(ctx)
         };
-        if let Err(write_error) = write_local_status(session, &status).await {
+        if let Err(write_error) = write_local_status(session, ctx, &status).await {
             debug!(error = %write_error, "could not deliver the gateway's status to the caller");
         }
         ctx.local_status = Some(status);

@@ -35,12 +35,13 @@ impl GrpcProxy {
         match (&ctx.method_metrics, &self.metrics) {
             (Some(method), _) => method.call_finished(
                 code,
+                ctx.protocol(),
                 elapsed.as_secs_f64(),
                 ctx.frames.messages,
                 ctx.resp_frames.messages,
             ),
             (None, Some(metrics)) if ctx.target.is_none() => {
-                metrics.unrouted_call(&self.listener, code)
+                metrics.unrouted_call(&self.listener, code, ctx.protocol())
             }
             (None, _) => {}
         }

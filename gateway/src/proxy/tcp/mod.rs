@@ -97,6 +97,7 @@ impl TcpProxy {
             region: self.region.clone(),
             user_agent: None,
             trace_id: None,
+            protocol: "tcp",
         });
     }
 }
