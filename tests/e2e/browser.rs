@@ -26,7 +26,7 @@ fn chromium() -> PathBuf {
 }
 
 /// Runs headless Chromium on `url` with `args`, bounded in time; returns its stdout.
-fn headless(url: &str, args: &[&str], profile: &Path) -> String {
+pub(crate) fn headless(url: &str, args: &[&str], profile: &Path) -> String {
     let mut command = Command::new(chromium());
     command
         .args([

@@ -25,3 +25,4 @@ mod supervision;
 mod tcp;
 mod tracing;
 mod traffic;
+mod web;

@@ -56,20 +56,16 @@ pub fn build_request(
         (_, None) => Map::new(),
     };
     for binding in bindings {
-        let Some(field) = field_at(&input, &binding.field_path) else {
+        let Some((field, names)) = field_at(&input, &binding.field_path) else {
             continue; // checked when the descriptors loaded
         };
-        set_path(
-            &mut root,
-            &binding.field_path,
-            scalar(&field, &binding.value),
-            false,
-        );
+        set_path(&mut root, &names, scalar(&field, &binding.value), false);
     }
     for (key, value) in query_pairs(query.unwrap_or(""))? {
         let path: Vec<String> = key.split('.').map(str::to_string).collect();
-        let field = field_at(&input, &path).ok_or(RequestError::UnknownParameter(key.clone()))?;
-        set_path(&mut root, &path, scalar(&field, &value), field.is_list());
+        let (field, names) =
+            field_at(&input, &path).ok_or(RequestError::UnknownParameter(key.clone()))?;
+        set_path(&mut root, &names, scalar(&field, &value), field.is_list());
     }
     encode(&input, Value::Object(root))
 }
@@ -140,18 +136,31 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Value {
     }
 }
 
-/// The field a dotted path names, through singular message fields.
-fn field_at(message: &MessageDescriptor, path: &[String]) -> Option<FieldDescriptor> {
+/// The field a dotted path names (each part by its proto or its JSON name), through singular
+/// message fields; with the path in proto names, as the JSON object is keyed.
+fn field_at(
+    message: &MessageDescriptor,
+    path: &[String],
+) -> Option<(FieldDescriptor, Vec<String>)> {
     let (last, parents) = path.split_last()?;
+    let by_either = |message: &MessageDescriptor, name: &str| {
+        message
+            .get_field_by_name(name)
+            .or_else(|| message.get_field_by_json_name(name))
+    };
     let mut current = message.clone();
+    let mut names = Vec::with_capacity(path.len());
     for name in parents {
-        let field = current.get_field_by_name(name)?;
+        let field = by_either(&current, name)?;
+        names.push(field.name().to_string());
         match field.kind() {
             Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
             _ => return None,
         }
     }
-    current.get_field_by_name(last)
+    let field = by_either(&current, last)?;
+    names.push(field.name().to_string());
+    Some((field, names))
 }
 
 /// Sets `value` at `path` in a JSON object, creating the objects on the way; `append` adds to
