@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-5}
 shift || true
-TARGETS=${*:-config etcd_value grpc_timeout grpc_path grpc_frames}
+TARGETS=${*:-config etcd_value grpc_timeout grpc_path grpc_frames transcode}
 # From crates.io; where the index cannot be reached but cargo's cache already holds the crates
 # (a machine behind a TLS-intercepting proxy whose CA cargo does not trust), from the cache.
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked \

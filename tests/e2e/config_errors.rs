@@ -354,3 +354,68 @@ fn durations_past_their_bounds_are_refused_at_their_line() {
         &["upstream[0].breaker.open_for", "must be at most 3600s"],
     );
 }
+
+/// `[[transcode]]` and the browser settings: `check` reads the descriptors and refuses what
+/// cannot serve, at its line.
+#[test]
+fn transcoding_and_cors_mistakes_are_refused_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_pb = dir.path().join("api.pb");
+    std::fs::write(&good_pb, strait_tests::ECHO_DESCRIPTORS).unwrap();
+    let garbage = dir.path().join("garbage.pb");
+    std::fs::write(&garbage, b"\x0a\xff\xff\xff\xff\x0fnot a descriptor set").unwrap();
+    let transcode = |descriptors: &str, services: &str| {
+        format!(
+            "{GOOD}\n[[transcode]]\nlistener = \"public\"\ndescriptors = \"{descriptors}\"\nservices = [{services}]\n"
+        )
+    };
+    // The good one passes.
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        transcode(&good_pb.display().to_string(), "\"bench.Echo\""),
+    )
+    .unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+
+    assert_rejected(
+        &transcode("/nonexistent/api.pb", "\"bench.Echo\""),
+        "descriptors = \"/nonexistent/api.pb\"",
+        &["transcode[0].descriptors", "cannot read"],
+    );
+    let garbage_path = garbage.display().to_string();
+    assert_rejected(
+        &transcode(&garbage_path, "\"bench.Echo\""),
+        &format!("descriptors = \"{garbage_path}\""),
+        &["is not a FileDescriptorSet", "--include_imports"],
+    );
+    assert_rejected(
+        &transcode(&good_pb.display().to_string(), "\"shop.Cart\""),
+        "services = [\"shop.Cart\"]",
+        &["service \"shop.Cart\" is not in the descriptors"],
+    );
+    let wrong_listener = transcode(&good_pb.display().to_string(), "\"bench.Echo\"").replace(
+        "[[transcode]]\nlistener = \"public\"",
+        "[[transcode]]\nlistener = \"nope\"",
+    );
+    assert_rejected(
+        &wrong_listener,
+        "listener = \"nope\"",
+        &["no listener named \"nope\""],
+    );
+    let bad_origin = GOOD.replace(
+        "listen = \"127.0.0.1:18080\"",
+        "listen = \"127.0.0.1:18080\"\ngrpc_web = true\ncors = { allow_origins = [\"https://app.example.com/path\"] }",
+    );
+    assert_rejected(
+        &bad_origin,
+        "cors = {",
+        &["listener[0].cors.allow_origins[0]", "is not an origin"],
+    );
+    let long_age = GOOD.replace(
+        "listen = \"127.0.0.1:18080\"",
+        "listen = \"127.0.0.1:18080\"\ncors = { allow_origins = [\"*\"], max_age = \"48h\" }",
+    );
+    assert_rejected(&long_age, "max_age = \"48h\"", &["at most 24h"]);
+}

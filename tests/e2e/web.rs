@@ -467,10 +467,7 @@ async fn a_grpc_web_server_stream_is_relayed_as_it_arrives() {
 /// The data of an HTTP/1.1 chunked body (as much as is there).
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
         let Ok(size) = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
         else {
             break;
@@ -605,7 +602,7 @@ async fn the_gateways_own_errors_reach_grpc_web_callers_as_grpc_web() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_without_grpc_web_still_refuses_http1() {
+async fn grpc_web_is_refused_where_it_is_not_served() {
     let backend = Backend::start(BackendOptions::named("b1")).await;
     let addr = free_addr();
     let gateway = tokio::task::block_in_place(|| {
@@ -613,17 +610,37 @@ async fn a_listener_without_grpc_web_still_refuses_http1() {
     });
     let dir = tempfile::tempdir().unwrap();
     let body = write_file(&dir.path().join("call.bin"), &frame(b""));
-    let answer = tokio::task::block_in_place(|| {
+    let call = |version: &str, content_type: &str, addr: SocketAddr| {
         curl(&[
-            "--http1.1",
+            version,
             "-H",
-            "content-type: application/grpc-web+proto",
+            &format!("content-type: {content_type}"),
             "--data-binary",
             &format!("@{body}"),
             &format!("http://{addr}/bench.Echo/Unary"),
         ])
+    };
+    // A listener without grpc_web: refused over HTTP/1.1 and HTTP/2 alike, never forwarded as
+    // if it were native gRPC.
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let answer =
+            tokio::task::block_in_place(|| call(version, "application/grpc-web+proto", addr));
+        assert_eq!(answer.status, 415, "{version}");
+        assert!(String::from_utf8_lossy(&answer.body).contains("grpc_web = true"));
+    }
+    // Plain HTTP/1.1 is refused as before.
+    let plain = tokio::task::block_in_place(|| curl(&["--http1.1", &format!("http://{addr}/")]));
+    assert_eq!(plain.status, 505);
+    // The +json codec, on a listener with grpc_web: the backends speak protobuf.
+    let web = tokio::task::block_in_place(|| WebGateway::start(backend.addr, PAGE_ORIGIN));
+    let answer = tokio::task::block_in_place(|| {
+        call(
+            "--http2-prior-knowledge",
+            "application/grpc-web+json",
+            web.addr,
+        )
     });
-    assert_eq!(answer.status, 505);
+    assert_eq!(answer.status, 415);
     assert_eq!(backend.calls(), 0);
     drop(gateway);
 }

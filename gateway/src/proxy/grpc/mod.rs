@@ -391,16 +391,24 @@ async fn reject_non_grpc(session: &mut Session, status: u16, message: &str) -> R
 /// refused (and answered).
 async fn refuse_non_grpc(session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
     let req = session.req_header();
-    let refusal = if req.version != Version::HTTP_2 {
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let refusal = if content_type.starts_with(b"application/grpc-web") {
+        // Not native gRPC, whatever the prefix says: a listener without grpc_web, or the
+        // +json codec, which the backends do not speak.
+        Some((
+            415,
+            "gRPC-Web calls need grpc_web = true on this listener, in the +proto or text form",
+        ))
+    } else if req.version != Version::HTTP_2 {
         Some((
             505,
             "this listener serves gRPC over HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2)",
         ))
-    } else if !req
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-    {
+    } else if !content_type.starts_with(b"application/grpc") {
         Some((415, "content-type must be application/grpc"))
     } else if req.method != Method::POST {
         Some((405, "gRPC calls use POST"))
