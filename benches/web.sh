@@ -6,6 +6,7 @@
 #
 #   bash benches/web.sh                       # DURATION=10 REPEATS=3
 #   DURATION=3 REPEATS=1 bash benches/web.sh  # a quick look
+#   PROFILE=1 MODES="grpc json-h2" REPEATS=1 bash benches/web.sh   # plus where the CPU goes
 #
 # Modes (each a unary call with a 256-byte payload):
 #   grpc       native gRPC over h2c (h2load -c 4 -m 16)
@@ -121,6 +122,19 @@ for r in $(seq "$REPEATS"); do
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  # Where each mode's CPU goes: perf record of Strait during one run, self time by symbol.
+  for mode in $MODES; do
+    perf record -q -F 999 -g -o "$WORK/perf-$mode.data" -p $STRAIT -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+    run "$mode" "$DURATION" >/dev/null
+    wait $perf_pid || true
+    echo "Profile of $mode (perf record, self time, symbols >= 1.5%):" >&2
+    perf report -i "$WORK/perf-$mode.data" --no-children --sort sym --percent-limit 1.5 --stdio -g none 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -20 >&2
+  done
+fi
 
 grpc=$(echo "${CPU[grpc]:-}" | median)
 echo
