@@ -22,7 +22,8 @@ fuzz_target!(|input: (u8, &str, &[u8], &[u8])| {
         )
         .expect("the test descriptors load")
     });
-    let verb = [Method::GET, Method::POST, Method::PUT, Method::DELETE][usize::from(selector % 4)].clone();
+    let verb =
+        [Method::GET, Method::POST, Method::PUT, Method::DELETE][usize::from(selector % 4)].clone();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let Some(matched) = table.find(&verb, path) else {
         return;
@@ -39,8 +40,14 @@ fuzz_target!(|input: (u8, &str, &[u8], &[u8])| {
     let head = pingora::http::ResponseHeader::build(200, None).unwrap();
     let _ = call.shape(HttpTask::Header(Box::new(head), false));
     let cut = usize::from(selector).min(reply.len());
-    let _ = call.shape(HttpTask::Body(Some(Bytes::copy_from_slice(&reply[..cut])), false));
-    let _ = call.shape(HttpTask::Body(Some(Bytes::copy_from_slice(&reply[cut..])), false));
+    let _ = call.shape(HttpTask::Body(
+        Some(Bytes::copy_from_slice(&reply[..cut])),
+        false,
+    ));
+    let _ = call.shape(HttpTask::Body(
+        Some(Bytes::copy_from_slice(&reply[cut..])),
+        false,
+    ));
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let _ = call.shape(HttpTask::Trailer(Some(Box::new(trailers))));
