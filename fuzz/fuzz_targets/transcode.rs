@@ -28,7 +28,7 @@ fuzz_target!(|input: (u8, &str, &[u8], &[u8])| {
     let Some(matched) = table.find(&verb, path) else {
         return;
     };
-    let _ = build_request(matched.route, &matched.bindings, Some(query), body);
+    let _ = build_request(&matched.route, &matched.bindings, Some(query), body);
     // The backend's answer, cut in two anywhere.
     let method = &matched.route.method;
     let mut call = JsonCall::new(
@@ -36,6 +36,7 @@ fuzz_target!(|input: (u8, &str, &[u8], &[u8])| {
         matched.route.response_body.clone(),
         method.server_streaming(),
         true,
+        16 * 1024 * 1024,
     );
     let head = pingora::http::ResponseHeader::build(200, None).unwrap();
     let _ = call.shape(HttpTask::Header(Box::new(head), false));

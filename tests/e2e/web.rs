@@ -39,13 +39,21 @@ struct WebGateway {
 
 impl WebGateway {
     fn start(backend: SocketAddr, origin: &str) -> WebGateway {
+        Self::start_with(backend, origin, "")
+    }
+
+    /// `start`, with more keys on the route.
+    fn start_with(backend: SocketAddr, origin: &str, route_extra: &str) -> WebGateway {
         let addr = free_addr();
         let admin = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let descriptors = dir.path().join("api.pb");
         std::fs::write(&descriptors, ECHO_DESCRIPTORS).unwrap();
         let access_log = dir.path().join("access.log");
-        let text = web_config(addr, backend, admin, origin, true);
+        let text = web_config(addr, backend, admin, origin, true).replace(
+            "upstream = \"echo\"\n",
+            &format!("upstream = \"echo\"\n{route_extra}\n"),
+        );
         let gateway = Gateway::start_in(dir, &text, addr);
         WebGateway {
             _gateway: gateway,
@@ -253,7 +261,7 @@ async fn the_npm_grpc_web_client_calls_through_the_gateway_over_http1_and_http2(
     let web = tokio::task::block_in_place(|| WebGateway::start(backend.addr, PAGE_ORIGIN));
     for http_version in ["1.1", "2"] {
         let mut calls = vec![
-            json!({"method": "Unary", "request": {"payload": "aGVsbG8="}, "headers": {"x-echo-tenant": "t-7"}}),
+            json!({"method": "Unary", "request": {"payload": "aGVsbG8="}, "headers": {"x-echo-tenant": "t-7", "x-echo-te": "1"}}),
             json!({"method": "ServerStream", "request": {"replyCount": 5}}),
             json!({"method": "ServerStream", "request": {"replyCount": 2, "failCode": 10, "failMessage": "stopped"}}),
         ];
@@ -275,6 +283,9 @@ async fn the_npm_grpc_web_client_calls_through_the_gateway_over_http1_and_http2(
         assert_eq!(unary["replies"][0]["servedBy"], "b1");
         // Metadata both ways: the backend echoes x-echo-* into its response headers.
         assert_eq!(unary["headers"]["x-echo-tenant"], "t-7", "{unary}");
+        // The backend got `te: trailers`, which browsers cannot send (gRPC C-core servers
+        // refuse a call without it).
+        assert_eq!(unary["headers"]["x-seen-te"], "trailers", "{unary}");
         assert_eq!(unary["trailers"]["grpc-status"], "0");
 
         let stream = &results[1];
@@ -323,6 +334,84 @@ async fn the_npm_grpc_web_client_calls_through_the_gateway_over_http1_and_http2(
     assert!(logged
         .iter()
         .all(|l| l["method"].as_str().unwrap().starts_with("/bench.Echo/")));
+}
+
+/// A hedged route's calls are carried by the gateway's own relay, not pingora's phases: gRPC-Web
+/// callers over HTTP/1.1, binary and text, get the same translation there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_callers_of_a_hedged_route_are_translated_by_the_relay() {
+    let backend = Backend::start(BackendOptions::named("b1")).await;
+    let web = tokio::task::block_in_place(|| {
+        WebGateway::start_with(
+            backend.addr,
+            PAGE_ORIGIN,
+            "idempotent = true\nhedge = { delay = \"2s\", max_attempts = 2 }",
+        )
+    });
+    let spec = json!({
+        "base": web.base(),
+        "descriptors": web.descriptors,
+        "httpVersion": "1.1",
+        "calls": [
+            {"method": "Unary", "request": {"payload": "aGk="}, "headers": {"x-echo-te": "1"}},
+            {"method": "ServerStream", "request": {"replyCount": 3}},
+            {"method": "Unary", "request": {"failCode": 5, "failMessage": "gone"}},
+        ],
+    });
+    let results = tokio::task::block_in_place(|| node_client(spec));
+    assert_eq!(results[0]["code"], 0, "{}", results[0]);
+    assert_eq!(results[0]["replies"][0]["payload"], "aGk=");
+    assert_eq!(
+        results[0]["headers"]["x-seen-te"], "trailers",
+        "{}",
+        results[0]
+    );
+    assert_eq!(
+        results[1]["replies"].as_array().unwrap().len(),
+        3,
+        "{}",
+        results[1]
+    );
+    assert_eq!(results[2]["code"], 5, "{}", results[2]);
+    assert_eq!(results[2]["message"], "gone");
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = STANDARD.encode(frame(&echo_request(b"txt", 0, 0, 0)));
+    let body_file = write_file(&dir.path().join("text.b64"), body.as_bytes());
+    let answer = tokio::task::block_in_place(|| {
+        curl(&[
+            "--http1.1",
+            "-H",
+            "content-type: application/grpc-web-text",
+            "--data-binary",
+            &format!("@{body_file}"),
+            &format!("{}/bench.Echo/Unary", web.base()),
+        ])
+    });
+    assert_eq!(answer.status, 200);
+    let decoded = STANDARD.decode(&answer.body).expect("one base64 text");
+    let answer_frames = frames(&decoded);
+    assert_eq!(answer_frames.len(), 2, "the reply and the trailer frame");
+    assert!(answer_frames[0].1.windows(3).any(|w| w == b"txt"));
+    assert_eq!(
+        String::from_utf8_lossy(&answer_frames[1].1).trim_end(),
+        "grpc-status:0"
+    );
+    // Every call answered by the backend, none held against it by the breaker.
+    assert_eq!(backend.calls(), 4);
+    let metrics = web.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "strait_calls_total",
+            &[
+                ("method", "Unary"),
+                ("code", "OK"),
+                ("protocol", "grpc-web")
+            ]
+        ),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,9 +839,7 @@ async fn json_routes_map_paths_queries_bodies_and_answers() {
 
     // body "*": the whole JSON is the request.
     let answer = c(&[
-        "-H",
-        "content-type: application/json",
-        "-d",
+        "--json",
         r#"{"payload":"aGVsbG8="}"#,
         &format!("{base}/v1/echo"),
     ]);
@@ -782,7 +869,7 @@ async fn json_routes_map_paths_queries_bodies_and_answers() {
     let answer = c(&[
         "-X",
         "PUT",
-        "-d",
+        "--json",
         r#""not now""#,
         &format!("{base}/v1/fail/9"),
     ]);
@@ -804,9 +891,7 @@ async fn json_routes_map_paths_queries_bodies_and_answers() {
 
     // Every exposed method is also POST /package.Service/Method.
     let answer = c(&[
-        "-H",
-        "content-type: application/json",
-        "-d",
+        "--json",
         r#"{"payload":"eA=="}"#,
         &format!("{base}/bench.Echo/Unary"),
     ]);
@@ -877,7 +962,7 @@ async fn json_that_does_not_fit_is_400_and_never_reaches_the_backend() {
         (r#"{"replyCount": "many"}"#, "bench.EchoRequest"),
         (r#"[1, 2]"#, "bench.EchoRequest"),
     ] {
-        let answer = c(&["-d", body, &format!("{base}/v1/echo")]);
+        let answer = c(&["--json", body, &format!("{base}/v1/echo")]);
         assert_eq!(answer.status, 400, "{body}");
         let error = answer.json();
         assert_eq!(error["code"], 3, "{body}");
@@ -891,8 +976,32 @@ async fn json_that_does_not_fit_is_400_and_never_reaches_the_backend() {
         .unwrap()
         .contains("unknown_field"));
     // A route that takes no body, given one.
-    let answer = c(&["-X", "GET", "-d", "{}", &format!("{base}/v1/served-by")]);
+    let answer = c(&["-X", "GET", "--json", "{}", &format!("{base}/v1/served-by")]);
     assert_eq!(answer.status, 400);
+    // A body that is not declared JSON (what any page may send without a CORS preflight):
+    // refused before anything else, and without a content type after admission.
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        let answer = c(&[
+            "-H",
+            &format!("content-type: {content_type}"),
+            "--data-binary",
+            r#"{"payload":"eA=="}"#,
+            &format!("{base}/v1/echo"),
+        ]);
+        assert_eq!(answer.status, 415, "{content_type}");
+    }
+    let answer = c(&[
+        "-H",
+        "content-type:",
+        "--data-binary",
+        r#"{"payload":"eA=="}"#,
+        &format!("{base}/v1/echo"),
+    ]);
+    assert_eq!(answer.status, 400);
+    assert!(answer.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("application/json"));
     // No REST route at all; a known path with the wrong verb.
     let answer = c(&[&format!("{base}/v2/nothing")]);
     assert_eq!(answer.status, 404);
@@ -901,7 +1010,7 @@ async fn json_that_does_not_fit_is_400_and_never_reaches_the_backend() {
     assert_eq!(answer.status, 405);
     assert_eq!(backend.calls(), 0, "nothing reached the backend");
     // The connection-level health: the gateway still serves a good call.
-    let answer = c(&["-d", "{}", &format!("{base}/v1/echo")]);
+    let answer = c(&["--json", "{}", &format!("{base}/v1/echo")]);
     assert_eq!(answer.status, 200);
     assert_eq!(backend.calls(), 1);
 }

@@ -94,7 +94,9 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>
 /// Request metadata `x-echo-*` comes back in the response headers; on a failing status,
 /// `x-echo-*` also comes back in the trailers as `x-trailer-*`. With `x-echo-trace-context`,
 /// the W3C trace context the backend received comes back as `x-seen-traceparent` and
-/// `x-seen-tracestate` (asked for, so a benchmark's replies stay as small as without tracing).
+/// `x-seen-tracestate` (asked for, so a benchmark's replies stay as small as without tracing);
+/// with `x-echo-te`, the `te` header it received comes back as `x-seen-te` (gRPC C-core servers
+/// refuse a call without `te: trailers`; tonic does not check it).
 fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     let trace_context: &[(&str, &str)] = if from.contains_key("x-echo-trace-context") {
@@ -102,6 +104,8 @@ fn echoed_headers(from: &MetadataMap) -> MetadataMap {
             ("traceparent", "x-seen-traceparent"),
             ("tracestate", "x-seen-tracestate"),
         ]
+    } else if from.contains_key("x-echo-te") {
+        &[("te", "x-seen-te")]
     } else {
         &[]
     };

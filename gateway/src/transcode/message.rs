@@ -3,7 +3,9 @@
 //! prost-reflect's; this file only decides which JSON goes where.
 
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
+};
 use serde_json::{Map, Value};
 
 use super::template::{percent_decode, Binding};
@@ -24,7 +26,16 @@ pub enum RequestError {
     UnexpectedBody,
 }
 
+/// Query parameter names deeper than this are refused: each part is a level of nesting that
+/// the JSON mapping walks recursively (a recursive message type would otherwise let a long
+/// query string exhaust the stack).
+const MAX_FIELD_PATH: usize = 16;
+
 /// The request message, encoded, from a matched route's bindings, the query and the body.
+///
+/// The body is read straight into the message (no JSON tree in between, so memory stays in
+/// proportion to the message, and serde_json's nesting limit applies); the path variables and
+/// query parameters, a few short strings, are a second message merged over it.
 pub fn build_request(
     route: &RestRoute,
     bindings: &[Binding],
@@ -32,51 +43,75 @@ pub fn build_request(
     body: &[u8],
 ) -> Result<Vec<u8>, RequestError> {
     let input = route.method.descriptor.input();
-    let body_json = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        Some(
-            serde_json::from_slice::<Value>(body)
-                .map_err(|e| RequestError::Syntax(e.to_string()))?,
-        )
-    };
-    let mut root = match (&route.body, body_json) {
-        (BodyRule::Whole, Some(Value::Object(object))) => object,
-        (BodyRule::Whole, Some(other)) => {
-            // Not an object: only a well-known type's JSON form can be this; let the mapping
-            // decide (it also writes the reason when it is not).
-            return encode(&input, other);
+    let has_body = !body.iter().all(u8::is_ascii_whitespace);
+    let mut message = match (&route.body, has_body) {
+        (BodyRule::None, true) => return Err(RequestError::UnexpectedBody),
+        (_, false) => DynamicMessage::new(input.clone()),
+        (BodyRule::Whole, true) => decode_json(&input, body)?,
+        (BodyRule::Field(field), true) => {
+            // The body is the field's value: `{"field": <body>}`, still read in one pass.
+            let mut wrapped = Vec::with_capacity(body.len() + field.len() + 8);
+            wrapped.extend_from_slice(b"{\"");
+            wrapped.extend_from_slice(field.as_bytes());
+            wrapped.extend_from_slice(b"\":");
+            wrapped.extend_from_slice(body);
+            wrapped.push(b'}');
+            decode_json(&input, &wrapped)?
         }
-        (BodyRule::Field(field), Some(value)) => {
-            let mut object = Map::new();
-            object.insert(field.clone(), value);
-            object
-        }
-        (BodyRule::None, Some(_)) => return Err(RequestError::UnexpectedBody),
-        (_, None) => Map::new(),
     };
+    let mut overlay = Map::new();
     for binding in bindings {
         let Some((field, names)) = field_at(&input, &binding.field_path) else {
             continue; // checked when the descriptors loaded
         };
-        set_path(&mut root, &names, scalar(&field, &binding.value), false);
+        set_path(&mut overlay, &names, scalar(&field, &binding.value), false);
     }
     for (key, value) in query_pairs(query.unwrap_or(""))? {
         let path: Vec<String> = key.split('.').map(str::to_string).collect();
+        if path.len() > MAX_FIELD_PATH {
+            return Err(RequestError::UnknownParameter(key));
+        }
         let (field, names) =
             field_at(&input, &path).ok_or(RequestError::UnknownParameter(key.clone()))?;
-        set_path(&mut root, &names, scalar(&field, &value), field.is_list());
+        set_path(
+            &mut overlay,
+            &names,
+            scalar(&field, &value),
+            field.is_list(),
+        );
     }
-    encode(&input, Value::Object(root))
+    if !overlay.is_empty() {
+        let bound = DynamicMessage::deserialize(input.clone(), Value::Object(overlay))
+            .map_err(|e| mapping(&input, e))?;
+        // Protobuf merge: what the path and the query set wins over the body, lists append.
+        message
+            .merge(bound.encode_to_vec().as_slice())
+            .map_err(|e| RequestError::Mapping {
+                message: input.full_name().to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(message.encode_to_vec())
 }
 
-fn encode(input: &MessageDescriptor, json: Value) -> Result<Vec<u8>, RequestError> {
-    let message =
-        DynamicMessage::deserialize(input.clone(), json).map_err(|e| RequestError::Mapping {
-            message: input.full_name().to_string(),
-            reason: e.to_string(),
+fn decode_json(input: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, RequestError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let message = DynamicMessage::deserialize(input.clone(), &mut deserializer)
+        .and_then(|m| deserializer.end().map(|()| m))
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                RequestError::Syntax(e.to_string())
+            }
+            _ => mapping(input, e),
         })?;
-    Ok(message.encode_to_vec())
+    Ok(message)
+}
+
+fn mapping(input: &MessageDescriptor, e: serde_json::Error) -> RequestError {
+    RequestError::Mapping {
+        message: input.full_name().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// A reply message as JSON: the whole message, or its `response_body` field.
@@ -87,6 +122,11 @@ pub fn render_message(
 ) -> Result<Vec<u8>, String> {
     let message = DynamicMessage::decode(output.clone(), bytes)
         .map_err(|e| format!("the backend's reply is not a {}: {e}", output.full_name()))?;
+    if !any_nesting_within(&message, 0) {
+        return Err(format!(
+            "the backend's reply nests google.protobuf.Any more than {MAX_ANY_DEPTH} deep"
+        ));
+    }
     let rendered = match response_body {
         None => {
             let mut out = Vec::with_capacity(bytes.len() * 2 + 2);
@@ -109,6 +149,47 @@ pub fn render_message(
         }
     };
     serde_json::to_vec(&rendered).map_err(|e| e.to_string())
+}
+
+/// How deep `google.protobuf.Any` may nest in a rendered message. prost-reflect renders each
+/// `Any` by decoding its content afresh, outside protobuf's own recursion limit, so a reply of
+/// Any inside Any could otherwise exhaust the stack.
+pub const MAX_ANY_DEPTH: usize = 8;
+
+/// Whether every `Any` in `message` (with `depth` Anys around it) nests at most
+/// [`MAX_ANY_DEPTH`] deep.
+pub fn any_nesting_within(message: &DynamicMessage, depth: usize) -> bool {
+    fn value_ok(value: &prost_reflect::Value, depth: usize) -> bool {
+        match value {
+            prost_reflect::Value::Message(inner) => any_nesting_within(inner, depth),
+            prost_reflect::Value::List(items) => items.iter().all(|v| value_ok(v, depth)),
+            prost_reflect::Value::Map(entries) => entries.values().all(|v| value_ok(v, depth)),
+            _ => true,
+        }
+    }
+    let descriptor = message.descriptor();
+    if descriptor.full_name() == "google.protobuf.Any" {
+        if depth >= MAX_ANY_DEPTH {
+            return false;
+        }
+        let type_url = message
+            .get_field_by_name("type_url")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let content = message
+            .get_field_by_name("value")
+            .and_then(|v| v.as_bytes().cloned())
+            .unwrap_or_default();
+        let name = type_url.rsplit('/').next().unwrap_or_default();
+        return match descriptor.parent_pool().get_message_by_name(name) {
+            Some(inner) => match DynamicMessage::decode(inner, content) {
+                Ok(inner) => any_nesting_within(&inner, depth + 1),
+                Err(_) => true, // not rendered: the mapping reports it
+            },
+            None => true,
+        };
+    }
+    message.fields().all(|(_, value)| value_ok(value, depth))
 }
 
 /// The type's own rendering of a text from the path or the query: numbers and booleans as
@@ -209,6 +290,34 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Any` wrapping `Any` `levels` times, around an empty `Duration`.
+    fn nested_any(levels: usize) -> DynamicMessage {
+        let pool = prost_reflect::DescriptorPool::global();
+        let any = pool.get_message_by_name("google.protobuf.Any").unwrap();
+        let mut inner = (
+            "type.googleapis.com/google.protobuf.Duration".to_string(),
+            Vec::new(),
+        );
+        for _ in 0..levels {
+            let mut wrapper = DynamicMessage::new(any.clone());
+            wrapper.set_field_by_name("type_url", prost_reflect::Value::String(inner.0));
+            wrapper.set_field_by_name("value", prost_reflect::Value::Bytes(inner.1.into()));
+            inner = (
+                "type.googleapis.com/google.protobuf.Any".to_string(),
+                wrapper.encode_to_vec(),
+            );
+        }
+        DynamicMessage::decode(any, inner.1.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn any_nesting_is_bounded() {
+        assert!(any_nesting_within(&nested_any(MAX_ANY_DEPTH - 1), 0));
+        assert!(!any_nesting_within(&nested_any(MAX_ANY_DEPTH + 1), 0));
+        // Deep enough to overflow the stack if it were rendered: refused, not walked.
+        assert!(!any_nesting_within(&nested_any(5_000), 0));
+    }
 
     #[test]
     fn query_strings_decode_and_repeat() {

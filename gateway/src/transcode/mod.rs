@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::Method;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
 
-pub use message::{build_request, render_message, RequestError};
+pub use message::{any_nesting_within, build_request, render_message, RequestError, MAX_ANY_DEPTH};
 pub use template::{Binding, PathTemplate, TemplateError};
 
 /// Why descriptors could not be turned into routes.
@@ -77,17 +77,17 @@ pub struct RestRoute {
 
 /// A call that matched a route.
 #[derive(Debug)]
-pub struct Matched<'a> {
-    pub route: &'a RestRoute,
+pub struct Matched {
+    pub route: Arc<RestRoute>,
     pub bindings: Vec<Binding>,
 }
 
 /// Every REST route of one listener, most specific first.
 #[derive(Debug)]
 pub struct TranscodeTable {
-    routes: Vec<RestRoute>,
+    routes: Vec<Arc<RestRoute>>,
     /// `POST /package.Service/Method` with a JSON body, for every exposed method.
-    by_grpc_path: HashMap<String, RestRoute>,
+    by_grpc_path: HashMap<String, Arc<RestRoute>>,
     /// Identifies the inputs, so two loads of the same files compare equal.
     fingerprint: String,
 }
@@ -146,7 +146,7 @@ impl TranscodeTable {
                 });
                 by_grpc_path.insert(
                     grpc_path.clone(),
-                    RestRoute {
+                    Arc::new(RestRoute {
                         verb: Method::POST,
                         template: PathTemplate::parse(&grpc_path).map_err(|e| {
                             TranscodeError::Rule {
@@ -157,7 +157,7 @@ impl TranscodeTable {
                         body: BodyRule::Whole,
                         response_body: None,
                         method: method.clone(),
-                    },
+                    }),
                 );
                 let options = descriptor.options();
                 let Some(ext) = http_rule.as_ref().filter(|ext| options.has_extension(ext)) else {
@@ -173,7 +173,7 @@ impl TranscodeTable {
                             method: grpc_path.clone(),
                             reason,
                         })?;
-                    routes.push(route);
+                    routes.push(Arc::new(route));
                     if let Some(Value::List(more)) =
                         rule.get_field_by_name("additional_bindings").as_deref()
                     {
@@ -205,18 +205,21 @@ impl TranscodeTable {
     }
 
     /// The route a REST call takes: an annotated one, else `POST /package.Service/Method`.
-    pub fn find(&self, verb: &Method, path: &str) -> Option<Matched<'_>> {
+    pub fn find(&self, verb: &Method, path: &str) -> Option<Matched> {
         for route in &self.routes {
             if route.verb != verb {
                 continue;
             }
             if let Some(bindings) = route.template.matches(path) {
-                return Some(Matched { route, bindings });
+                return Some(Matched {
+                    route: route.clone(),
+                    bindings,
+                });
             }
         }
         if verb == Method::POST {
             return self.by_grpc_path.get(path).map(|route| Matched {
-                route,
+                route: route.clone(),
                 bindings: Vec::new(),
             });
         }

@@ -77,6 +77,20 @@ pub(super) async fn relay(
         Some(body) => Some(body),
         None => read_whole_request(session).await?,
     };
+    // A gRPC-Web text body is base64: the backend gets it decoded (as on pingora's path,
+    // where request_body_filter does it).
+    let body = match (body, ctx.web.as_mut()) {
+        (Some(chunks), Some(web)) => match decoded(web, chunks) {
+            Ok(chunks) => Some(chunks),
+            Err(reason) => {
+                return Ok(Relayed::Local(LocalStatus::new(
+                    Code::InvalidArgument,
+                    reason,
+                )))
+            }
+        },
+        (body, _) => body,
+    };
     let Some(body) = body else {
         return Ok(Relayed::Local(LocalStatus::new(
             Code::ResourceExhausted,
@@ -112,7 +126,15 @@ pub(super) async fn relay(
     let mut may_hedge = policy.is_some();
     // Without a hedge: another attempt only after a failure the backend never saw.
     let mut may_resend = false;
-    let max_attempts = policy.map_or(upstream.max_attempts, HedgePolicy::max_attempts);
+    let max_attempts = policy.map_or_else(
+        || {
+            target
+                .retry
+                .as_ref()
+                .map_or(upstream.max_attempts, |r| r.max_attempts())
+        },
+        HedgePolicy::max_attempts,
+    );
     let deadline = ctx.deadline;
 
     loop {
@@ -227,6 +249,11 @@ pub(super) async fn relay(
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
+                if winner.is_some() {
+                    // The answer had begun: the caller's budget ran out, not the backend's
+                    // health (pingora's path gives no verdict either).
+                    ctx.finish_attempt(None, Some(AttemptOutcome::Timeout));
+                }
                 return Ok(Relayed::Local(LocalStatus::new(
                     Code::DeadlineExceeded,
                     format!(
@@ -244,13 +271,40 @@ pub(super) async fn relay(
 /// Writes one task of the winner's answer, translated for a gRPC-Web or JSON caller.
 async fn respond(session: &mut Session, ctx: &mut CallCtx, task: HttpTask) -> Result<()> {
     let tasks = match ctx.web.as_mut() {
-        Some(web) => web.shape(task),
+        Some(web) => {
+            let tasks = web.shape(task);
+            if let Some(status) = web.replaced_status() {
+                // The caller got the gateway's status (a reply JSON cannot carry): count that.
+                ctx.local_status = Some(status);
+            }
+            tasks
+        }
         None => vec![task],
     };
     if !tasks.is_empty() {
         session.write_response_tasks(tasks).await?;
     }
     Ok(())
+}
+
+/// The request body as the backend must see it (a gRPC-Web text body decoded).
+fn decoded(
+    web: &mut crate::proxy::web::WebCall,
+    chunks: Vec<Bytes>,
+) -> std::result::Result<Vec<Bytes>, String> {
+    let last = chunks.len();
+    let mut out = Vec::with_capacity(last.max(1));
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut body = Some(chunk);
+        web.request_body(&mut body, i + 1 == last)?;
+        out.extend(body);
+    }
+    if last == 0 {
+        let mut body = None;
+        web.request_body(&mut body, true)?;
+        out.extend(body);
+    }
+    Ok(out)
 }
 
 /// The request body, whole, or `None` when it is larger than a hedged call may keep.
@@ -282,6 +336,9 @@ fn start(
     let number = ctx.tried.len();
     ctx.tried.push(index);
     let mut header = header.clone();
+    // An HTTP/1.1 caller's target has no authority: its `Host` is the backend's :authority
+    // (pingora's h2 client refuses a Host that differs from it).
+    let host = header.remove_header(&http::header::HOST);
     if number > 0 {
         let _ = header.insert_header("grpc-previous-rpc-attempts", number.to_string());
     }
@@ -294,6 +351,7 @@ fn start(
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
+        .or_else(|| host.and_then(|h| h.to_str().ok().map(str::to_string)))
         .unwrap_or_else(|| endpoint.addr.to_string());
     let path = header
         .uri

@@ -440,11 +440,10 @@ impl ProxyHttp for GrpcProxy {
         // Browsers and REST clients: a preflight is answered; gRPC-Web and JSON become native
         // gRPC here (proxy/web).
         let transcoder = self.routing.load().transcoder(&self.listener).cloned();
-        let arrived =
-            web::arrive(session, ctx, &self.web, transcoder, self.max_message_size).await?;
-        let json_request = match arrived {
+        let arrived = web::arrive(session, ctx, &self.web, transcoder).await?;
+        let pending_json = match arrived {
             Arrived::Answered => return Ok(true),
-            Arrived::Json(message) => Some(message),
+            Arrived::Json(pending) => Some(pending),
             Arrived::GrpcWeb => None,
             Arrived::Grpc => {
                 if refuse_non_grpc(session, ctx).await? {
@@ -463,6 +462,16 @@ impl ProxyHttp for GrpcProxy {
             ctx.local_status = Some(status);
             return Ok(true);
         }
+        // An admitted JSON call's body becomes its one gRPC message (or a 400 answered here).
+        let json_request = match pending_json {
+            Some(pending) => {
+                match web::json_request(session, ctx, pending, self.max_message_size).await? {
+                    Some(message) => Some(message),
+                    None => return Ok(true),
+                }
+            }
+            None => None,
+        };
         let hedge = ctx.target.as_ref().and_then(|t| t.hedge.clone());
         if hedge.is_some() || json_request.is_some() {
             // Not through pingora's upstream phases: hedge.rs carries hedged and JSON calls.
@@ -585,6 +594,9 @@ impl ProxyHttp for GrpcProxy {
     ) -> Result<()> {
         if ctx.web.is_some() {
             web::grpc_web::strip_hop_by_hop(upstream_request);
+            // pingora drops an HTTP/1.x caller's `te` on the way to HTTP/2; gRPC servers
+            // (gRPC C-core among them) refuse a request without it.
+            upstream_request.insert_header(http::header::TE, "trailers")?;
         }
         if let Some(remaining) = ctx.remaining() {
             // The backend gets what is left of the budget, not the caller's original value.

@@ -28,6 +28,11 @@ impl GrpcProxy {
                 attempts = ctx.tried.len(), elapsed_ms, "call finished"
             );
         }
+        if ctx.not_grpc {
+            // A refused non-gRPC request, a CORS preflight, a path no REST route knows: not a
+            // call of any method, so not counted as one.
+            return;
+        }
         if let Some(route) = ctx.target.as_ref().and_then(|t| t.metrics.as_ref()) {
             route.traffic.record(code == Code::Ok, elapsed);
             route.upstream_traffic.record(code == Code::Ok, elapsed);
@@ -44,9 +49,6 @@ impl GrpcProxy {
                 metrics.unrouted_call(&self.listener, code, ctx.protocol())
             }
             (None, _) => {}
-        }
-        if ctx.not_grpc {
-            return;
         }
         let logged = self.observers.access_log.wants(code == Code::Ok);
         let traced = ctx.trace.as_ref().is_some_and(|t| t.is_recording());

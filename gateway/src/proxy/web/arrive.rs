@@ -13,10 +13,14 @@ use pingora::Result;
 use super::cors::{CorsPolicy, Preflight};
 use super::grpc_web::to_grpc_request;
 use super::json::{error_body, JsonCall};
-use super::{Arrival, WebCall, WebSettings};
+use super::{Arrival, CallCors, WebCall, WebSettings};
 use crate::grpc::Code;
 use crate::proxy::grpc::{CallCtx, LocalStatus};
-use crate::transcode::{build_request, TranscodeTable};
+use crate::transcode::{build_request, Binding, RestRoute, TranscodeTable};
+
+/// The largest JSON request body read, whatever the listener's `max_message_size`: the body is
+/// held whole while it becomes a message.
+pub const MAX_JSON_BODY: u32 = 4 * 1024 * 1024;
 
 /// What `request_filter` does next.
 pub enum Arrived {
@@ -24,10 +28,20 @@ pub enum Arrived {
     Grpc,
     /// gRPC-Web, now in native form: routed as usual.
     GrpcWeb,
-    /// JSON, now a native request with this one framed message: carried by the relay.
-    Json(Bytes),
-    /// The gateway answered (preflight, refusal, a JSON body that does not fit).
+    /// JSON, its head already native; the body is read once the call is admitted
+    /// ([`json_request`]), and the relay carries it.
+    Json(PendingJson),
+    /// The gateway answered (preflight, refusal, no REST route).
     Answered,
+}
+
+/// A REST call whose route matched and whose body is still to be read.
+pub struct PendingJson {
+    route: Arc<RestRoute>,
+    bindings: Vec<Binding>,
+    query: Option<String>,
+    /// The caller named a JSON content type (a body under any other type is refused).
+    json_content: bool,
 }
 
 pub async fn arrive(
@@ -35,24 +49,23 @@ pub async fn arrive(
     ctx: &mut CallCtx,
     settings: &WebSettings,
     transcoder: Option<Arc<TranscodeTable>>,
-    max_message_size: u32,
 ) -> Result<Arrived> {
     let req = session.req_header();
-    let origin = settings.cors.as_ref().and_then(|c| c.allow(req));
+    let cors = CallCors::of(settings, req);
     let http1 = req.version != Version::HTTP_2;
     match settings.classify(req, transcoder.is_some()) {
         Arrival::Native => Ok(Arrived::Grpc),
         Arrival::Preflight => {
             ctx.not_grpc = true;
-            let cors = settings.cors.as_ref().expect("classified as a preflight");
-            match cors.preflight(req) {
+            let policy = settings.cors.as_ref().expect("classified as a preflight");
+            match policy.preflight(req) {
                 Preflight::Allowed(head) => {
                     session
                         .write_response_tasks(vec![HttpTask::Header(head, true)])
                         .await?;
                 }
                 Preflight::Refused(reason) => {
-                    write_plain(session, 403, &reason, None).await?;
+                    write_plain(session, 403, &reason, &cors).await?;
                 }
             }
             Ok(Arrived::Answered)
@@ -63,16 +76,16 @@ pub async fn arrive(
         } => {
             if req.method != Method::POST {
                 ctx.not_grpc = true;
-                write_plain(session, 405, "gRPC-Web calls use POST", origin).await?;
+                write_plain(session, 405, "gRPC-Web calls use POST", &cors).await?;
                 return Ok(Arrived::Answered);
             }
             to_grpc_request(session.req_header_mut(), grpc_content_type);
-            ctx.web = Some(WebCall::grpc_web(form, http1, origin));
+            ctx.web = Some(WebCall::grpc_web(form, http1, cors));
             Ok(Arrived::GrpcWeb)
         }
         Arrival::Rest => {
             let table = transcoder.expect("classified as REST");
-            rest_call(session, ctx, &table, max_message_size, origin, http1).await
+            rest_call(session, ctx, &table, cors, http1).await
         }
     }
 }
@@ -81,8 +94,7 @@ async fn rest_call(
     session: &mut Session,
     ctx: &mut CallCtx,
     table: &TranscodeTable,
-    max_message_size: u32,
-    origin: Option<HeaderValue>,
+    cors: CallCors,
     http1: bool,
 ) -> Result<Arrived> {
     let req = session.req_header();
@@ -107,64 +119,54 @@ async fn rest_call(
             session,
             status,
             &error_body(code, &message, Vec::new()),
-            origin,
+            &cors,
         )
         .await?;
         return Ok(Arrived::Answered);
     };
-    let route = matched.route;
+    // A body must be declared JSON: a form or text/plain body is what a page of any origin
+    // may send without a CORS preflight, and it must not reach a service.
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let json_content = content_type
+        .as_deref()
+        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
+    if content_type.is_some() && !json_content {
+        ctx.not_grpc = true;
+        let message = "a JSON call's body is application/json";
+        let body = error_body(Code::InvalidArgument, message, Vec::new());
+        write_json(session, 415, &body, &cors).await?;
+        return Ok(Arrived::Answered);
+    }
     let query = req.uri.query().map(str::to_string);
     let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
         req.uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let method = &route.method;
+    let method = &matched.route.method;
     ctx.web = Some(WebCall::json(
         JsonCall::new(
             method.descriptor.output(),
-            route.response_body.clone(),
+            matched.route.response_body.clone(),
             method.server_streaming(),
             http1,
+            MAX_JSON_REPLY,
         ),
-        origin.clone(),
+        http1,
+        cors,
     ));
-    // The JSON, whole: a request that does not fit the message never reaches the backend.
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > max_message_size as usize {
-            let status = LocalStatus::new(
-                Code::ResourceExhausted,
-                format!("request body larger than this listener's max_message_size ({max_message_size} bytes)"),
-            );
-            answer(session, ctx, status).await?;
-            return Ok(Arrived::Answered);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let message = match build_request(route, &matched.bindings, query.as_deref(), &body) {
-        Ok(message) => message,
-        Err(e) => {
-            answer(
-                session,
-                ctx,
-                LocalStatus::new(Code::InvalidArgument, e.to_string()),
-            )
-            .await?;
-            return Ok(Arrived::Answered);
-        }
-    };
-    if message.len() > max_message_size as usize {
-        let status = LocalStatus::new(
-            Code::ResourceExhausted,
-            format!(
-                "request message of {} bytes is larger than this listener's max_message_size ({max_message_size} bytes)",
-                message.len()
-            ),
-        );
-        answer(session, ctx, status).await?;
-        return Ok(Arrived::Answered);
-    }
+    // The head becomes the native call's now, so routing, limits and the access log see the
+    // gRPC method; the body is read only once the call is admitted.
     let uri = host
         .as_ref()
         .and_then(|host| {
@@ -183,11 +185,79 @@ async fn rest_call(
     head.remove_header(&http::header::HOST);
     head.remove_header(&http::header::ACCEPT);
     to_grpc_request(head, "application/grpc");
+    Ok(Arrived::Json(PendingJson {
+        route: matched.route,
+        bindings: matched.bindings,
+        query,
+        json_content,
+    }))
+}
+
+/// The largest reply rendered as JSON.
+const MAX_JSON_REPLY: usize = 16 * 1024 * 1024;
+
+/// Reads an admitted JSON call's body and makes its one framed gRPC message; `None` when the
+/// gateway answered instead (a body too large, not JSON, not fitting the message).
+pub async fn json_request(
+    session: &mut Session,
+    ctx: &mut CallCtx,
+    pending: PendingJson,
+    max_message_size: u32,
+) -> Result<Option<Bytes>> {
+    let limit = max_message_size.min(MAX_JSON_BODY) as usize;
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            let status = LocalStatus::new(
+                Code::ResourceExhausted,
+                format!("a JSON request body may be at most {limit} bytes"),
+            );
+            answer(session, ctx, status).await?;
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !pending.json_content && !body.iter().all(u8::is_ascii_whitespace) {
+        let status = LocalStatus::new(
+            Code::InvalidArgument,
+            "a JSON call's body needs content-type: application/json",
+        );
+        answer(session, ctx, status).await?;
+        return Ok(None);
+    }
+    let message = match build_request(
+        &pending.route,
+        &pending.bindings,
+        pending.query.as_deref(),
+        &body,
+    ) {
+        Ok(message) => message,
+        Err(e) => {
+            answer(
+                session,
+                ctx,
+                LocalStatus::new(Code::InvalidArgument, e.to_string()),
+            )
+            .await?;
+            return Ok(None);
+        }
+    };
+    if message.len() > max_message_size as usize {
+        let status = LocalStatus::new(
+            Code::ResourceExhausted,
+            format!(
+                "request message of {} bytes is larger than this listener's max_message_size ({max_message_size} bytes)",
+                message.len()
+            ),
+        );
+        answer(session, ctx, status).await?;
+        return Ok(None);
+    }
     let mut framed = BytesMut::with_capacity(5 + message.len());
     framed.put_u8(0);
     framed.put_u32(message.len() as u32);
     framed.extend_from_slice(&message);
-    Ok(Arrived::Json(framed.freeze()))
+    Ok(Some(framed.freeze()))
 }
 
 /// The gateway's own status in the call's protocol.
@@ -204,13 +274,15 @@ async fn write_json(
     session: &mut Session,
     status: u16,
     body: &[u8],
-    origin: Option<HeaderValue>,
+    cors: &CallCors,
 ) -> Result<()> {
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some(origin) = &origin {
+    if let Some(origin) = &cors.origin {
         CorsPolicy::decorate(origin, &mut head);
+    } else if cors.vary {
+        head.append_header(http::header::VARY, "Origin")?;
     }
     session
         .write_response_tasks(vec![
@@ -225,14 +297,16 @@ async fn write_plain(
     session: &mut Session,
     status: u16,
     message: &str,
-    origin: Option<HeaderValue>,
+    cors: &CallCors,
 ) -> Result<()> {
     let body = Bytes::from(format!("{message}\n"));
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some(origin) = &origin {
+    if let Some(origin) = &cors.origin {
         CorsPolicy::decorate(origin, &mut head);
+    } else if cors.vary {
+        head.append_header(http::header::VARY, "Origin")?;
     }
     session
         .write_response_tasks(vec![

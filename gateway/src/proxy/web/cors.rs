@@ -49,6 +49,11 @@ impl CorsPolicy {
         }
     }
 
+    /// Whether answers depend on the caller's origin (a list, not `*`).
+    pub fn varies(&self) -> bool {
+        matches!(self.origins, AllowedOrigins::List(_))
+    }
+
     /// Whether `req` is a CORS preflight (not just any OPTIONS request).
     pub fn is_preflight(req: &RequestHeader) -> bool {
         req.method == http::Method::OPTIONS

@@ -74,6 +74,19 @@ pub fn to_grpc_request(req: &mut RequestHeader, grpc_content_type: &'static str)
 /// The backend's copy of a translated request: nothing of the caller's HTTP/1.1 hop, and no
 /// length (the text form's decoded body is shorter; HTTP/2 frames its own).
 pub fn strip_hop_by_hop(req: &mut RequestHeader) {
+    // Headers the caller named in `Connection` belong to its hop too.
+    let named: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty() && name != "te")
+        .collect();
+    for name in named {
+        req.remove_header(name.as_str());
+    }
     for name in HOP_BY_HOP {
         req.remove_header(name);
     }

@@ -17,10 +17,8 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{json, Value};
 
 use crate::grpc::Code;
+use crate::proxy::grpc::LocalStatus;
 use crate::transcode::render_message;
-
-/// A reply larger than this is not rendered (the call ends INTERNAL).
-const MAX_REPLY: usize = 16 * 1024 * 1024;
 
 /// The standard mapping of gRPC codes to HTTP statuses (google.rpc.Code's documentation).
 pub fn http_status(code: Code) -> u16 {
@@ -52,6 +50,8 @@ struct Status {
     code: Code,
     message: String,
     details: Vec<Value>,
+    /// The gateway's, not the backend's.
+    replaced: bool,
 }
 
 #[derive(Debug)]
@@ -71,6 +71,10 @@ pub struct JsonCall {
     reply: Option<Vec<u8>>,
     /// A reply that could not be rendered: the call ends with this.
     broken: Option<String>,
+    /// A reply larger than this is not rendered (the call ends INTERNAL).
+    max_reply: usize,
+    /// The status the caller got in place of the backend's, if it did.
+    replaced: Option<LocalStatus>,
     finished: bool,
 }
 
@@ -80,6 +84,7 @@ impl JsonCall {
         response_body: Option<String>,
         streaming: bool,
         http1: bool,
+        max_reply: usize,
     ) -> Self {
         Self {
             output,
@@ -92,8 +97,16 @@ impl JsonCall {
             head_sent: false,
             reply: None,
             broken: None,
+            max_reply,
+            replaced: None,
             finished: false,
         }
+    }
+
+    /// The status the caller got in place of the backend's (a reply that could not be
+    /// rendered, an answer without a status), for the metrics and the access log.
+    pub fn replaced_status(&self) -> Option<LocalStatus> {
+        self.replaced.clone()
     }
 
     /// The tasks to write in place of one task of the backend's gRPC answer.
@@ -162,7 +175,7 @@ impl JsonCall {
                 );
                 break;
             }
-            if length > MAX_REPLY {
+            if length > self.max_reply {
                 self.broken = Some(format!(
                     "a reply of {length} bytes is too large to render as JSON"
                 ));
@@ -204,9 +217,13 @@ impl JsonCall {
                 code: Code::Internal,
                 message: reason,
                 details: Vec::new(),
+                replaced: true,
             },
             None => status,
         };
+        if status.replaced {
+            self.replaced = Some(LocalStatus::new(status.code, status.message.clone()));
+        }
         if self.head_sent {
             // A stream: the HTTP status is out; close the array.
             let mut tail = Vec::new();
@@ -272,6 +289,7 @@ fn missing_status() -> Status {
         code: Code::Internal,
         message: "the backend's answer ended without a grpc-status".into(),
         details: Vec::new(),
+        replaced: true,
     }
 }
 
@@ -288,6 +306,7 @@ fn read_status(code: &[u8], headers: &HeaderMap, pool_of: &MessageDescriptor) ->
         code: Code::from_header(code),
         message,
         details,
+        replaced: false,
     }
 }
 
@@ -354,6 +373,7 @@ fn status_details(value: &[u8], pool_of: &MessageDescriptor) -> Vec<Value> {
             let rendered = pool
                 .get_message_by_name(name)
                 .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
+                .filter(|m| crate::transcode::any_nesting_within(m, 1))
                 .and_then(|m| {
                     m.serialize_with_options(
                         serde_json::value::Serializer,

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::HttpTask;
 
-pub use arrive::{arrive, Arrived};
+pub use arrive::{arrive, json_request, Arrived, PendingJson, MAX_JSON_BODY};
 
 use super::grpc::LocalStatus;
 pub use crate::grpc::Protocol;
@@ -84,20 +84,38 @@ pub struct WebCall {
     kind: Kind,
     /// `Access-Control-Allow-Origin` for the answer, when the caller's origin is allowed.
     origin: Option<HeaderValue>,
+    /// The answer depends on the caller's `Origin` (a list of allowed origins): caches are
+    /// told so, whatever the origin was.
+    vary_on_origin: bool,
+    /// The caller speaks HTTP/1.1: heads written from an HTTP/2 answer must say so.
+    http1: bool,
 }
 
 impl WebCall {
-    pub fn grpc_web(form: Form, http1: bool, origin: Option<HeaderValue>) -> Self {
+    pub fn grpc_web(form: Form, http1: bool, cors: CallCors) -> Self {
         Self {
             kind: Kind::GrpcWeb(GrpcWebCall::new(form, http1)),
-            origin,
+            origin: cors.origin,
+            vary_on_origin: cors.vary,
+            http1,
         }
     }
 
-    pub fn json(call: JsonCall, origin: Option<HeaderValue>) -> Self {
+    pub fn json(call: JsonCall, http1: bool, cors: CallCors) -> Self {
         Self {
             kind: Kind::Json(Box::new(call)),
-            origin,
+            origin: cors.origin,
+            vary_on_origin: cors.vary,
+            http1,
+        }
+    }
+
+    /// A status the gateway put in place of the backend's (a JSON reply that could not be
+    /// rendered), for the call's metrics and log line.
+    pub fn replaced_status(&self) -> Option<LocalStatus> {
+        match &self.kind {
+            Kind::Json(call) => call.replaced_status(),
+            Kind::GrpcWeb(_) => None,
         }
     }
 
@@ -173,6 +191,9 @@ impl WebCall {
         };
         for task in &mut out {
             if let HttpTask::Header(head, _) = task {
+                if self.http1 {
+                    head.set_version(http::Version::HTTP_11);
+                }
                 self.decorate(head);
             }
         }
@@ -193,6 +214,26 @@ impl WebCall {
     fn decorate(&self, resp: &mut ResponseHeader) {
         if let Some(origin) = &self.origin {
             CorsPolicy::decorate(origin, resp);
+        } else if self.vary_on_origin {
+            let _ = resp.append_header(http::header::VARY, "Origin");
+        }
+    }
+}
+
+/// What CORS means for one call's answer.
+#[derive(Debug, Clone, Default)]
+pub struct CallCors {
+    /// `Access-Control-Allow-Origin`, when the caller's origin is allowed.
+    pub origin: Option<HeaderValue>,
+    /// The listener allows a list of origins: answers vary by `Origin`.
+    pub vary: bool,
+}
+
+impl CallCors {
+    pub fn of(settings: &WebSettings, req: &RequestHeader) -> Self {
+        Self {
+            origin: settings.cors.as_ref().and_then(|c| c.allow(req)),
+            vary: settings.cors.as_ref().is_some_and(CorsPolicy::varies),
         }
     }
 }
