@@ -73,7 +73,7 @@ Call it from another terminal:
   $BIN/strait-loadgen --target 127.0.0.1:8080 --calls 10 --show --region us-east
 
 REST/JSON on the same port (bench.Echo's google.api.http routes, docs/web.md):
-  curl -s -d '{"payload":"aGVsbG8="}' 127.0.0.1:8080/v1/echo
+  curl -s --json '{"payload":"aGVsbG8="}' 127.0.0.1:8080/v1/echo
   curl -s 127.0.0.1:8080/v1/stream/3
   curl -s -i '127.0.0.1:8080/v1/echo/gone?failCode=5'     # NOT_FOUND as HTTP 404 with a JSON error
 Browsers: gRPC-Web (application/grpc-web+proto) over HTTP/1.1 or HTTP/2, CORS for any origin.
