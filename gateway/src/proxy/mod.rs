@@ -3,6 +3,7 @@
 
 pub mod grpc;
 mod inflight;
+pub mod refusal;
 pub mod tcp;
 pub mod web;
 

@@ -376,6 +376,7 @@ async fn write_local_status(
 /// A plain HTTP error for requests that are not gRPC at all (HTTP/1.x, wrong content type).
 async fn reject_non_grpc(session: &mut Session, status: u16, message: &str) -> Result<()> {
     let body = Bytes::from(format!("{message}\n"));
+    crate::proxy::refusal::drain_request_body(session).await;
     // Not a gRPC client: answer once and close, so it cannot park on a connection slot.
     session.set_keepalive(None);
     let mut head = ResponseHeader::build(status, Some(3))?;

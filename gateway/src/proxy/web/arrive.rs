@@ -276,6 +276,7 @@ async fn write_json(
     body: &[u8],
     cors: &CallCors,
 ) -> Result<()> {
+    crate::proxy::refusal::drain_request_body(session).await;
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -299,6 +300,7 @@ async fn write_plain(
     message: &str,
     cors: &CallCors,
 ) -> Result<()> {
+    crate::proxy::refusal::drain_request_body(session).await;
     let body = Bytes::from(format!("{message}\n"));
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
