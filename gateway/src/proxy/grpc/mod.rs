@@ -357,6 +357,12 @@ async fn write_local_status(
     status: &LocalStatus,
 ) -> Result<bool> {
     if let Some(web) = ctx.web.as_mut() {
+        if session.response_written().is_none() && session.req_header().version != Version::HTTP_2 {
+            // An HTTP/1.1 caller may still be sending its body, and pingora closes the
+            // connection after a local answer: closed over unread bytes, the socket resets
+            // and the answer is lost (the caller sees ECONNRESET). Read the rest first.
+            crate::proxy::refusal::drain_request_body(session).await;
+        }
         // In the caller's protocol: gRPC-Web or JSON.
         let tasks = web.local_answer(status, session.response_written().is_some());
         return session.write_response_tasks(tasks).await;
