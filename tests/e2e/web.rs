@@ -1116,3 +1116,58 @@ async fn transcoding_is_added_by_a_reload() {
     assert_eq!(after.status, 200);
     assert_eq!(after.json(), json!("b1"));
 }
+
+/// gRPC-Web on a TLS listener: ALPN `http/1.1` (what an HTTPS page's fetch may use) and `h2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_over_tls_with_http1_and_http2() {
+    let backend = Backend::start(BackendOptions::named("b1")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let body = write_file(
+        &dir.path().join("call.bin"),
+        &frame(&echo_request(b"tls", 0, 0, 0)),
+    );
+    let listen = free_addr();
+    let text = crate::fixture::tls_listener_config(
+        listen,
+        backend.addr,
+        "cert = \"server.crt\", key = \"server.key\"",
+    )
+    .replace(
+        &format!("listen = \"{listen}\""),
+        &format!("listen = \"{listen}\"\ngrpc_web = true"),
+    );
+    let ca = pki.ca_cert.display().to_string();
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+    for version in ["--http1.1", "--http2"] {
+        let answer = tokio::task::block_in_place(|| {
+            curl(&[
+                version,
+                "--cacert",
+                &ca,
+                "-H",
+                "content-type: application/grpc-web+proto",
+                "--data-binary",
+                &format!("@{body}"),
+                &format!("https://localhost:{}/bench.Echo/Unary", listen.port()),
+            ])
+        });
+        assert_eq!(answer.status, 200, "{version}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/grpc-web+proto")
+        );
+        let answer_frames = frames(&answer.body);
+        assert_eq!(
+            answer_frames.len(),
+            2,
+            "{version}: the reply and the trailers"
+        );
+        assert!(answer_frames[0].1.windows(3).any(|w| w == b"tls"));
+        assert_eq!(
+            String::from_utf8_lossy(&answer_frames[1].1).trim_end(),
+            "grpc-status:0"
+        );
+    }
+    assert_eq!(backend.calls(), 2);
+}
