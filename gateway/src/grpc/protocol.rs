@@ -9,8 +9,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 3] = [Protocol::Grpc, Protocol::GrpcWeb, Protocol::Json];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",

@@ -126,12 +126,6 @@ impl WebCall {
         }
     }
 
-    /// Whether the call is carried by the gateway's own relay (JSON answers are rebuilt whole,
-    /// which pingora's filters cannot do).
-    pub fn needs_relay(&self) -> bool {
-        matches!(self.kind, Kind::Json(_))
-    }
-
     /// A request body chunk as the backend must see it (grpc-web-text is base64).
     pub fn request_body(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<(), String> {
         match &mut self.kind {
