@@ -206,6 +206,18 @@ fn parse_response(raw: &[u8]) -> Curled {
     }
 }
 
+/// A gRPC-Web text call over HTTP/1.1 with curl, its base64 body in `body_file`.
+fn text_call(url: &str, body_file: &str) -> Curled {
+    curl(&[
+        "--http1.1",
+        "-H",
+        "content-type: application/grpc-web-text",
+        "--data-binary",
+        &format!("@{body_file}"),
+        url,
+    ])
+}
+
 /// A gRPC message frame around `message`.
 fn frame(message: &[u8]) -> Vec<u8> {
     let mut out = vec![0];
@@ -379,14 +391,7 @@ async fn grpc_web_callers_of_a_hedged_route_are_translated_by_the_relay() {
     let body = STANDARD.encode(frame(&echo_request(b"txt", 0, 0, 0)));
     let body_file = write_file(&dir.path().join("text.b64"), body.as_bytes());
     let answer = tokio::task::block_in_place(|| {
-        curl(&[
-            "--http1.1",
-            "-H",
-            "content-type: application/grpc-web-text",
-            "--data-binary",
-            &format!("@{body_file}"),
-            &format!("{}/bench.Echo/Unary", web.base()),
-        ])
+        text_call(&format!("{}/bench.Echo/Unary", web.base()), &body_file)
     });
     assert_eq!(answer.status, 200);
     let decoded = STANDARD.decode(&answer.body).expect("one base64 text");
@@ -461,14 +466,7 @@ async fn grpc_web_text_is_base64_both_ways() {
     let failing = STANDARD.encode(frame(&echo_request(b"", 0, 5, 0)));
     let failing_file = write_file(&dir.path().join("fail.b64"), failing.as_bytes());
     let answer = tokio::task::block_in_place(|| {
-        curl(&[
-            "--http1.1",
-            "-H",
-            "content-type: application/grpc-web-text",
-            "--data-binary",
-            &format!("@{failing_file}"),
-            &format!("{}/bench.Echo/Unary", web.base()),
-        ])
+        text_call(&format!("{}/bench.Echo/Unary", web.base()), &failing_file)
     });
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("grpc-status"), Some("5"));
@@ -477,14 +475,7 @@ async fn grpc_web_text_is_base64_both_ways() {
     // Not base64: the call ends INVALID_ARGUMENT; the connection serves the next call.
     let broken_file = write_file(&dir.path().join("broken.b64"), b"!!!!not base64");
     let answer = tokio::task::block_in_place(|| {
-        curl(&[
-            "--http1.1",
-            "-H",
-            "content-type: application/grpc-web-text",
-            "--data-binary",
-            &format!("@{broken_file}"),
-            &format!("{}/bench.Echo/Unary", web.base()),
-        ])
+        text_call(&format!("{}/bench.Echo/Unary", web.base()), &broken_file)
     });
     assert_eq!(answer.status, 200);
     let status = answer

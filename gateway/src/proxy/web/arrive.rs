@@ -276,22 +276,8 @@ async fn write_json(
     body: &[u8],
     cors: &CallCors,
 ) -> Result<()> {
-    crate::proxy::refusal::drain_request_body(session).await;
-    let mut head = ResponseHeader::build(status, Some(3))?;
-    head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some(origin) = &cors.origin {
-        CorsPolicy::decorate(origin, &mut head);
-    } else if cors.vary {
-        head.append_header(http::header::VARY, "Origin")?;
-    }
-    session
-        .write_response_tasks(vec![
-            HttpTask::Header(Box::new(head), false),
-            HttpTask::Body(Some(Bytes::copy_from_slice(body)), true),
-        ])
-        .await?;
-    Ok(())
+    let body = Bytes::copy_from_slice(body);
+    write_refusal(session, status, "application/json", body, cors).await
 }
 
 async fn write_plain(
@@ -300,10 +286,22 @@ async fn write_plain(
     message: &str,
     cors: &CallCors,
 ) -> Result<()> {
-    crate::proxy::refusal::drain_request_body(session).await;
     let body = Bytes::from(format!("{message}\n"));
+    write_refusal(session, status, "text/plain; charset=utf-8", body, cors).await
+}
+
+/// An answer that is not a call's: what the caller sent is read first (`proxy::refusal`), and
+/// an allowed origin may read it.
+async fn write_refusal(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    cors: &CallCors,
+) -> Result<()> {
+    crate::proxy::refusal::drain_request_body(session).await;
     let mut head = ResponseHeader::build(status, Some(3))?;
-    head.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    head.insert_header(http::header::CONTENT_TYPE, content_type)?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if let Some(origin) = &cors.origin {
         CorsPolicy::decorate(origin, &mut head);
