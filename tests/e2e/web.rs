@@ -206,6 +206,15 @@ fn parse_response(raw: &[u8]) -> Curled {
     }
 }
 
+/// `strait_calls_total` of one method, code and protocol, from a `/metrics` text.
+fn calls_of(metrics: &str, method: &str, code: &str, protocol: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "strait_calls_total",
+        &[("method", method), ("code", code), ("protocol", protocol)],
+    )
+}
+
 /// A gRPC-Web text call over HTTP/1.1 with curl, its base64 body in `body_file`.
 fn text_call(url: &str, body_file: &str) -> Curled {
     curl(&[
@@ -327,13 +336,7 @@ async fn the_npm_grpc_web_client_calls_through_the_gateway_over_http1_and_http2(
     }
     // Counted and logged like native calls, as grpc-web.
     let metrics = web.metrics();
-    let calls = |method: &str, code: &str| {
-        metric(
-            &metrics,
-            "strait_calls_total",
-            &[("method", method), ("code", code), ("protocol", "grpc-web")],
-        )
-    };
+    let calls = |method: &str, code: &str| calls_of(&metrics, method, code, "grpc-web");
     assert_eq!(calls("Unary", "OK"), Some(2.0));
     assert_eq!(calls("ServerStream", "OK"), Some(2.0));
     assert_eq!(calls("Unary", "NOT_FOUND"), Some(2.0));
@@ -405,18 +408,7 @@ async fn grpc_web_callers_of_a_hedged_route_are_translated_by_the_relay() {
     // Every call answered by the backend, none held against it by the breaker.
     assert_eq!(backend.calls(), 4);
     let metrics = web.metrics();
-    assert_eq!(
-        metric(
-            &metrics,
-            "strait_calls_total",
-            &[
-                ("method", "Unary"),
-                ("code", "OK"),
-                ("protocol", "grpc-web")
-            ]
-        ),
-        Some(2.0)
-    );
+    assert_eq!(calls_of(&metrics, "Unary", "OK", "grpc-web"), Some(2.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,18 +756,7 @@ async fn a_page_in_headless_chromium_calls_through_the_gateway() {
     assert_eq!(result["notFound"]["message"], "nope");
     assert!(page.served() >= 1);
     let metrics = web.metrics();
-    assert_eq!(
-        metric(
-            &metrics,
-            "strait_calls_total",
-            &[
-                ("method", "Unary"),
-                ("code", "OK"),
-                ("protocol", "grpc-web")
-            ]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(calls_of(&metrics, "Unary", "OK", "grpc-web"), Some(1.0));
 }
 
 /// Serves one file at any path, over HTTP/1.1, from a thread; counts the requests.
@@ -924,18 +905,7 @@ async fn json_routes_map_paths_queries_bodies_and_answers() {
 
     // Counted and logged as json.
     let metrics = web.metrics();
-    assert_eq!(
-        metric(
-            &metrics,
-            "strait_calls_total",
-            &[
-                ("method", "Unary"),
-                ("code", "NOT_FOUND"),
-                ("protocol", "json")
-            ]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(calls_of(&metrics, "Unary", "NOT_FOUND", "json"), Some(1.0));
     let logged = tokio::task::block_in_place(|| web.access_log_lines("json", 22));
     assert!(logged.iter().filter(|l| l["protocol"] == "json").count() >= 22);
 }
