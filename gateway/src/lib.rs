@@ -2,7 +2,8 @@
 //!
 //! Data flows one way through the modules:
 //! `config` -> `discovery` -> `routing` (immutable snapshot) -> `balancer` -> `proxy`,
-//! with per-endpoint state in `endpoint` and the process lifecycle in `server`.
+//! with per-endpoint state in `endpoint` and the process lifecycle in `server`. `xds` publishes
+//! the same snapshot to gRPC clients that call services directly.
 
 pub mod admin;
 pub mod background;
@@ -26,3 +27,4 @@ pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod transcode;
+pub mod xds;

@@ -48,6 +48,25 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Print a gRPC xDS bootstrap file (for GRPC_XDS_BOOTSTRAP) that points a client at the
+    /// gateway's [xds] server and states the client's region.
+    XdsBootstrap {
+        /// The xDS server, host:port.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        server: String,
+        /// The client's region: the upstream's endpoints there are used first.
+        #[arg(long)]
+        region: Option<String>,
+        /// The client's zone within its region.
+        #[arg(long)]
+        zone: Option<String>,
+        /// The client's node id (default: the host name and process id).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// CA file (PEM) that signed the xDS server's certificate, when [xds] has tls.
+        #[arg(long)]
+        ca_file: Option<String>,
+    },
 }
 
 /// How long `reload` and `healthcheck` wait for the admin listener.
@@ -83,6 +102,31 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Reload { admin } => admin_command(admin, "POST", "/reload"),
         Command::Healthcheck { admin } => admin_command(admin, "GET", "/healthz"),
+        Command::XdsBootstrap {
+            server,
+            region,
+            zone,
+            node_id,
+            ca_file,
+        } => {
+            let spec = strait::xds::bootstrap::BootstrapSpec {
+                server,
+                region,
+                zone,
+                node_id: node_id.unwrap_or_else(strait::xds::bootstrap::default_node_id),
+                ca_file,
+            };
+            match strait::xds::bootstrap::bootstrap(&spec) {
+                Ok(file) => {
+                    println!("{file:#}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("strait xds-bootstrap: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
         Command::Schema => {
             print!("{}", strait::config::json_schema());
             ExitCode::SUCCESS

@@ -30,6 +30,8 @@ pub struct AdminApp {
     pub draining: Arc<AtomicBool>,
     pub reload: crate::control::ReloadHandle,
     pub supervisor: crate::background::Supervisor,
+    /// The xDS server's clients, with `[xds]`.
+    pub xds: Option<Arc<crate::xds::XdsClients>>,
 }
 
 impl AdminApp {
@@ -66,6 +68,7 @@ impl AdminApp {
             self.discovery.as_deref(),
             Some(&self.dns),
             Some(&self.metrics),
+            self.xds.as_deref(),
             self.not_ready_reason(),
         )
     }

@@ -234,6 +234,32 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}svg.chart{vertical-ali
         }
         html.push_str("</table>");
     }
+    if let Some(clients) = &view.xds_clients {
+        let _ = write!(
+            html,
+            "<h2>xDS clients</h2><p class=\"xds-count\" data-clients=\"{n}\">{n} connected</p>",
+            n = clients.len()
+        );
+        if !clients.is_empty() {
+            html.push_str("<table><tr><th>node id</th><th>region</th><th>peer</th><th>accepted versions</th><th>NACKs</th></tr>");
+            for c in clients {
+                let acked: Vec<String> = c.acked.iter().map(|(t, v)| format!("{t} {v}")).collect();
+                let nacks = match &c.last_nack {
+                    Some(last) => format!("{} (last: {})", c.nacks, esc(last)),
+                    None => c.nacks.to_string(),
+                };
+                let _ = write!(
+                    html,
+                    "<tr class=\"xds-client\" data-node=\"{node}\"><td>{node}</td><td>{region}</td><td>{peer}</td><td>{acked}</td><td>{nacks}</td></tr>",
+                    node = esc(&c.node_id),
+                    region = esc(c.region.as_deref().unwrap_or("-")),
+                    peer = esc(c.peer.as_deref().unwrap_or("-")),
+                    acked = esc(&acked.join(", ")),
+                );
+            }
+            html.push_str("</table>");
+        }
+    }
     html.push_str("<p><small>Refreshes every 2 s · <a href=\"/upstreams\">/upstreams</a> · <a href=\"/metrics\">/metrics</a> · <a href=\"/readyz\">/readyz</a></small></p></body></html>");
     html
 }

@@ -22,6 +22,9 @@ pub struct GatewayView {
     /// Every route with its last minute of traffic.
     pub routes: Vec<RouteView>,
     pub upstreams: Vec<UpstreamView>,
+    /// The xDS server's clients connected now (with `[xds]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xds_clients: Option<Vec<crate::xds::XdsClientView>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,6 +181,7 @@ pub fn gateway_view(
     discovery: Option<&DiscoveryStatus>,
     dns: Option<&DnsStatus>,
     metrics: Option<&Metrics>,
+    xds: Option<&crate::xds::XdsClients>,
     not_ready: Option<String>,
 ) -> GatewayView {
     let staleness = discovery.map(|d| {
@@ -290,5 +294,6 @@ pub fn gateway_view(
             last_error: d.last_error(),
         }),
         upstreams,
+        xds_clients: xds.map(|x| x.list()),
     }
 }

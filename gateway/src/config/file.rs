@@ -35,6 +35,22 @@ pub struct FileConfig {
     /// gRPC-JSON transcoding per listener.
     #[serde(default, rename = "transcode")]
     pub transcodes: Vec<TranscodeSection>,
+    pub xds: Option<XdsSection>,
+}
+
+/// The xDS server: publishes upstreams (endpoints, region priority, health) to gRPC clients that
+/// call services directly (`xds:///NAME`). Aggregated discovery (ADS), xDS v3, state of the
+/// world. Changing it needs a restart.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct XdsSection {
+    /// IP:port the ADS server listens on (18000 by convention).
+    pub listen: Spanned<String>,
+    /// The upstreams published, each as the xDS target of the same name (default: every
+    /// upstream).
+    pub upstreams: Option<Vec<Spanned<String>>>,
+    /// TLS for the xDS clients' connections, as on listeners.
+    pub tls: Option<ListenerTlsSection>,
 }
 
 /// OpenTelemetry tracing: W3C trace context in and out, one span per call exported over

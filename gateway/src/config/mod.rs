@@ -13,6 +13,7 @@ mod tls_files;
 mod tracing;
 mod validate;
 mod web;
+mod xds;
 
 #[cfg(test)]
 mod tests;

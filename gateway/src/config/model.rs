@@ -24,6 +24,16 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     /// gRPC-JSON transcoding: the REST routes of each listener that has any.
     pub transcodes: Vec<TranscodeConfig>,
+    /// The xDS server for proxyless gRPC clients; none without `[xds]`.
+    pub xds: Option<XdsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsConfig {
+    pub listen: SocketAddr,
+    /// The upstreams published; `None` publishes every upstream.
+    pub upstreams: Option<Vec<String>>,
+    pub tls: Option<ListenerTls>,
 }
 
 /// The REST routes of one listener, read from its `[[transcode]]` sections' descriptors.

@@ -109,6 +109,16 @@ pub fn validate(
             }
         }
     });
+    let xds = file_config.xds.as_ref().and_then(|section| {
+        super::xds::validate_xds(
+            section,
+            &listeners,
+            admin.as_ref(),
+            &upstreams,
+            base_dir,
+            &mut diag,
+        )
+    });
     if diag.is_empty() {
         Ok(Config {
             gateway,
@@ -121,6 +131,7 @@ pub fn validate(
             access_log,
             tracing,
             transcodes,
+            xds,
         })
     } else {
         Err(diag.into_error(file))
@@ -231,20 +242,7 @@ fn validate_listeners(
                      on a grpc listener or in the backend",
                 );
             }
-            let (cert, key) =
-                check_cert_and_key(base_dir, &tls.cert, &tls.key, &format!("{path}.tls"), diag);
-            let client_ca = tls.client_ca.as_ref().map(|ca| {
-                let resolved = resolve(base_dir, ca.get_ref());
-                if let Err(e) = tls_files::check_certificates(&resolved) {
-                    diag.at(span(ca), format!("{path}.tls.client_ca"), e);
-                }
-                resolved
-            });
-            ListenerTls {
-                cert,
-                key,
-                client_ca,
-            }
+            validate_server_tls(tls, base_dir, &format!("{path}.tls"), diag)
         });
         let idle_timeout = match &kind {
             ListenerKind::Tcp { idle_timeout, .. } => *idle_timeout,
@@ -1196,6 +1194,29 @@ fn is_grpc_identifier_path(text: &str) -> bool {
 
 /// A certificate chain and its private key (listener, upstream client, etcd client): both files
 /// readable PEM, and the key the certificate's. Problems are reported at `{path}.cert` / `.key`.
+/// The TLS of a server the gateway runs (a listener, the xDS server): its certificate and key,
+/// and the CAs that sign its callers' certificates for mutual TLS.
+pub(super) fn validate_server_tls(
+    tls: &super::file::ListenerTlsSection,
+    base_dir: &Path,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> ListenerTls {
+    let (cert, key) = check_cert_and_key(base_dir, &tls.cert, &tls.key, path, diag);
+    let client_ca = tls.client_ca.as_ref().map(|ca| {
+        let resolved = resolve(base_dir, ca.get_ref());
+        if let Err(e) = tls_files::check_certificates(&resolved) {
+            diag.at(span(ca), format!("{path}.client_ca"), e);
+        }
+        resolved
+    });
+    ListenerTls {
+        cert,
+        key,
+        client_ca,
+    }
+}
+
 fn check_cert_and_key(
     base_dir: &Path,
     cert: &Spanned<String>,

@@ -69,7 +69,8 @@ impl fmt::Display for ReloadReport {
     }
 }
 
-/// Sections a running process cannot change: its runtime, its etcd session and its admin port.
+/// Sections a running process cannot change: its runtime, its etcd session, its admin port and
+/// its xDS server (whose clients hold streams that a new port or certificate would cut).
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.gateway != new.gateway {
@@ -80,6 +81,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin != new.admin {
         changed.push("[admin]");
+    }
+    if old.xds != new.xds {
+        changed.push("[xds]");
     }
     changed
 }

@@ -88,6 +88,17 @@ pub struct Metrics {
     pub(crate) cluster_gateways: prometheus::IntGauge,
     shed: IntCounterVec,
     region_spill: prometheus::GaugeVec,
+    pub(crate) xds: XdsMetrics,
+}
+
+/// The xDS server's instruments (xds/).
+#[derive(Clone)]
+pub struct XdsMetrics {
+    /// ADS streams open now.
+    pub clients: IntGauge,
+    pub pushes: IntCounterVec,
+    pub nacks: IntCounterVec,
+    pub rejected: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,6 +118,10 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 impl Metrics {
+    pub fn xds(&self) -> &XdsMetrics {
+        &self.xds
+    }
+
     /// `max_methods`: distinct service/method pairs with their own series, per listener.
     pub fn new(endpoint_labels: bool, max_methods: usize) -> Arc<Metrics> {
         let registry = Registry::new();
@@ -329,6 +344,37 @@ impl Metrics {
                 "Calls refused with UNAVAILABLE because the upstream had max_in_flight calls in flight.",
                 &["upstream"],
             ),
+            xds: XdsMetrics {
+                clients: {
+                    let g = IntGauge::new(
+                        "strait_xds_clients",
+                        "xDS clients with an ADS stream open now.",
+                    )
+                    .expect("valid gauge");
+                    registry
+                        .register(Box::new(g.clone()))
+                        .expect("registered once");
+                    g
+                },
+                pushes: counter(
+                    &registry,
+                    "strait_xds_pushes_total",
+                    "xDS responses sent, by resource type (lds, rds, cds, eds).",
+                    &["type"],
+                ),
+                nacks: counter(
+                    &registry,
+                    "strait_xds_nacks_total",
+                    "xDS responses a client rejected (NACK), by resource type.",
+                    &["type"],
+                ),
+                rejected: counter(
+                    &registry,
+                    "strait_xds_requests_rejected_total",
+                    "xDS requests or streams the server refused, by reason (unknown_type, bad_request, stream_error).",
+                    &["reason"],
+                ),
+            },
             region_spill: {
                 let g = prometheus::GaugeVec::new(
                     Opts::new(

@@ -44,6 +44,8 @@ pub enum StartError {
     Snapshot(#[from] crate::routing::SnapshotError),
     #[error(transparent)]
     Observe(#[from] crate::observe::ObserveError),
+    #[error(transparent)]
+    Xds(#[from] crate::xds::XdsError),
 }
 
 /// pingora's process settings: worker threads, and the grace bounds for a drain.
@@ -67,6 +69,12 @@ fn server_conf(config: &Config) -> ServerConf {
 pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     if let Some(admin) = &config.admin {
         listeners::check_bindable("admin", admin.listen)?;
+    }
+    if let Some(xds) = &config.xds {
+        listeners::check_bindable("xds", xds.listen)?;
+        if let Some(tls) = &xds.tls {
+            crate::xds::tls_config(tls)?;
+        }
     }
     let metrics = config
         .admin
@@ -141,6 +149,13 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         );
     }
     crate::health::spawn(&supervisor, routing.clone());
+    let xds_clients = config.xds.clone().map(|xds| {
+        let clients = Arc::new(crate::xds::XdsClients::new(
+            metrics.as_ref().map(|m| m.xds().clone()),
+        ));
+        crate::xds::spawn(&supervisor, xds, routing.clone(), clients.clone());
+        clients
+    });
     let reload = ReloadHandle::spawn(&supervisor, control).map_err(StartError::Signal)?;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
@@ -157,6 +172,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             draining: draining.clone(),
             reload,
             supervisor,
+            xds: xds_clients,
         };
         let mut service = Service::new("admin".to_string(), app);
         service.add_tcp(&admin.listen.to_string());

@@ -1,0 +1,74 @@
+//! Validation of `[xds]`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::diagnostics::Diagnostics;
+use super::file::XdsSection;
+use super::model::{AdminConfig, ListenerConfig, UpstreamConfig, XdsConfig};
+
+pub(super) fn validate_xds(
+    section: &XdsSection,
+    listeners: &[ListenerConfig],
+    admin: Option<&AdminConfig>,
+    upstreams: &[UpstreamConfig],
+    base_dir: &Path,
+    diag: &mut Diagnostics,
+) -> Option<XdsConfig> {
+    let listen = match section.listen.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            diag.at(
+                Some(section.listen.span()),
+                "xds.listen",
+                format!("{:?} is not an IP:port address", section.listen.get_ref()),
+            );
+            return None;
+        }
+    };
+    if let Some(l) = listeners.iter().find(|l| l.listen == listen) {
+        diag.at(
+            Some(section.listen.span()),
+            "xds.listen",
+            format!("address {listen} is already used by listener {:?}", l.name),
+        );
+    }
+    if admin.is_some_and(|a| a.listen == listen) {
+        diag.at(
+            Some(section.listen.span()),
+            "xds.listen",
+            format!("address {listen} is already used by the admin listener"),
+        );
+    }
+    let published = section.upstreams.as_ref().map(|names| {
+        let known: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, name) in names.iter().enumerate() {
+            let value = name.get_ref().as_str();
+            if !known.contains(value) {
+                diag.at(
+                    Some(name.span()),
+                    format!("xds.upstreams[{i}]"),
+                    format!("no upstream is named {value:?}"),
+                );
+            } else if !seen.insert(value) {
+                diag.at(
+                    Some(name.span()),
+                    format!("xds.upstreams[{i}]"),
+                    format!("upstream {value:?} is listed twice"),
+                );
+            }
+        }
+        names.iter().map(|n| n.get_ref().clone()).collect()
+    });
+    let tls = section
+        .tls
+        .as_ref()
+        .map(|tls| super::validate::validate_server_tls(tls, base_dir, "xds.tls", diag));
+    Some(XdsConfig {
+        listen,
+        upstreams: published,
+        tls,
+    })
+}

@@ -1,0 +1,174 @@
+//! The ADS service: one task per stream, driven by the client's requests and by new views.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::clients::{ConnectedClient, XdsClients};
+use super::resources::ResourceType;
+use super::session::{RequestKind, Session};
+use super::view::PublishedView;
+
+/// One published state of the registry, numbered: the number is every response's version.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub version: u64,
+    pub view: PublishedView,
+}
+
+/// Responses a stream may have queued towards a slow client before its task waits.
+const STREAM_QUEUE: usize = 16;
+
+pub struct AdsService {
+    pub published: watch::Receiver<Arc<Published>>,
+    pub clients: Arc<XdsClients>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(serve_stream(
+            request.into_inner(),
+            self.published.clone(),
+            tx,
+            self.clients.clone(),
+            peer,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.clients.count_rejected("delta");
+        Err(Status::unimplemented(
+            "this server speaks state-of-the-world ADS only (StreamAggregatedResources)",
+        ))
+    }
+}
+
+type Outbound = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+/// Serves one ADS stream until the client closes it, breaks it, or stops reading.
+async fn serve_stream(
+    mut inbound: Streaming<DiscoveryRequest>,
+    mut published: watch::Receiver<Arc<Published>>,
+    tx: Outbound,
+    clients: Arc<XdsClients>,
+    peer: Option<SocketAddr>,
+) {
+    let mut session = Session::default();
+    let mut listed: Option<ConnectedClient> = None;
+    let ended = loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    // Not marked as seen: a view newer than the last push still reaches every
+                    // other subscribed type through `changed()`.
+                    let current = published.borrow().clone();
+                    let (kind, response) =
+                        session.on_request(&request, &current.view, current.version);
+                    if listed.is_none() {
+                        if let Some(node) = session.node() {
+                            info!(node = %node.id, region = node.region.as_deref().unwrap_or("-"),
+                                  peer = ?peer, "xds client connected");
+                            listed = Some(clients.connected(node, peer));
+                        }
+                    }
+                    note(&kind, &session, listed.as_ref(), &clients);
+                    if let Some(response) = response {
+                        if !send(&tx, response, &clients).await {
+                            break "stopped reading";
+                        }
+                    }
+                }
+                Ok(None) => break "closed by the client",
+                Err(status) => {
+                    clients.count_rejected("stream_error");
+                    debug!(peer = ?peer, error = %status, "xds stream failed");
+                    let _ = tx.send(Err(status)).await;
+                    break "failed";
+                }
+            },
+            changed = published.changed() => {
+                if changed.is_err() {
+                    // The publisher is gone (its task is restarting): the client reconnects
+                    // and gets the new publisher's state.
+                    let _ = tx.send(Err(Status::unavailable("xds server restarting"))).await;
+                    break "server restarting";
+                }
+                let current = published.borrow_and_update().clone();
+                let mut open = true;
+                for response in session.on_view(&current.view, current.version) {
+                    if !send(&tx, response, &clients).await {
+                        open = false;
+                        break;
+                    }
+                }
+                if !open {
+                    break "stopped reading";
+                }
+            }
+            () = tx.closed() => break "stopped reading",
+        }
+    };
+    if let Some(node) = session.node() {
+        info!(node = %node.id, peer = ?peer, ended, "xds client disconnected");
+    }
+}
+
+async fn send(tx: &Outbound, response: DiscoveryResponse, clients: &XdsClients) -> bool {
+    let kind = ResourceType::from_type_url(&response.type_url);
+    if tx.send(Ok(response)).await.is_err() {
+        return false;
+    }
+    if let Some(kind) = kind {
+        clients.count_push(kind);
+    }
+    true
+}
+
+fn note(
+    kind: &RequestKind,
+    session: &Session,
+    listed: Option<&ConnectedClient>,
+    clients: &XdsClients,
+) {
+    let node = session.node().map(|n| n.id.as_str()).unwrap_or("");
+    match kind {
+        RequestKind::Nack {
+            kind,
+            version,
+            detail,
+        } => warn!(node, r#type = kind.label(), version = %version, detail = %detail,
+                   "xds client rejected a response (NACK)"),
+        RequestKind::UnknownType(url) => {
+            clients.count_rejected("unknown_type");
+            debug!(node, type_url = %url, "xds request for a type this server does not serve");
+        }
+        RequestKind::Stale(kind) => {
+            debug!(node, r#type = kind.label(), "stale xds request ignored")
+        }
+        RequestKind::Ack { .. } | RequestKind::Subscribe(_) => {}
+    }
+    if let Some(client) = listed {
+        client.note(kind);
+    }
+}
