@@ -26,3 +26,4 @@ mod tcp;
 mod tracing;
 mod traffic;
 mod web;
+mod xds;

@@ -1,0 +1,623 @@
+//! Proxyless gRPC (issue #18): grpcio's own xDS client (Debian's python3-grpcio, driven by
+//! tests/xds/client.py) calls `xds:///echo` with a bootstrap written by `strait xds-bootstrap`,
+//! against real tonic backends registered on leases in a real etcd. The gateway is only the xDS
+//! server here: every call goes from the client straight to a backend, so where calls land shows
+//! what the client learnt over xDS.
+//!
+//! A raw ADS client (tonic, the Envoy types) checks what the server says on the wire and how it
+//! takes garbage, NACKs and clients that vanish.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Node};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use etcd_client::PutOptions;
+use prost::Message;
+use serde_json::Value;
+use strait_tests::etcd::{self, instance_value, Etcd};
+use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
+use strait_tests::gateway::strait_bin;
+use strait_tests::{Backend, BackendOptions, Gateway};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::ServingStatus;
+
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Bound on every wait for the client to follow a change (probes, push, priority switch).
+const FOLLOW: Duration = Duration::from_secs(20);
+
+/// Debian's grpcio: `.ci/install-deps` installs python3-grpcio; without it these tests fail.
+const PYTHON: &str = "/usr/bin/python3";
+
+fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("xds/client.py")
+}
+
+/// Where the calls of one batch went: backend name -> calls, and failures by status.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: BTreeMap<String, u32>,
+    errors: BTreeMap<String, u32>,
+}
+
+impl Tally {
+    /// The client's line: `{"ok": {backend: n}, "errors": {STATUS: n}}`.
+    fn parse(line: &str) -> Option<Tally> {
+        let value: Value = serde_json::from_str(line).ok()?;
+        let counts = |key: &str| -> Option<BTreeMap<String, u32>> {
+            value[key]
+                .as_object()?
+                .iter()
+                .map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?)))
+                .collect()
+        };
+        Some(Tally {
+            ok: counts("ok")?,
+            errors: counts("errors")?,
+        })
+    }
+
+    fn only(&self, backends: &[&str]) -> bool {
+        self.errors.is_empty()
+            && !self.ok.is_empty()
+            && self.ok.keys().all(|k| backends.contains(&k.as_str()))
+    }
+
+    fn served(&self, backend: &str) -> u32 {
+        self.ok.get(backend).copied().unwrap_or(0)
+    }
+}
+
+/// grpcio's xDS client in its own process, one channel for its whole life.
+struct PyClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PyClient {
+    fn start(bootstrap: &Path) -> PyClient {
+        let probe = Command::new(PYTHON).args(["-c", "import grpc"]).output();
+        assert!(
+            probe.as_ref().is_ok_and(|o| o.status.success()),
+            "{PYTHON} with grpcio is needed (Debian's python3-grpcio; `bash .ci/install-deps` \
+             installs it): {probe:?}"
+        );
+        let mut child = Command::new(PYTHON)
+            .arg(client_script())
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the python xDS client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        PyClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// `n` calls, one after another (each with a 2 s deadline).
+    fn call(&mut self, n: u32) -> Tally {
+        tokio::task::block_in_place(|| {
+            writeln!(self.stdin, "call {n}").expect("writing to the client");
+            let mut line = String::new();
+            self.stdout.read_line(&mut line).expect("reading the client");
+            Tally::parse(&line).unwrap_or_else(|| panic!("the client said {line:?}"))
+        })
+    }
+
+    /// Batches of `n` calls until one satisfies `done` (bounded by FOLLOW); returns that batch
+    /// and how long it took to get there.
+    fn call_until(&mut self, n: u32, done: impl Fn(&Tally) -> bool) -> (Tally, Duration) {
+        let started = Instant::now();
+        loop {
+            let tally = self.call(n);
+            if done(&tally) {
+                return (tally, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < FOLLOW,
+                "the client never got there; last batch: {tally:?}"
+            );
+        }
+    }
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd, backends registered on one lease, and a gateway whose `[xds]` publishes upstream echo
+/// (probed every 200 ms).
+struct World {
+    dir: tempfile::TempDir,
+    _etcd: Etcd,
+    etcd: etcd_client::Client,
+    lease: i64,
+    backends: BTreeMap<String, Backend>,
+    _gateway: Gateway,
+    admin: SocketAddr,
+    xds: SocketAddr,
+}
+
+impl World {
+    async fn start(instances: &[(&str, &str, u32)]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd_server = tokio::task::block_in_place(|| Etcd::single(dir.path()));
+        let mut etcd = etcd::client(&[etcd_server.url()]).await;
+        let lease = etcd.lease_grant(120, None).await.unwrap().id();
+        let (listen, admin, xds) = (free_addr(), free_addr(), free_addr());
+        let config = format!(
+            r#"
+[gateway]
+region = "eu-west"
+threads = 1
+
+[etcd]
+endpoints = ["{etcd}"]
+prefix = "/services/"
+dial_timeout = "1s"
+
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+discovery = "etcd"
+service = "echo"
+
+[upstream.health]
+interval = "200ms"
+timeout = "150ms"
+unhealthy_after = 2
+healthy_after = 1
+
+[admin]
+listen = "{admin}"
+
+[xds]
+listen = "{xds}"
+"#,
+            etcd = etcd_server.url()
+        );
+        let gateway = tokio::task::block_in_place(|| Gateway::start(&config, listen));
+        let mut world = World {
+            dir,
+            _etcd: etcd_server,
+            etcd,
+            lease,
+            backends: BTreeMap::new(),
+            _gateway: gateway,
+            admin,
+            xds,
+        };
+        for (name, region, weight) in instances {
+            world.add(name, region, *weight).await;
+        }
+        world
+    }
+
+    /// Starts backend `name` and registers it in `region` with `weight`.
+    async fn add(&mut self, name: &str, region: &str, weight: u32) {
+        let backend = Backend::start(BackendOptions::named(name)).await;
+        let addr = backend.addr;
+        self.backends.insert(name.to_string(), backend);
+        self.register(name, addr, region, weight).await;
+    }
+
+    async fn register(&mut self, name: &str, addr: SocketAddr, region: &str, weight: u32) {
+        self.etcd
+            .put(
+                format!("/services/echo/{name}"),
+                instance_value(addr, weight, region, "v1.0.0", &[]),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )
+            .await
+            .expect("etcd put");
+    }
+
+    /// A bootstrap for a client in `region`, written by `strait xds-bootstrap`.
+    fn bootstrap(&self, node: &str, region: &str) -> PathBuf {
+        let output = Command::new(strait_bin())
+            .args(["xds-bootstrap", "--server", &self.xds.to_string()])
+            .args(["--region", region, "--node-id", node])
+            .output()
+            .expect("running strait xds-bootstrap");
+        assert!(output.status.success(), "{output:?}");
+        let path = self.dir.path().join(format!("{node}.json"));
+        std::fs::write(&path, &output.stdout).unwrap();
+        path
+    }
+
+    fn client(&self, node: &str, region: &str) -> PyClient {
+        PyClient::start(&self.bootstrap(node, region))
+    }
+
+    fn upstreams(&self) -> Value {
+        let (status, body) = http_get(self.admin, "/upstreams");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until the gateway's view of echo has `n` endpoints (etcd synced).
+    fn wait_endpoints(&self, n: usize) {
+        let deadline = Instant::now() + FOLLOW;
+        loop {
+            let view = self.upstreams();
+            let got = view["upstreams"][0]["endpoints"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if got == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway view: {view}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Calls stay in the client's own region; when that region's only endpoint is killed (its lease
+/// still alive, so only the probes can tell), the client moves to the other region, and comes
+/// back when a new instance registers there. The client shows in `/upstreams` and the status
+/// page with its node id and region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_in_region_fail_over_when_it_dies_and_follow_new_instances() {
+    let mut w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(2));
+    let mut eu = w.client("py-eu", "eu-west");
+    let mut us = w.client("py-us", "us-east");
+    let (first, _) = eu.call_until(20, |t| t.errors.is_empty());
+    assert!(first.only(&["eu0"]), "eu-west client: {first:?}");
+    let (first, _) = us.call_until(20, |t| t.errors.is_empty());
+    assert!(first.only(&["us0"]), "us-east client: {first:?}");
+    for _ in 0..3 {
+        let t = eu.call(20);
+        assert!(t.only(&["eu0"]), "calls stay local: {t:?}");
+    }
+
+    // Operators see both clients.
+    let clients = tokio::task::block_in_place(|| w.upstreams())["xds_clients"].clone();
+    let mut seen: Vec<(String, String)> = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["acked"]["eds"], c["acked"]["lds"], "{c}");
+            (
+                c["node_id"].as_str().unwrap().to_string(),
+                c["region"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("py-eu".to_string(), "eu-west".to_string()),
+            ("py-us".to_string(), "us-east".to_string())
+        ]
+    );
+    let (_, page) = tokio::task::block_in_place(|| http_get(w.admin, "/"));
+    assert!(page.contains("data-node=\"py-eu\""), "status page lists the client");
+    let metrics = tokio::task::block_in_place(|| http_get(w.admin, "/metrics")).1;
+    assert_eq!(metric(&metrics, "strait_xds_clients", &[]), Some(2.0));
+    assert!(metric(&metrics, "strait_xds_pushes_total", &[("type", "eds")]).unwrap() >= 2.0);
+
+    // eu0 dies; its registration stays until its lease runs out.
+    w.backends.remove("eu0").unwrap().stop().await;
+    let (moved, took) = eu.call_until(10, |t| t.only(&["us0"]));
+    eprintln!("failed over to us-east in {took:?}: {moved:?}");
+    // The client noticed the dead connection itself; the gateway's probes agree a moment later,
+    // and publish it.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + FOLLOW;
+        while !w.upstreams()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["region"] == "eu-west" && e["health"] == "unhealthy")
+        {
+            assert!(Instant::now() < deadline, "eu0 never marked unhealthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let t = eu.call(20);
+    assert!(t.only(&["us0"]), "{t:?}");
+
+    // A new instance in eu-west takes the eu client back; the us client never moved.
+    w.add("eu1", "eu-west", 100).await;
+    let (back, took) = eu.call_until(10, |t| t.only(&["eu1"]));
+    eprintln!("back in eu-west on the new instance in {took:?}: {back:?}");
+    let t = us.call(20);
+    assert!(t.only(&["us0"]), "{t:?}");
+}
+
+/// A backend that still answers but says NOT_SERVING, or is drained to weight 0 in etcd, loses
+/// the client's calls: only what the xDS server published can have moved them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_serving_and_drained_endpoints_lose_the_clients_calls() {
+    let mut w = World::start(&[
+        ("eu0", "eu-west", 100),
+        ("eu1", "eu-west", 100),
+        ("us0", "us-east", 100),
+    ])
+    .await;
+    tokio::task::block_in_place(|| w.wait_endpoints(3));
+    let mut eu = w.client("py-eu", "eu-west");
+    let (t, _) = eu.call_until(20, |t| t.errors.is_empty());
+    assert!(t.only(&["eu0", "eu1"]), "{t:?}");
+    assert!(t.served("eu0") > 0 && t.served("eu1") > 0, "round robin: {t:?}");
+
+    w.backends["eu0"].set_health(ServingStatus::NotServing).await;
+    let (t, took) = eu.call_until(20, |t| t.only(&["eu1"]));
+    eprintln!("NOT_SERVING endpoint left in {took:?}: {t:?}");
+
+    let eu1 = w.backends["eu1"].addr;
+    w.register("eu1", eu1, "eu-west", 0).await;
+    let (t, took) = eu.call_until(20, |t| t.only(&["us0"]));
+    eprintln!("drained endpoint left in {took:?}: {t:?}");
+
+    // Both come back: serving again, and weight restored.
+    w.backends["eu0"].set_health(ServingStatus::Serving).await;
+    w.register("eu1", eu1, "eu-west", 100).await;
+    eu.call_until(20, |t| {
+        t.only(&["eu0", "eu1"]) && t.served("eu0") > 0 && t.served("eu1") > 0
+    });
+}
+
+/// A client in a region with no endpoints gets every region at priority 0, each locality
+/// weighted by its endpoints' weights: grpcio splits its calls 3:1 as published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_weights_split_a_remote_clients_calls() {
+    let w = World::start(&[("eu0", "eu-west", 75), ("us0", "us-east", 25)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(2));
+    let mut ap = w.client("py-ap", "ap-south");
+    eu_and_us_ready(&mut ap);
+    let t = ap.call(400);
+    assert!(t.errors.is_empty(), "{t:?}");
+    let eu_share = f64::from(t.served("eu0")) / 400.0;
+    eprintln!("eu-west share {eu_share:.3} (published 0.75): {t:?}");
+    // Binomial(400, 0.75) has a standard deviation of 0.022: this is more than four of them.
+    assert!((0.65..=0.85).contains(&eu_share), "{t:?}");
+}
+
+fn eu_and_us_ready(client: &mut PyClient) {
+    client.call_until(40, |t| t.served("eu0") > 0 && t.served("us0") > 0);
+}
+
+// ---- The wire: a raw ADS client ----
+
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+struct RawStream {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl RawStream {
+    async fn open(xds: SocketAddr) -> RawStream {
+        let mut client = AdsClient::connect(format!("http://{xds}")).await.unwrap();
+        let (requests, rx) = mpsc::channel(8);
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("ADS stream")
+            .into_inner();
+        RawStream {
+            requests,
+            responses,
+        }
+    }
+
+    async fn send(&self, request: DiscoveryRequest) {
+        self.requests.send(request).await.unwrap();
+    }
+
+    /// The next response, or `None` when none comes within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<DiscoveryResponse> {
+        match tokio::time::timeout(wait, self.responses.message()).await {
+            Ok(Ok(Some(r))) => Some(r),
+            Ok(other) => panic!("stream ended: {other:?}"),
+            Err(_) => None,
+        }
+    }
+}
+
+fn eds_request(node: &str, region: &str, version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: node.to_string(),
+            locality: Some(Locality {
+                region: region.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        type_url: EDS.to_string(),
+        resource_names: vec!["echo".to_string()],
+        version_info: version.to_string(),
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+fn health_of(response: &DiscoveryResponse) -> Vec<(u32, i32)> {
+    let cla = ClusterLoadAssignment::decode(response.resources[0].value.as_slice()).unwrap();
+    cla.endpoints
+        .iter()
+        .flat_map(|l| l.lb_endpoints.iter().map(|e| (l.priority, e.health_status)))
+        .collect()
+}
+
+/// On the wire: a NOT_SERVING endpoint is pushed as UNHEALTHY with a new version and nonce; a
+/// client that NACKs everything is counted and logged and not sent the same set again; garbage
+/// bytes, an unknown type and clients that vanish mid-stream leave the server serving grpcio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clients() {
+    let w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(2));
+
+    // A client that NACKs every response.
+    let mut nacker = RawStream::open(w.xds).await;
+    nacker.send(eds_request("nacker", "eu-west", "", "")).await;
+    let first = nacker.next(FOLLOW).await.expect("the current state at once");
+    assert_eq!(first.type_url, EDS);
+    let healthy = health_of(&first);
+    assert_eq!(healthy.len(), 2);
+    assert!(
+        healthy
+            .iter()
+            .all(|(_, h)| *h == HealthStatus::Healthy as i32),
+        "{healthy:?}"
+    );
+    assert_eq!(
+        healthy.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![0, 1],
+        "own region first"
+    );
+    let mut nack = eds_request("nacker", "eu-west", "", &first.nonce);
+    nack.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "this client rejects everything".into(),
+        details: vec![],
+    });
+    nacker.send(nack.clone()).await;
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_nacks_total", &[("type", "eds")]) == Some(1.0)
+        })
+        .expect("the NACK is counted");
+    });
+    assert!(
+        nacker.next(Duration::from_millis(700)).await.is_none(),
+        "a NACKed set is not sent again"
+    );
+
+    // Health changes: pushed with a new version and nonce, even to the client that NACKed.
+    w.backends["eu0"].set_health(ServingStatus::NotServing).await;
+    let pushed = nacker.next(FOLLOW).await.expect("the health change is pushed");
+    assert_ne!(pushed.nonce, first.nonce);
+    assert_ne!(pushed.version_info, first.version_info);
+    let eu0 = health_of(&pushed)[0];
+    assert_eq!(eu0, (0, HealthStatus::Unhealthy as i32));
+    nack.response_nonce = pushed.nonce.clone();
+    nacker.send(nack).await;
+
+    // Garbage: bytes that are not HTTP/2, and a gRPC request body that is not a DiscoveryRequest.
+    tokio::task::block_in_place(|| {
+        use std::io::Read;
+        let mut raw = std::net::TcpStream::connect(w.xds).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01garbage")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let _ = raw.read(&mut buf);
+    });
+    garbage_grpc_body(w.xds).await;
+
+    // An unknown type, then a client that vanishes mid-stream.
+    let mut unknown = RawStream::open(w.xds).await;
+    let mut odd = eds_request("odd", "eu-west", "", "");
+    odd.type_url = "type.googleapis.com/envoy.config.core.v3.Nothing".into();
+    unknown.send(odd).await;
+    assert!(unknown.next(Duration::from_millis(500)).await.is_none());
+    let mut vanishing = RawStream::open(w.xds).await;
+    vanishing.send(eds_request("vanish", "us-east", "", "")).await;
+    vanishing.next(FOLLOW).await.expect("answered");
+    drop(vanishing);
+    drop(unknown);
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_clients", &[]) == Some(1.0)
+                && metric(
+                    m,
+                    "strait_xds_requests_rejected_total",
+                    &[("reason", "unknown_type")],
+                ) == Some(1.0)
+                && metric(
+                    m,
+                    "strait_xds_requests_rejected_total",
+                    &[("reason", "stream_error")],
+                )
+                .is_some_and(|v| v >= 1.0)
+        })
+        .expect("only the NACKing client is left, the rest counted");
+    });
+    let nacker_view = tokio::task::block_in_place(|| w.upstreams())["xds_clients"][0].clone();
+    assert_eq!(nacker_view["node_id"], "nacker");
+    assert_eq!(nacker_view["nacks"], 2);
+    assert_eq!(
+        nacker_view["last_nack"],
+        "this client rejects everything",
+        "{nacker_view}"
+    );
+
+    // Through it all, grpcio is served: eu0 is unhealthy, so the eu client uses us0.
+    let mut eu = w.client("py-eu", "eu-west");
+    let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
+    assert!(t.only(&["us0"]), "{t:?}");
+}
+
+/// A gRPC call to the ADS method whose message is not a DiscoveryRequest.
+async fn garbage_grpc_body(xds: SocketAddr) {
+    let tcp = tokio::net::TcpStream::connect(xds).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "http://{xds}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    // A length-prefixed message of bytes that do not parse as protobuf.
+    let mut frame = vec![0u8, 0, 0, 0, 6];
+    frame.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    body.send_data(frame.into(), true).unwrap();
+    let response = tokio::time::timeout(FOLLOW, response)
+        .await
+        .expect("answered")
+        .unwrap();
+    let mut stream = response.into_body();
+    while let Some(chunk) = tokio::time::timeout(FOLLOW, stream.data())
+        .await
+        .expect("ended")
+    {
+        if chunk.is_err() {
+            break;
+        }
+    }
+    let trailers = tokio::time::timeout(FOLLOW, stream.trailers())
+        .await
+        .expect("trailers")
+        .ok()
+        .flatten()
+        .expect("a gRPC status");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("13"),
+        "a decode error is INTERNAL: {trailers:?}"
+    );
+}
