@@ -419,3 +419,44 @@ fn transcoding_and_cors_mistakes_are_refused_at_their_line() {
     );
     assert_rejected(&long_age, "max_age = \"48h\"", &["at most 24h"]);
 }
+
+/// `[xds]`: the address, the upstreams it publishes and its TLS files are checked at their line.
+#[test]
+fn xds_mistakes_are_refused_at_their_line() {
+    let xds = |body: &str| format!("{GOOD}\n[xds]\n{body}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        xds("listen = \"127.0.0.1:18000\"\nupstreams = [\"echo\"]"),
+    )
+    .unwrap();
+    let (code, output) = check_config(&path);
+    assert_eq!(code, 0, "{output}");
+
+    assert_rejected(
+        &xds("listen = \"localhost\""),
+        "listen = \"localhost\"",
+        &["xds.listen", "is not an IP:port address"],
+    );
+    assert_rejected(
+        &xds("listen = '127.0.0.1:18080'"),
+        "listen = '127.0.0.1:18080'",
+        &["xds.listen", "already used by listener \"public\""],
+    );
+    assert_rejected(
+        &xds("listen = \"127.0.0.1:18000\"\nupstreams = [\"echo\", \"nope\"]"),
+        "upstreams = [\"echo\", \"nope\"]",
+        &["xds.upstreams[1]", "no upstream is named \"nope\""],
+    );
+    assert_rejected(
+        &xds("listen = \"127.0.0.1:18000\"\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }"),
+        "tls = {",
+        &["xds.tls"],
+    );
+    assert_rejected(
+        &xds("listen = \"127.0.0.1:18000\"\nregion = \"eu\""),
+        "region = \"eu\"",
+        &["unknown field `region`"],
+    );
+}
