@@ -1,5 +1,6 @@
 //! Proxyless gRPC (issue #18): grpcio's own xDS client (Debian's python3-grpcio, driven by
-//! tests/xds/client.py) calls `xds:///echo` with a bootstrap written by `strait xds-bootstrap`,
+//! tests/xds/client.py) and grpc-js with grpc-js-xds (vendored npm packages, driven by
+//! tests/xds/node/client.mjs) call `xds:///echo` with a bootstrap written by `strait xds-bootstrap`,
 //! against real tonic backends registered on leases in a real etcd. The gateway is only the xDS
 //! server here: every call goes from the client straight to a backend, so where calls land shows
 //! what the client learnt over xDS.
@@ -12,6 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Node};
@@ -37,8 +39,8 @@ const FOLLOW: Duration = Duration::from_secs(20);
 /// Debian's grpcio: `.ci/install-deps` installs python3-grpcio; without it these tests fail.
 const PYTHON: &str = "/usr/bin/python3";
 
-fn client_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("xds/client.py")
+fn xds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("xds")
 }
 
 /// Where the calls of one batch went: backend name -> calls, and failures by status.
@@ -76,32 +78,57 @@ impl Tally {
     }
 }
 
-/// grpcio's xDS client in its own process, one channel for its whole life.
-struct PyClient {
+/// A gRPC library's own xDS client in its own process, one channel for its whole life.
+struct XdsClient {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
-impl PyClient {
-    fn start(bootstrap: &Path) -> PyClient {
+impl XdsClient {
+    /// grpcio (C-core): tests/xds/client.py on Debian's python3-grpcio.
+    fn python(bootstrap: &Path) -> XdsClient {
         let probe = Command::new(PYTHON).args(["-c", "import grpc"]).output();
         assert!(
             probe.as_ref().is_ok_and(|o| o.status.success()),
             "{PYTHON} with grpcio is needed (Debian's python3-grpcio; `bash .ci/install-deps` \
              installs it): {probe:?}"
         );
-        let mut child = Command::new(PYTHON)
-            .arg(client_script())
+        let mut command = Command::new(PYTHON);
+        command.arg(xds_dir().join("client.py"));
+        Self::start(command, bootstrap)
+    }
+
+    /// grpc-js with grpc-js-xds: tests/xds/node/client.mjs, installed offline from the vendored
+    /// packages on the first use.
+    fn node(bootstrap: &Path) -> XdsClient {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let status = Command::new("bash")
+                .arg(xds_dir().join("node/install.sh"))
+                .status()
+                .expect("bash runs tests/xds/node/install.sh");
+            assert!(
+                status.success(),
+                "tests/xds/node/install.sh failed: Node.js and npm come from `bash .ci/install-deps`"
+            );
+        });
+        let mut command = Command::new("node");
+        command.arg(xds_dir().join("node/client.mjs"));
+        Self::start(command, bootstrap)
+    }
+
+    fn start(mut command: Command, bootstrap: &Path) -> XdsClient {
+        let mut child = command
             .env("GRPC_XDS_BOOTSTRAP", bootstrap)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting the python xDS client");
+            .expect("starting the xDS client");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        PyClient {
+        XdsClient {
             child,
             stdin,
             stdout,
@@ -135,7 +162,7 @@ impl PyClient {
     }
 }
 
-impl Drop for PyClient {
+impl Drop for XdsClient {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -250,8 +277,8 @@ listen = "{xds}"
         path
     }
 
-    fn client(&self, node: &str, region: &str) -> PyClient {
-        PyClient::start(&self.bootstrap(node, region))
+    fn client(&self, node: &str, region: &str) -> XdsClient {
+        XdsClient::python(&self.bootstrap(node, region))
     }
 
     fn upstreams(&self) -> Value {
@@ -402,7 +429,46 @@ async fn locality_weights_split_a_remote_clients_calls() {
     assert!((0.65..=0.85).contains(&eu_share), "{t:?}");
 }
 
-fn eu_and_us_ready(client: &mut PyClient) {
+/// The second language: grpc-js with grpc-js-xds keeps to its region, leaves a drained
+/// endpoint, fails over to the other region, takes a new instance, and splits a remote client's
+/// calls by locality weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_follows_region_drain_failover_new_instances_and_weights() {
+    let mut w = World::start(&[
+        ("eu0", "eu-west", 75),
+        ("eu1", "eu-west", 75),
+        ("us0", "us-east", 50),
+    ])
+    .await;
+    tokio::task::block_in_place(|| w.wait_endpoints(3));
+    let mut eu = XdsClient::node(&w.bootstrap("js-eu", "eu-west"));
+    let (t, _) = eu.call_until(20, |t| t.errors.is_empty());
+    assert!(t.only(&["eu0", "eu1"]), "{t:?}");
+
+    // A remote client: eu-west (150) against us-east (50), 3:1.
+    let mut ap = XdsClient::node(&w.bootstrap("js-ap", "ap-south"));
+    ap.call_until(40, |t| {
+        t.served("us0") > 0 && (t.served("eu0") > 0 || t.served("eu1") > 0)
+    });
+    let t = ap.call(400);
+    assert!(t.errors.is_empty(), "{t:?}");
+    let eu_share = f64::from(t.served("eu0") + t.served("eu1")) / 400.0;
+    eprintln!("grpc-js eu-west share {eu_share:.3} (published 0.75): {t:?}");
+    assert!((0.65..=0.85).contains(&eu_share), "{t:?}");
+
+    let eu0 = w.backends["eu0"].addr;
+    w.register("eu0", eu0, "eu-west", 0).await;
+    let (t, took) = eu.call_until(20, |t| t.only(&["eu1"]));
+    eprintln!("grpc-js left the drained endpoint in {took:?}: {t:?}");
+    w.backends["eu1"].set_health(ServingStatus::NotServing).await;
+    let (t, took) = eu.call_until(20, |t| t.only(&["us0"]));
+    eprintln!("grpc-js failed over to us-east in {took:?}: {t:?}");
+    w.add("eu2", "eu-west", 75).await;
+    let (t, took) = eu.call_until(20, |t| t.only(&["eu2"]));
+    eprintln!("grpc-js took the new instance in {took:?}: {t:?}");
+}
+
+fn eu_and_us_ready(client: &mut XdsClient) {
     client.call_until(40, |t| t.served("eu0") > 0 && t.served("us0") > 0);
 }
 

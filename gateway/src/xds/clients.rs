@@ -93,7 +93,7 @@ impl XdsClients {
         }
     }
 
-    /// A request or stream the server refused (`unknown_type`, `bad_request`, `stream_error`).
+    /// A request or stream the server refused (`unknown_type`, `stream_error`, `delta`).
     pub fn count_rejected(&self, reason: &'static str) {
         if let Some(m) = &self.metrics {
             m.rejected.with_label_values(&[reason]).inc();
