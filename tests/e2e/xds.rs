@@ -27,7 +27,7 @@ use serde_json::Value;
 use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::gateway::strait_bin;
-use strait_tests::{Backend, BackendOptions, Gateway};
+use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::ServingStatus;
@@ -184,7 +184,16 @@ struct World {
 
 impl World {
     async fn start(instances: &[(&str, &str, u32)]) -> World {
+        Self::start_with(instances, |_| String::new()).await
+    }
+
+    /// `start` with more `[xds]` keys, written knowing the test's directory.
+    async fn start_with(
+        instances: &[(&str, &str, u32)],
+        xds_extra: impl FnOnce(&Path) -> String,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
+        let xds_extra = xds_extra(dir.path());
         let etcd_server = tokio::task::block_in_place(|| Etcd::single(dir.path()));
         let mut etcd = etcd::client(&[etcd_server.url()]).await;
         let lease = etcd.lease_grant(120, None).await.unwrap().id();
@@ -225,6 +234,7 @@ listen = "{admin}"
 
 [xds]
 listen = "{xds}"
+{xds_extra}
 "#,
             etcd = etcd_server.url()
         );
@@ -686,4 +696,110 @@ async fn garbage_grpc_body(xds: SocketAddr) {
         Some("13"),
         "a decode error is INTERNAL: {trailers:?}"
     );
+}
+
+/// With `tls` and `client_ca`, the ADS server speaks only TLS to clients holding a certificate
+/// from that CA; `strait xds-bootstrap --ca-file` writes the matching channel credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_over_mutual_tls_serves_only_clients_with_a_certificate() {
+    let mut pki = None;
+    let w = World::start_with(&[("eu0", "eu-west", 100)], |dir| {
+        let issued = tls::generate(dir);
+        let text = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+            issued.server_cert.display(),
+            issued.server_key.display(),
+            issued.ca_cert.display()
+        );
+        pki = Some(issued);
+        text
+    })
+    .await;
+    let pki = pki.unwrap();
+    tokio::task::block_in_place(|| w.wait_endpoints(1));
+    let client_cert = pki.issue_client("xds-client", "xds-client", false);
+
+    let endpoint = |identity: bool| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+            .domain_name("localhost");
+        if identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &client_cert.cert_pem,
+                &client_cert.key_pem,
+            ));
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", w.xds))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+    };
+    let channel = endpoint(true).connect().await.expect("TLS with a certificate");
+    let mut client = AdsClient::new(channel);
+    let (requests, rx) = mpsc::channel(1);
+    requests
+        .send(eds_request("tls-client", "eu-west", "", ""))
+        .await
+        .unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("ADS over TLS")
+        .into_inner();
+    let first = tokio::time::timeout(FOLLOW, responses.message())
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(health_of(&first), vec![(0, HealthStatus::Healthy as i32)]);
+
+    // No certificate: the handshake or the first call fails, and nothing is served.
+    let refused = match endpoint(false).connect().await {
+        Err(_) => true,
+        Ok(channel) => {
+            let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+            AdsClient::new(channel)
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // Plaintext to a TLS server is refused too.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", w.xds))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    let plain_served = match plain.connect().await {
+        Err(_) => false,
+        Ok(channel) => {
+            let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+            AdsClient::new(channel)
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .is_ok()
+        }
+    };
+    assert!(!plain_served);
+
+    let output = Command::new(strait_bin())
+        .args(["xds-bootstrap", "--server", &format!("localhost:{}", w.xds.port())])
+        .args(["--region", "eu-west", "--ca-file"])
+        .arg(&pki.ca_cert)
+        .output()
+        .unwrap();
+    let bootstrap: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let creds = &bootstrap["xds_servers"][0]["channel_creds"][0];
+    assert_eq!(creds["type"], "tls", "{bootstrap}");
+    assert_eq!(
+        creds["config"]["ca_certificate_file"],
+        pki.ca_cert.display().to_string()
+    );
+    let bad = Command::new(strait_bin())
+        .args(["xds-bootstrap", "--server", "no-port"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not host:port"));
 }
