@@ -61,6 +61,10 @@ pids+=($!)
 pids=("${pids[@]:1}" "$ETCD_PID")
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
 
+# A bootstrap for a proxyless client in us-east (docs/xds.md).
+"$BIN/strait" xds-bootstrap --server 127.0.0.1:18000 --region us-east --node-id demo-us-east \
+  > "$DEMO_DIR/xds-us-east.json"
+
 cat <<TEXT
 
 Strait is listening on 127.0.0.1:8080 (h2c), routing bench.Echo to the instances registered in etcd:
@@ -77,6 +81,11 @@ REST/JSON on the same port (bench.Echo's google.api.http routes, docs/web.md):
   curl -s 127.0.0.1:8080/v1/stream/3
   curl -s -i '127.0.0.1:8080/v1/echo/gone?failCode=5'     # NOT_FOUND as HTTP 404 with a JSON error
 Browsers: gRPC-Web (application/grpc-web+proto) over HTTP/1.1 or HTTP/2, CORS for any origin.
+
+Proxyless gRPC: clients that call the backends directly, xds:///echo through the xDS server on
+127.0.0.1:18000 (grpcio here; any gRPC library with xDS reads the same bootstrap, docs/xds.md):
+  echo 'call 10' | GRPC_XDS_BOOTSTRAP=$DEMO_DIR/xds-us-east.json /usr/bin/python3 tests/xds/client.py
+  (the 10 calls go straight to echo-us-east, the client's own region)
 
 Drain and kill a backend under load without a failed call:
   $BIN/strait-loadgen --target 127.0.0.1:8080 --rate 200 --duration 15 &

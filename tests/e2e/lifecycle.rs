@@ -159,6 +159,33 @@ async fn sigterm_drains_in_flight_calls_then_exits() {
     assert!(signalled.elapsed() < Duration::from_secs(8));
 }
 
+/// The demo's printed proxyless client: grpcio with the bootstrap the demo wrote calls
+/// `xds:///echo` straight to echo-us-east, its own region.
+fn demo_xds_client_calls_us_east(demo_dir: &std::path::Path, root: &std::path::Path) {
+    let bootstrap = demo_dir.join("xds-us-east.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut command = std::process::Command::new("bash");
+        command.arg("-c").arg(format!(
+            "echo 'call 10' | GRPC_XDS_BOOTSTRAP={} /usr/bin/python3 {}",
+            bootstrap.display(),
+            root.join("tests/xds/client.py").display()
+        ));
+        let output = strait_tests::net::run_bounded(command, Duration::from_secs(60))
+            .expect("the xDS client ran within 60 s");
+        let line = String::from_utf8_lossy(&output.stdout).to_string();
+        if line.trim() == r#"{"ok":{"echo-us-east":10},"errors":{}}"# {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's xDS client said {line:?}, {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `make run`'s demo (scripts/demo.sh) stops cleanly: after Ctrl-C (SIGINT to its process
 /// group, as a terminal sends it) or SIGTERM to the script, none of the processes it started
 /// is left, and none of its ports is still taken.
@@ -172,7 +199,7 @@ async fn the_demo_leaves_nothing_behind() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let ports = [2379u16, 8080, 9901, 50051, 50052];
+    let ports = [2379u16, 8080, 9901, 18000, 50051, 50052];
     for signal in ["-INT", "-TERM"] {
         let demo_dir = tempfile::tempdir().unwrap();
         let mut demo = std::process::Command::new("bash")
@@ -200,6 +227,9 @@ async fn the_demo_leaves_nothing_behind() {
         )
         .await;
         drop(client);
+        if signal == "-INT" {
+            demo_xds_client_calls_us_east(demo_dir.path(), &root);
+        }
         let target = if signal == "-INT" {
             format!("-{}", demo.id()) // the whole process group, like Ctrl-C
         } else {

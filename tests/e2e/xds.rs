@@ -25,8 +25,8 @@ use etcd_client::PutOptions;
 use prost::Message;
 use serde_json::Value;
 use strait_tests::etcd::{self, instance_value, Etcd};
-use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::gateway::strait_bin;
+use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -140,7 +140,9 @@ impl XdsClient {
         tokio::task::block_in_place(|| {
             writeln!(self.stdin, "call {n}").expect("writing to the client");
             let mut line = String::new();
-            self.stdout.read_line(&mut line).expect("reading the client");
+            self.stdout
+                .read_line(&mut line)
+                .expect("reading the client");
             Tally::parse(&line).unwrap_or_else(|| panic!("the client said {line:?}"))
         })
     }
@@ -356,7 +358,10 @@ async fn calls_stay_in_region_fail_over_when_it_dies_and_follow_new_instances() 
         ]
     );
     let (_, page) = tokio::task::block_in_place(|| http_get(w.admin, "/"));
-    assert!(page.contains("data-node=\"py-eu\""), "status page lists the client");
+    assert!(
+        page.contains("data-node=\"py-eu\""),
+        "status page lists the client"
+    );
     let metrics = tokio::task::block_in_place(|| http_get(w.admin, "/metrics")).1;
     assert_eq!(metric(&metrics, "strait_xds_clients", &[]), Some(2.0));
     assert!(metric(&metrics, "strait_xds_pushes_total", &[("type", "eds")]).unwrap() >= 2.0);
@@ -404,9 +409,14 @@ async fn not_serving_and_drained_endpoints_lose_the_clients_calls() {
     let mut eu = w.client("py-eu", "eu-west");
     let (t, _) = eu.call_until(20, |t| t.errors.is_empty());
     assert!(t.only(&["eu0", "eu1"]), "{t:?}");
-    assert!(t.served("eu0") > 0 && t.served("eu1") > 0, "round robin: {t:?}");
+    assert!(
+        t.served("eu0") > 0 && t.served("eu1") > 0,
+        "round robin: {t:?}"
+    );
 
-    w.backends["eu0"].set_health(ServingStatus::NotServing).await;
+    w.backends["eu0"]
+        .set_health(ServingStatus::NotServing)
+        .await;
     let (t, took) = eu.call_until(20, |t| t.only(&["eu1"]));
     eprintln!("NOT_SERVING endpoint left in {took:?}: {t:?}");
 
@@ -470,7 +480,9 @@ async fn grpc_js_follows_region_drain_failover_new_instances_and_weights() {
     w.register("eu0", eu0, "eu-west", 0).await;
     let (t, took) = eu.call_until(20, |t| t.only(&["eu1"]));
     eprintln!("grpc-js left the drained endpoint in {took:?}: {t:?}");
-    w.backends["eu1"].set_health(ServingStatus::NotServing).await;
+    w.backends["eu1"]
+        .set_health(ServingStatus::NotServing)
+        .await;
     let (t, took) = eu.call_until(20, |t| t.only(&["us0"]));
     eprintln!("grpc-js failed over to us-east in {took:?}: {t:?}");
     w.add("eu2", "eu-west", 75).await;
@@ -557,7 +569,10 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
     // A client that NACKs every response.
     let mut nacker = RawStream::open(w.xds).await;
     nacker.send(eds_request("nacker", "eu-west", "", "")).await;
-    let first = nacker.next(FOLLOW).await.expect("the current state at once");
+    let first = nacker
+        .next(FOLLOW)
+        .await
+        .expect("the current state at once");
     assert_eq!(first.type_url, EDS);
     let healthy = health_of(&first);
     assert_eq!(healthy.len(), 2);
@@ -591,8 +606,13 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
     );
 
     // Health changes: pushed with a new version and nonce, even to the client that NACKed.
-    w.backends["eu0"].set_health(ServingStatus::NotServing).await;
-    let pushed = nacker.next(FOLLOW).await.expect("the health change is pushed");
+    w.backends["eu0"]
+        .set_health(ServingStatus::NotServing)
+        .await;
+    let pushed = nacker
+        .next(FOLLOW)
+        .await
+        .expect("the health change is pushed");
     assert_ne!(pushed.nonce, first.nonce);
     assert_ne!(pushed.version_info, first.version_info);
     let eu0 = health_of(&pushed)[0];
@@ -619,7 +639,9 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
     unknown.send(odd).await;
     assert!(unknown.next(Duration::from_millis(500)).await.is_none());
     let mut vanishing = RawStream::open(w.xds).await;
-    vanishing.send(eds_request("vanish", "us-east", "", "")).await;
+    vanishing
+        .send(eds_request("vanish", "us-east", "", ""))
+        .await;
     vanishing.next(FOLLOW).await.expect("answered");
     drop(vanishing);
     drop(unknown);
@@ -644,8 +666,7 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
     assert_eq!(nacker_view["node_id"], "nacker");
     assert_eq!(nacker_view["nacks"], 2);
     assert_eq!(
-        nacker_view["last_nack"],
-        "this client rejects everything",
+        nacker_view["last_nack"], "this client rejects everything",
         "{nacker_view}"
     );
 
@@ -735,7 +756,10 @@ async fn xds_over_mutual_tls_serves_only_clients_with_a_certificate() {
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
     };
-    let channel = endpoint(true).connect().await.expect("TLS with a certificate");
+    let channel = endpoint(true)
+        .connect()
+        .await
+        .expect("TLS with a certificate");
     let mut client = AdsClient::new(channel);
     let (requests, rx) = mpsc::channel(1);
     requests
@@ -784,7 +808,11 @@ async fn xds_over_mutual_tls_serves_only_clients_with_a_certificate() {
     assert!(!plain_served);
 
     let output = Command::new(strait_bin())
-        .args(["xds-bootstrap", "--server", &format!("localhost:{}", w.xds.port())])
+        .args([
+            "xds-bootstrap",
+            "--server",
+            &format!("localhost:{}", w.xds.port()),
+        ])
         .args(["--region", "eu-west", "--ca-file"])
         .arg(&pki.ca_cert)
         .output()

@@ -113,10 +113,7 @@ mod tests {
         for server in ["127.0.0.1", ":18000", "host:port", "h:70000"] {
             let mut s = spec();
             s.server = server.into();
-            assert_eq!(
-                bootstrap(&s),
-                Err(BootstrapError::BadServer(server.into()))
-            );
+            assert_eq!(bootstrap(&s), Err(BootstrapError::BadServer(server.into())));
         }
         let mut s = spec();
         s.node_id = " ".into();

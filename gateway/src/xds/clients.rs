@@ -163,7 +163,10 @@ mod tests {
         let list = clients.list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].acked.get("eds").map(String::as_str), Some("4"));
-        assert_eq!((list[0].nacks, list[0].last_nack.as_deref()), (1, Some("no")));
+        assert_eq!(
+            (list[0].nacks, list[0].last_nack.as_deref()),
+            (1, Some("no"))
+        );
         drop(client);
         assert!(clients.list().is_empty());
     }

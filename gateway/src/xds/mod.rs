@@ -72,10 +72,8 @@ pub fn tls_config(tls: &ListenerTls) -> Result<ServerTlsConfig, XdsError> {
             source,
         })
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(&tls.cert)?,
-        read(&tls.key)?,
-    ));
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
     if let Some(ca) = &tls.client_ca {
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
@@ -90,16 +88,21 @@ pub fn spawn(
     clients: Arc<XdsClients>,
 ) {
     info!(addr = %config.listen, tls = config.tls.is_some(), "xds server starting");
-    supervisor.spawn(XDS_TASK, "strait-xds", || {}, move || {
-        let config = config.clone();
-        let routing = routing.clone();
-        let clients = clients.clone();
-        async move {
-            if let Err(e) = serve(config, routing, clients).await {
-                error!("{e}");
+    supervisor.spawn(
+        XDS_TASK,
+        "strait-xds",
+        || {},
+        move || {
+            let config = config.clone();
+            let routing = routing.clone();
+            let clients = clients.clone();
+            async move {
+                if let Err(e) = serve(config, routing, clients).await {
+                    error!("{e}");
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 async fn serve(

@@ -187,8 +187,8 @@ pub fn load_assignment(
     endpoints: &[PublishedEndpoint],
     client_region: Option<&str>,
 ) -> Any {
-    let local_exists = client_region
-        .is_some_and(|own| endpoints.iter().any(|e| e.region.as_deref() == Some(own)));
+    let local_exists =
+        client_region.is_some_and(|own| endpoints.iter().any(|e| e.region.as_deref() == Some(own)));
     let mut localities: BTreeMap<(Option<&str>, Option<&str>), Vec<&PublishedEndpoint>> =
         BTreeMap::new();
     for e in endpoints {
@@ -315,7 +315,11 @@ mod tests {
             ep("eu-west", 2, 20, Health::Healthy),
             ep("us-east", 3, 100, Health::Unknown),
         ];
-        let eu = rows(&decode(&load_assignment("echo", &endpoints, Some("eu-west"))));
+        let eu = rows(&decode(&load_assignment(
+            "echo",
+            &endpoints,
+            Some("eu-west"),
+        )));
         assert_eq!(
             eu,
             vec![
@@ -336,7 +340,11 @@ mod tests {
                 ),
             ]
         );
-        let us = rows(&decode(&load_assignment("echo", &endpoints, Some("us-east"))));
+        let us = rows(&decode(&load_assignment(
+            "echo",
+            &endpoints,
+            Some("us-east"),
+        )));
         assert_eq!((us[0].1, us[1].1), (1, 0), "the client's own region leads");
     }
 
@@ -364,7 +372,11 @@ mod tests {
             ep("eu-west", 2, 0, Health::Draining),
             ep("eu-west", 3, 40, Health::Healthy),
         ];
-        let got = rows(&decode(&load_assignment("echo", &endpoints, Some("eu-west"))));
+        let got = rows(&decode(&load_assignment(
+            "echo",
+            &endpoints,
+            Some("eu-west"),
+        )));
         assert_eq!(
             got,
             vec![(

@@ -228,8 +228,11 @@ mod tests {
     #[test]
     fn first_request_is_answered_and_names_the_client() {
         let mut s = Session::default();
-        let (kind, response) =
-            s.on_request(&request(ResourceType::Listener, &["echo"], ""), &view(&[1]), 7);
+        let (kind, response) = s.on_request(
+            &request(ResourceType::Listener, &["echo"], ""),
+            &view(&[1]),
+            7,
+        );
         assert_eq!(kind, RequestKind::Subscribe(ResourceType::Listener));
         let r = response.expect("answered");
         assert_eq!((r.version_info.as_str(), r.resources.len()), ("7", 1));
@@ -245,8 +248,11 @@ mod tests {
     #[test]
     fn unknown_names_get_an_empty_answer() {
         let mut s = Session::default();
-        let (_, response) =
-            s.on_request(&request(ResourceType::Cluster, &["nope"], ""), &view(&[1]), 1);
+        let (_, response) = s.on_request(
+            &request(ResourceType::Cluster, &["nope"], ""),
+            &view(&[1]),
+            1,
+        );
         assert!(response.expect("answered").resources.is_empty());
     }
 
@@ -260,7 +266,11 @@ mod tests {
     #[test]
     fn ack_sends_nothing_and_a_change_is_pushed_once() {
         let mut s = Session::default();
-        let (_, r) = s.on_request(&request(ResourceType::Endpoint, &["echo"], ""), &view(&[1]), 1);
+        let (_, r) = s.on_request(
+            &request(ResourceType::Endpoint, &["echo"], ""),
+            &view(&[1]),
+            1,
+        );
         let nonce = r.unwrap().nonce;
         let mut ack = request(ResourceType::Endpoint, &["echo"], &nonce);
         ack.version_info = "1".into();
@@ -273,7 +283,10 @@ mod tests {
             }
         );
         assert!(r.is_none());
-        assert!(s.on_view(&view(&[1]), 2).is_empty(), "same endpoints: no push");
+        assert!(
+            s.on_view(&view(&[1]), 2).is_empty(),
+            "same endpoints: no push"
+        );
         let pushed = s.on_view(&view(&[1, 2]), 3);
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].version_info, "3");
@@ -283,7 +296,11 @@ mod tests {
     #[test]
     fn stale_nonce_is_ignored_and_nack_is_reported_without_a_resend() {
         let mut s = Session::default();
-        let (_, r) = s.on_request(&request(ResourceType::Endpoint, &["echo"], ""), &view(&[1]), 1);
+        let (_, r) = s.on_request(
+            &request(ResourceType::Endpoint, &["echo"], ""),
+            &view(&[1]),
+            1,
+        );
         let first = r.unwrap().nonce;
         let second = s.on_view(&view(&[1, 2]), 2).remove(0).nonce;
         let (kind, r) = s.on_request(
@@ -332,7 +349,8 @@ mod tests {
     fn unknown_type_is_reported_not_answered() {
         let mut s = Session::default();
         let mut req = request(ResourceType::Listener, &[], "");
-        req.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
+        req.type_url =
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
         let (kind, r) = s.on_request(&req, &view(&[1]), 1);
         assert!(matches!(kind, RequestKind::UnknownType(_)));
         assert!(r.is_none());
@@ -343,17 +361,19 @@ mod tests {
         use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
         use prost::Message;
         let mut v = view(&[1]);
-        v.upstreams.get_mut("echo").unwrap().push(PublishedEndpoint {
-            region: Some("us-east".into()),
-            zone: None,
-            addr: "127.0.0.1:9".parse().unwrap(),
-            weight: 100,
-            health: Health::Unknown,
-        });
+        v.upstreams
+            .get_mut("echo")
+            .unwrap()
+            .push(PublishedEndpoint {
+                region: Some("us-east".into()),
+                zone: None,
+                addr: "127.0.0.1:9".parse().unwrap(),
+                weight: 100,
+                health: Health::Unknown,
+            });
         let mut s = Session::default();
         let (_, r) = s.on_request(&request(ResourceType::Endpoint, &["echo"], ""), &v, 1);
-        let cla =
-            ClusterLoadAssignment::decode(r.unwrap().resources[0].value.as_slice()).unwrap();
+        let cla = ClusterLoadAssignment::decode(r.unwrap().resources[0].value.as_slice()).unwrap();
         let priorities: Vec<_> = cla
             .endpoints
             .iter()
