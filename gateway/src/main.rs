@@ -57,10 +57,7 @@ enum Command {
         /// The client's region: the upstream's endpoints there are used first.
         #[arg(long)]
         region: Option<String>,
-        /// The client's zone within its region.
-        #[arg(long)]
-        zone: Option<String>,
-        /// The client's node id (default: the host name and process id).
+        /// The client's node id (default: the host name and a random suffix).
         #[arg(long)]
         node_id: Option<String>,
         /// CA file (PEM) that signed the xDS server's certificate, when [xds] has tls.
@@ -105,14 +102,12 @@ fn main() -> ExitCode {
         Command::XdsBootstrap {
             server,
             region,
-            zone,
             node_id,
             ca_file,
         } => {
             let spec = strait::xds::bootstrap::BootstrapSpec {
                 server,
                 region,
-                zone,
                 node_id: node_id.unwrap_or_else(strait::xds::bootstrap::default_node_id),
                 ca_file,
             };

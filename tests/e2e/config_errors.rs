@@ -455,6 +455,16 @@ fn xds_mistakes_are_refused_at_their_line() {
         &["xds.tls"],
     );
     assert_rejected(
+        &xds("listen = \"127.0.0.1:0\""),
+        "listen = \"127.0.0.1:0\"",
+        &["xds.listen", "port 0"],
+    );
+    assert_rejected(
+        &xds("listen = \"127.0.0.1:18000\"\nupstreams = []"),
+        "upstreams = []",
+        &["xds.upstreams", "lists no upstream"],
+    );
+    assert_rejected(
         &xds("listen = \"127.0.0.1:18000\"\nregion = \"eu\""),
         "region = \"eu\"",
         &["unknown field `region`"],

@@ -82,7 +82,8 @@ impl Tally {
 struct XdsClient {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// The client's lines, read by a thread so that a hung client fails the test in time.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl XdsClient {
@@ -127,11 +128,20 @@ impl XdsClient {
             .spawn()
             .expect("starting the xDS client");
         let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdout: BufReader<ChildStdout> = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         XdsClient {
             child,
             stdin,
-            stdout,
+            lines,
         }
     }
 
@@ -139,10 +149,11 @@ impl XdsClient {
     fn call(&mut self, n: u32) -> Tally {
         tokio::task::block_in_place(|| {
             writeln!(self.stdin, "call {n}").expect("writing to the client");
-            let mut line = String::new();
-            self.stdout
-                .read_line(&mut line)
-                .expect("reading the client");
+            let bound = Duration::from_secs(2 * u64::from(n) + 30);
+            let line = self
+                .lines
+                .recv_timeout(bound)
+                .unwrap_or_else(|e| panic!("no answer from the client within {bound:?}: {e}"));
             Tally::parse(&line).unwrap_or_else(|| panic!("the client said {line:?}"))
         })
     }
@@ -342,7 +353,9 @@ async fn calls_stay_in_region_fail_over_when_it_dies_and_follow_new_instances() 
         .unwrap()
         .iter()
         .map(|c| {
-            assert_eq!(c["acked"]["eds"], c["acked"]["lds"], "{c}");
+            for t in ["lds", "rds", "cds", "eds"] {
+                assert!(c["acked"][t].is_string(), "{t} accepted: {c}");
+            }
             (
                 c["node_id"].as_str().unwrap().to_string(),
                 c["region"].as_str().unwrap().to_string(),
@@ -661,6 +674,12 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
                 .is_some_and(|v| v >= 1.0)
         })
         .expect("only the NACKing client is left, the rest counted");
+    });
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_nacks_total", &[("type", "eds")]) == Some(2.0)
+        })
+        .expect("the second NACK is counted");
     });
     let nacker_view = tokio::task::block_in_place(|| w.upstreams())["xds_clients"][0].clone();
     assert_eq!(nacker_view["node_id"], "nacker");

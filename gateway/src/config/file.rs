@@ -48,9 +48,21 @@ pub struct XdsSection {
     pub listen: Spanned<String>,
     /// The upstreams published, each as the xDS target of the same name (default: every
     /// upstream).
-    pub upstreams: Option<Vec<Spanned<String>>>,
-    /// TLS for the xDS clients' connections, as on listeners.
-    pub tls: Option<ListenerTlsSection>,
+    pub upstreams: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tls: Option<XdsTlsSection>,
+}
+
+/// TLS for the xDS clients' connections. The files are read when the gateway starts (and when
+/// the xDS server's task restarts): rotating them needs a restart.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTlsSection {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: Spanned<String>,
+    /// Private key (PEM).
+    pub key: Spanned<String>,
+    /// CA bundle (PEM) for mutual TLS: xDS clients must present a certificate it signed.
+    pub client_ca: Option<Spanned<String>>,
 }
 
 /// OpenTelemetry tracing: W3C trace context in and out, one span per call exported over

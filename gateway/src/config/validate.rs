@@ -242,7 +242,12 @@ fn validate_listeners(
                      on a grpc listener or in the backend",
                 );
             }
-            validate_server_tls(tls, base_dir, &format!("{path}.tls"), diag)
+            validate_server_tls(
+                (&tls.cert, &tls.key, tls.client_ca.as_ref()),
+                base_dir,
+                &format!("{path}.tls"),
+                diag,
+            )
         });
         let idle_timeout = match &kind {
             ListenerKind::Tcp { idle_timeout, .. } => *idle_timeout,
@@ -1192,18 +1197,16 @@ fn is_grpc_identifier_path(text: &str) -> bool {
         })
 }
 
-/// A certificate chain and its private key (listener, upstream client, etcd client): both files
-/// readable PEM, and the key the certificate's. Problems are reported at `{path}.cert` / `.key`.
 /// The TLS of a server the gateway runs (a listener, the xDS server): its certificate and key,
 /// and the CAs that sign its callers' certificates for mutual TLS.
 pub(super) fn validate_server_tls(
-    tls: &super::file::ListenerTlsSection,
+    (cert, key, client_ca): (&Spanned<String>, &Spanned<String>, Option<&Spanned<String>>),
     base_dir: &Path,
     path: &str,
     diag: &mut Diagnostics,
 ) -> ListenerTls {
-    let (cert, key) = check_cert_and_key(base_dir, &tls.cert, &tls.key, path, diag);
-    let client_ca = tls.client_ca.as_ref().map(|ca| {
+    let (cert, key) = check_cert_and_key(base_dir, cert, key, path, diag);
+    let client_ca = client_ca.map(|ca| {
         let resolved = resolve(base_dir, ca.get_ref());
         if let Err(e) = tls_files::check_certificates(&resolved) {
             diag.at(span(ca), format!("{path}.client_ca"), e);
@@ -1217,6 +1220,8 @@ pub(super) fn validate_server_tls(
     }
 }
 
+/// A certificate chain and its private key (listener, upstream client, etcd client): both files
+/// readable PEM, and the key the certificate's. Problems are reported at `{path}.cert` / `.key`.
 fn check_cert_and_key(
     base_dir: &Path,
     cert: &Spanned<String>,

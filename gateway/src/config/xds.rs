@@ -17,6 +17,14 @@ pub(super) fn validate_xds(
     diag: &mut Diagnostics,
 ) -> Option<XdsConfig> {
     let listen = match section.listen.get_ref().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            diag.at(
+                Some(section.listen.span()),
+                "xds.listen",
+                "port 0 is not an address clients can be given",
+            );
+            return None;
+        }
         Ok(addr) => addr,
         Err(_) => {
             diag.at(
@@ -41,7 +49,16 @@ pub(super) fn validate_xds(
             format!("address {listen} is already used by the admin listener"),
         );
     }
-    let published = section.upstreams.as_ref().map(|names| {
+    let published = section.upstreams.as_ref().map(|list| {
+        let names = list.get_ref();
+        if names.is_empty() {
+            diag.at(
+                Some(list.span()),
+                "xds.upstreams",
+                "lists no upstream, so nothing would be published; leave it out to publish every \
+                 upstream",
+            );
+        }
         let known: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut seen = HashSet::new();
         for (i, name) in names.iter().enumerate() {
@@ -62,10 +79,14 @@ pub(super) fn validate_xds(
         }
         names.iter().map(|n| n.get_ref().clone()).collect()
     });
-    let tls = section
-        .tls
-        .as_ref()
-        .map(|tls| super::validate::validate_server_tls(tls, base_dir, "xds.tls", diag));
+    let tls = section.tls.as_ref().map(|tls| {
+        super::validate::validate_server_tls(
+            (&tls.cert, &tls.key, tls.client_ca.as_ref()),
+            base_dir,
+            "xds.tls",
+            diag,
+        )
+    });
     Some(XdsConfig {
         listen,
         upstreams: published,

@@ -54,6 +54,10 @@ pub struct Endpoints {
     pub specs: Vec<EndpointSpec>,
     /// Said to callers when `specs` is empty.
     pub empty_reason: Option<String>,
+    /// Discovery has not answered yet (etcd before its first sync, a DNS name before its first
+    /// resolution): the set is unknown, not empty. The xDS server publishes nothing for it, so
+    /// clients keep the endpoints they had.
+    pub awaiting_discovery: bool,
 }
 
 /// The endpoints of `upstream`, given the latest views of discovery.
@@ -74,12 +78,14 @@ pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
                 })
                 .collect(),
             empty_reason: None,
+            awaiting_discovery: false,
         },
         Discovery::Etcd { service, select } => {
             let Some(view) = views.etcd else {
                 return Endpoints {
                     specs: Vec::new(),
                     empty_reason: Some("waiting for the first sync from etcd".into()),
+                    awaiting_discovery: true,
                 };
             };
             let mut specs: Vec<EndpointSpec> = Vec::new();
@@ -119,6 +125,7 @@ pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
             Endpoints {
                 specs,
                 empty_reason,
+                awaiting_discovery: false,
             }
         }
     }

@@ -371,7 +371,7 @@ impl Metrics {
                 rejected: counter(
                     &registry,
                     "strait_xds_requests_rejected_total",
-                    "xDS requests or streams the server refused, by reason (unknown_type, stream_error, delta).",
+                    "xDS requests, streams or connections the server refused, by reason (unknown_type, stream_error, delta, max_connections).",
                     &["reason"],
                 ),
             },

@@ -57,6 +57,8 @@ pub struct UpstreamSet {
     pub connect_timeout: Duration,
     /// Why there are no endpoints, when there are none (e.g. waiting for etcd).
     pub empty_reason: Option<String>,
+    /// Discovery has not answered yet: the set is unknown rather than empty.
+    pub awaiting_discovery: bool,
     pub breaker: crate::breaker::BreakerSettings,
     pub health: Option<crate::config::HealthSettings>,
     /// Where the endpoints come from: "static", "etcd" or "dns".
@@ -98,6 +100,7 @@ impl UpstreamSet {
         config: &crate::config::UpstreamConfig,
         endpoints: Vec<Endpoint>,
         empty_reason: Option<String>,
+        awaiting_discovery: bool,
         peer_tls: Option<Arc<PeerTls>>,
         load: UpstreamLoad,
     ) -> Self {
@@ -108,6 +111,7 @@ impl UpstreamSet {
             max_attempts: config.max_attempts,
             connect_timeout: config.connect_timeout,
             empty_reason,
+            awaiting_discovery,
             breaker: config.breaker.clone(),
             health: config.health.clone(),
             discovery: config.discovery.kind(),
@@ -219,6 +223,7 @@ impl UpstreamSet {
     /// True when `found` describes exactly the endpoints this set already has.
     fn same_endpoints(&self, found: &Endpoints) -> bool {
         self.empty_reason == found.empty_reason
+            && self.awaiting_discovery == found.awaiting_discovery
             && self.endpoints.len() == found.specs.len()
             && self
                 .endpoints
@@ -417,6 +422,7 @@ impl RoutingSnapshot {
                     upstream,
                     endpoints,
                     found.empty_reason,
+                    found.awaiting_discovery,
                     peer_tls,
                     UpstreamLoad {
                         in_flight: registry.policy().in_flight(&upstream.name),

@@ -9,7 +9,6 @@ pub struct BootstrapSpec {
     pub server: String,
     /// The client's region: its endpoints are priority 0 for this client.
     pub region: Option<String>,
-    pub zone: Option<String>,
     pub node_id: String,
     /// PEM file of the CA that signed the xDS server's certificate; plaintext without it.
     pub ca_file: Option<String>,
@@ -23,15 +22,15 @@ pub enum BootstrapError {
     EmptyNodeId,
 }
 
-/// The default node id: the host's name and this process's id, so two clients started on one
-/// host are told apart in `/upstreams`.
+/// The default node id: the host's name and a random suffix, so bootstraps written for two
+/// clients on one host are told apart in `/upstreams` (clients sharing one file share its id).
 pub fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "client".to_string());
-    format!("{host}-{}", std::process::id())
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 pub fn bootstrap(spec: &BootstrapSpec) -> Result<Value, BootstrapError> {
@@ -53,9 +52,6 @@ pub fn bootstrap(spec: &BootstrapSpec) -> Result<Value, BootstrapError> {
     let mut locality = serde_json::Map::new();
     if let Some(region) = &spec.region {
         locality.insert("region".into(), json!(region));
-    }
-    if let Some(zone) = &spec.zone {
-        locality.insert("zone".into(), json!(zone));
     }
     Ok(json!({
         "xds_servers": [{
@@ -79,7 +75,6 @@ mod tests {
         BootstrapSpec {
             server: "127.0.0.1:18000".into(),
             region: Some("eu-west".into()),
-            zone: None,
             node_id: "n1".into(),
             ca_file: None,
         }
@@ -93,7 +88,6 @@ mod tests {
         assert_eq!(b["xds_servers"][0]["server_features"][0], "xds_v3");
         assert_eq!(b["node"]["id"], "n1");
         assert_eq!(b["node"]["locality"]["region"], "eu-west");
-        assert!(b["node"]["locality"].get("zone").is_none());
     }
 
     #[test]
@@ -121,8 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn default_node_ids_name_the_host_and_process() {
-        let id = default_node_id();
-        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+    fn default_node_ids_differ() {
+        assert_ne!(default_node_id(), default_node_id());
     }
 }

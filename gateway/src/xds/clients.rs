@@ -93,7 +93,8 @@ impl XdsClients {
         }
     }
 
-    /// A request or stream the server refused (`unknown_type`, `stream_error`, `delta`).
+    /// A request, stream or connection the server refused (`unknown_type`, `stream_error`,
+    /// `delta`, `max_connections`).
     pub fn count_rejected(&self, reason: &'static str) {
         if let Some(m) = &self.metrics {
             m.rejected.with_label_values(&[reason]).inc();

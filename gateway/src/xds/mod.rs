@@ -13,6 +13,7 @@
 
 pub mod bootstrap;
 mod clients;
+mod incoming;
 mod resources;
 mod server;
 mod session;
@@ -49,12 +50,22 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Streams per connection: gRPC clients open one.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// Open connections; more are closed at once (a fleet of this many processes per gateway is
+/// far beyond what one xDS server should carry alone).
+const MAX_CONNECTIONS: usize = 10_000;
+/// A TLS handshake not finished in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
     #[error("cannot read the xds TLS file {path}: {source}")]
     TlsFile {
         path: String,
+        source: std::io::Error,
+    },
+    #[error("xds server cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("xds server on {addr}: {source}")]
@@ -72,8 +83,9 @@ pub fn tls_config(tls: &ListenerTls) -> Result<ServerTlsConfig, XdsError> {
             source,
         })
     };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca) = &tls.client_ca {
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
@@ -115,7 +127,18 @@ async fn serve(
         version: 1,
         view: PublishedView::from_snapshot(&routing.load(), config.upstreams.as_deref()),
     }));
-    let publisher = tokio::spawn(publish(routing, config.upstreams.clone(), published));
+    let _publisher = AbortOnDrop(tokio::spawn(publish(
+        routing,
+        config.upstreams.clone(),
+        published,
+    )));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| XdsError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let incoming = incoming::capped(listener, MAX_CONNECTIONS, clients.clone());
     let service = AggregatedDiscoveryServiceServer::new(AdsService {
         published: subscriber,
         clients,
@@ -124,7 +147,6 @@ async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     if let Some(tls) = &config.tls {
         builder = builder
@@ -134,16 +156,23 @@ async fn serve(
                 source,
             })?;
     }
-    let served = builder
+    builder
         .add_service(service)
-        .serve(config.listen)
+        .serve_with_incoming(incoming)
         .await
         .map_err(|source| XdsError::Serve {
             addr: config.listen,
             source,
-        });
-    publisher.abort();
-    served
+        })
+}
+
+/// The publisher lives exactly as long as the server it feeds, however `serve` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Keeps the published view current: rebuilt on every routing snapshot and every

@@ -166,7 +166,7 @@ fn note(
         RequestKind::Stale(kind) => {
             debug!(node, r#type = kind.label(), "stale xds request ignored")
         }
-        RequestKind::Ack { .. } | RequestKind::Subscribe(_) => {}
+        RequestKind::Ack { .. } | RequestKind::Subscribe(_) | RequestKind::Update(_) => {}
     }
     if let Some(client) = listed {
         client.note(kind);

@@ -3,11 +3,14 @@
 //!
 //! The xDS rules it follows (state of the world):
 //! - a request whose `response_nonce` is not the last one sent for its type is stale and ignored;
-//! - a request answering the last nonce ACKs it, or NACKs it when it carries `error_detail`: a
-//!   NACKed set is not sent again, only a changed one;
+//! - the first request answering the last nonce ACKs it, or NACKs it when it carries
+//!   `error_detail` (counted once per response, with this server's version of it); a NACKed set
+//!   is not sent again, only a changed one;
 //! - a request that changes the subscription, or the first one of a type, is answered at once,
-//!   even with no resources (for Listener and Cluster, an empty answer tells the client the name
-//!   does not exist);
+//!   even with no resources (a client that had a Listener or Cluster missing from the answer
+//!   drops it; one that never had it waits for its does-not-exist timer);
+//! - Listener and Cluster requests are wildcards (every resource) when a type's first request
+//!   names nothing, or when one names `*`; a later empty list unsubscribes;
 //! - a new view is pushed for every subscribed type whose resources changed for this client.
 
 use std::collections::{BTreeSet, HashMap};
@@ -17,6 +20,9 @@ use envoy_types::pb::google::protobuf::Any;
 
 use super::resources::{self, ResourceType};
 use super::view::PublishedView;
+
+/// The longest node id or NACK detail kept and logged: a client's own strings are bounded.
+const MAX_CLIENT_TEXT: usize = 256;
 
 /// The client, as its first request's `node` describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,17 +36,23 @@ pub struct NodeInfo {
 pub enum RequestKind {
     /// The first request of a type.
     Subscribe(ResourceType),
+    /// The client accepted the latest response.
     Ack {
         kind: ResourceType,
+        /// The version of the response accepted, as this server sent it.
         version: String,
     },
+    /// The client rejected the latest response.
     Nack {
         kind: ResourceType,
-        /// The version rejected (the one the client last sent).
+        /// The version of the response rejected, as this server sent it.
         version: String,
-        /// The client's reason (`error_detail.message`).
+        /// The client's reason (`error_detail.message`), cut to `MAX_CLIENT_TEXT`.
         detail: String,
     },
+    /// A further request about a response already ACKed or NACKed: a change of the names
+    /// subscribed, or a repeat.
+    Update(ResourceType),
     /// Answers a response that is no longer the latest; ignored.
     Stale(ResourceType),
     /// A type this server does not serve.
@@ -49,8 +61,10 @@ pub enum RequestKind {
 
 #[derive(Debug, Default)]
 struct Subscription {
-    /// Names asked for; empty with `wildcard` for Listener and Cluster means all.
+    /// Names asked for (without `*`).
     names: BTreeSet<String>,
+    /// Every resource of the type: Listener and Cluster requests that start with no names, or
+    /// that name `*`.
     wildcard: bool,
     last_sent: Option<Sent>,
 }
@@ -58,7 +72,10 @@ struct Subscription {
 #[derive(Debug)]
 struct Sent {
     nonce: String,
+    version: String,
     resources: Vec<Any>,
+    /// The client ACKed or NACKed it: later requests naming its nonce are updates or repeats.
+    answered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +83,15 @@ pub struct Session {
     node: Option<NodeInfo>,
     next_nonce: u64,
     subscriptions: HashMap<ResourceType, Subscription>,
+}
+
+/// `text` cut to at most `MAX_CLIENT_TEXT` bytes, on a character boundary.
+fn bounded(text: &str) -> String {
+    let mut end = text.len().min(MAX_CLIENT_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 impl Session {
@@ -85,43 +111,51 @@ impl Session {
             // Only the first request must carry the node; later ones may leave it out.
             let node = request.node.as_ref();
             self.node = Some(NodeInfo {
-                id: node.map(|n| n.id.clone()).unwrap_or_default(),
+                id: bounded(node.map_or("", |n| n.id.as_str())),
                 region: node
                     .and_then(|n| n.locality.as_ref())
-                    .map(|l| l.region.clone())
+                    .map(|l| bounded(&l.region))
                     .filter(|r| !r.is_empty()),
             });
         }
         let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
-            return (RequestKind::UnknownType(request.type_url.clone()), None);
+            return (RequestKind::UnknownType(bounded(&request.type_url)), None);
         };
-        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        let mut names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        let star = names.remove("*");
         let subscription = self.subscriptions.entry(kind).or_default();
-        let outcome = match &subscription.last_sent {
+        let first = subscription.last_sent.is_none();
+        let outcome = match &mut subscription.last_sent {
             Some(sent) if request.response_nonce != sent.nonce => {
                 return (RequestKind::Stale(kind), None);
             }
             None => RequestKind::Subscribe(kind),
-            Some(_) => match &request.error_detail {
-                Some(status) => RequestKind::Nack {
-                    kind,
-                    version: request.version_info.clone(),
-                    detail: status.message.clone(),
-                },
-                None => RequestKind::Ack {
-                    kind,
-                    version: request.version_info.clone(),
-                },
-            },
+            Some(sent) if sent.answered => RequestKind::Update(kind),
+            Some(sent) => {
+                sent.answered = true;
+                match &request.error_detail {
+                    Some(status) => RequestKind::Nack {
+                        kind,
+                        version: sent.version.clone(),
+                        detail: bounded(&status.message),
+                    },
+                    None => RequestKind::Ack {
+                        kind,
+                        version: sent.version.clone(),
+                    },
+                }
+            }
         };
-        let wildcard = names.is_empty() && kind.absence_means_removal();
-        let changed_names = subscription.last_sent.is_none()
-            || subscription.names != names
-            || subscription.wildcard != wildcard;
+        // An empty list is a wildcard only on a type's first request; later it unsubscribes
+        // from everything, unless the client was a wildcard already (then it is an ACK).
+        let wildcard = kind.absence_means_removal()
+            && (star || (names.is_empty() && (first || subscription.wildcard)));
+        let changed_names =
+            first || subscription.names != names || subscription.wildcard != wildcard;
         subscription.names = names;
         subscription.wildcard = wildcard;
         if !changed_names {
-            // An ACK or a NACK of the current set: nothing new to send.
+            // An ACK or a NACK of the current set, or a repeat: nothing new to send.
             return (outcome, None);
         }
         let response = self.respond(kind, view, version, true);
@@ -150,13 +184,14 @@ impl Session {
             .upstreams
             .iter()
             .filter(|(name, _)| subscription.wildcard || subscription.names.contains(*name))
-            .map(|(name, endpoints)| match kind {
-                ResourceType::Listener => resources::listener(name),
-                ResourceType::Route => resources::route_configuration(name),
-                ResourceType::Cluster => resources::cluster(name),
-                ResourceType::Endpoint => {
+            .filter_map(|(name, endpoints)| match kind {
+                ResourceType::Listener => Some(resources::listener(name)),
+                ResourceType::Route => Some(resources::route_configuration(name)),
+                ResourceType::Cluster => Some(resources::cluster(name)),
+                // Not known yet: left out, so a client keeps the assignment it has.
+                ResourceType::Endpoint => endpoints.as_ref().map(|endpoints| {
                     resources::load_assignment(name, endpoints, region.as_deref())
-                }
+                }),
             })
             .collect();
         let unchanged = subscription
@@ -168,12 +203,15 @@ impl Session {
         }
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
+        let version = version.to_string();
         subscription.last_sent = Some(Sent {
             nonce: nonce.clone(),
+            version: version.clone(),
             resources: resources.clone(),
+            answered: false,
         });
         Some(DiscoveryResponse {
-            version_info: version.to_string(),
+            version_info: version,
             resources,
             type_url: kind.type_url(),
             nonce,
@@ -193,18 +231,20 @@ mod tests {
         let mut v = PublishedView::default();
         v.upstreams.insert(
             "echo".into(),
-            ports
-                .iter()
-                .map(|p| PublishedEndpoint {
-                    region: Some("eu-west".into()),
-                    zone: None,
-                    addr: format!("127.0.0.1:{p}").parse().unwrap(),
-                    weight: 100,
-                    health: Health::Unknown,
-                })
-                .collect(),
+            Some(
+                ports
+                    .iter()
+                    .map(|p| PublishedEndpoint {
+                        region: Some("eu-west".into()),
+                        zone: None,
+                        addr: format!("127.0.0.1:{p}").parse().unwrap(),
+                        weight: 100,
+                        health: Health::Unknown,
+                    })
+                    .collect(),
+            ),
         );
-        v.upstreams.insert("other".into(), Vec::new());
+        v.upstreams.insert("other".into(), Some(Vec::new()));
         v
     }
 
@@ -257,10 +297,91 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_listener_request_gets_every_upstream() {
+    fn wildcard_only_on_the_first_request_or_with_a_star() {
         let mut s = Session::default();
-        let (_, response) = s.on_request(&request(ResourceType::Listener, &[], ""), &view(&[1]), 1);
-        assert_eq!(response.unwrap().resources.len(), 2);
+        let (_, r) = s.on_request(&request(ResourceType::Listener, &[], ""), &view(&[1]), 1);
+        let r = r.unwrap();
+        assert_eq!(r.resources.len(), 2, "an empty first request is a wildcard");
+        // The ACK repeats the empty list: still a wildcard, nothing to send.
+        let (kind, again) = s.on_request(
+            &request(ResourceType::Listener, &[], &r.nonce),
+            &view(&[1]),
+            1,
+        );
+        assert!(matches!(kind, RequestKind::Ack { .. }));
+        assert!(again.is_none());
+
+        let mut s = Session::default();
+        let (_, r) = s.on_request(
+            &request(ResourceType::Cluster, &["echo"], ""),
+            &view(&[1]),
+            1,
+        );
+        let r = r.unwrap();
+        assert_eq!(r.resources.len(), 1);
+        // Later, an empty list unsubscribes: the answer holds nothing.
+        let (_, r) = s.on_request(
+            &request(ResourceType::Cluster, &[], &r.nonce),
+            &view(&[1]),
+            1,
+        );
+        let r = r.unwrap();
+        assert!(r.resources.is_empty());
+        // `*` asks for everything.
+        let (_, r) = s.on_request(
+            &request(ResourceType::Cluster, &["*"], &r.nonce),
+            &view(&[1]),
+            1,
+        );
+        assert_eq!(r.unwrap().resources.len(), 2);
+    }
+
+    #[test]
+    fn an_upstream_awaiting_discovery_has_no_assignment_but_a_listener() {
+        let mut v = view(&[1]);
+        v.upstreams.insert("echo".into(), None);
+        let mut s = Session::default();
+        let (_, r) = s.on_request(&request(ResourceType::Endpoint, &["echo"], ""), &v, 1);
+        assert!(
+            r.unwrap().resources.is_empty(),
+            "the client keeps what it has"
+        );
+        let (_, r) = s.on_request(&request(ResourceType::Listener, &["echo"], ""), &v, 1);
+        assert_eq!(r.unwrap().resources.len(), 1);
+    }
+
+    #[test]
+    fn a_repeated_nack_is_counted_once_with_the_servers_version() {
+        let mut s = Session::default();
+        let (_, r) = s.on_request(
+            &request(ResourceType::Endpoint, &["echo"], ""),
+            &view(&[1]),
+            9,
+        );
+        let nonce = r.unwrap().nonce;
+        let mut nack = request(ResourceType::Endpoint, &["echo"], &nonce);
+        nack.version_info = "whatever the client says".into();
+        nack.error_detail = Some(Status {
+            code: 3,
+            message: "x".repeat(10_000),
+            details: vec![],
+        });
+        let (kind, _) = s.on_request(&nack, &view(&[1]), 9);
+        let RequestKind::Nack {
+            version, detail, ..
+        } = kind
+        else {
+            panic!("{kind:?}")
+        };
+        assert_eq!(version, "9");
+        assert_eq!(
+            detail.len(),
+            MAX_CLIENT_TEXT,
+            "the client's text is bounded"
+        );
+        let (kind, r) = s.on_request(&nack, &view(&[1]), 9);
+        assert_eq!(kind, RequestKind::Update(ResourceType::Endpoint));
+        assert!(r.is_none());
     }
 
     #[test]
@@ -311,7 +432,6 @@ mod tests {
         assert_eq!(kind, RequestKind::Stale(ResourceType::Endpoint));
         assert!(r.is_none(), "a stale request changes nothing");
         let mut nack = request(ResourceType::Endpoint, &["echo"], &second);
-        nack.version_info = "1".into();
         nack.error_detail = Some(Status {
             code: 3,
             message: "bad weight".into(),
@@ -322,7 +442,7 @@ mod tests {
             kind,
             RequestKind::Nack {
                 kind: ResourceType::Endpoint,
-                version: "1".into(),
+                version: "2".into(),
                 detail: "bad weight".into()
             }
         );
@@ -363,6 +483,7 @@ mod tests {
         let mut v = view(&[1]);
         v.upstreams
             .get_mut("echo")
+            .and_then(Option::as_mut)
             .unwrap()
             .push(PublishedEndpoint {
                 region: Some("us-east".into()),

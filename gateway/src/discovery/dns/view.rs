@@ -59,6 +59,7 @@ impl DnsView {
 pub fn endpoints(hosts: &[DnsHost], view: Option<&DnsView>) -> Endpoints {
     let mut specs: Vec<EndpointSpec> = Vec::new();
     let mut unresolved = Vec::new();
+    let mut awaiting = false;
     for host in hosts {
         match view.and_then(|v| v.get(&host.name)) {
             Some(NameAddrs::Resolved(addrs)) => {
@@ -82,13 +83,17 @@ pub fn endpoints(hosts: &[DnsHost], view: Option<&DnsView>) -> Endpoints {
             Some(NameAddrs::Unresolved(reason)) => {
                 unresolved.push(format!("{} has not resolved: {reason}", host.name))
             }
-            None => unresolved.push(format!("{} is waiting for its first resolution", host.name)),
+            None => {
+                awaiting = true;
+                unresolved.push(format!("{} is waiting for its first resolution", host.name))
+            }
         }
     }
     let empty_reason = specs
         .is_empty()
         .then(|| format!("dns: {}", unresolved.join("; ")));
     Endpoints {
+        awaiting_discovery: awaiting && specs.is_empty(),
         specs,
         empty_reason,
     }
