@@ -71,7 +71,7 @@ async fn client(
     id: usize,
     arrivals: mpsc::UnboundedSender<(usize, String, Instant)>,
 ) {
-    let region = if id % 2 == 0 { "eu-west" } else { "us-east" };
+    let region = if id.is_multiple_of(2) { "eu-west" } else { "us-east" };
     let request = |version: &str, nonce: &str| DiscoveryRequest {
         node: Some(Node {
             id: format!("bench-{id}"),
@@ -125,7 +125,7 @@ async fn main() {
     let etcd_server = tokio::task::block_in_place(|| Etcd::single(dir.path()));
     let mut etcd = etcd::client(&[etcd_server.url()]).await;
     for i in 0..args.instances {
-        let region = if i % 2 == 0 { "eu-west" } else { "us-east" };
+        let region = if i.is_multiple_of(2) { "eu-west" } else { "us-east" };
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
         etcd.put(
             format!("/services/echo/i{i}"),
@@ -199,7 +199,7 @@ listen = "{xds}"
     let mut fleet = Histogram::<u64>::new(3).unwrap();
     let cpu_before = cpu_ticks(pid);
     for change in 0..args.changes {
-        let weight = if change % 2 == 0 { 50 } else { 100 };
+        let weight = if change.is_multiple_of(2) { 50 } else { 100 };
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000));
         let put = etcd
             .put(
