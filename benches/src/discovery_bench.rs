@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use etcd_client::{Client, Txn, TxnOp};
 use hdrhistogram::Histogram;
+use strait_tests::attack::rss_kib;
 use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::net::free_addr;
 use strait_tests::pb::echo_client::EchoClient;
@@ -198,17 +199,6 @@ async fn propagation(args: &Args, etcd_url: &str, etcd_client: &mut Client) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let load_calls: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
     println!("background load: {load_calls} calls");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// Waits for the gateway's log line "routing snapshot rebuilt" with `instances` and returns

@@ -16,17 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use hdrhistogram::Histogram;
+use strait_tests::attack::{cpu_ticks, rss_kib};
 use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::net::free_addr;
+use strait_tests::xds::eds_request;
 use strait_tests::Gateway;
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
-
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 #[derive(Parser)]
 struct Args {
@@ -41,28 +39,6 @@ struct Args {
     changes: usize,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// The process's user + system CPU time, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    utime + stime
-}
-
 /// One client: subscribes, ACKs every response, and reports each response's arrival time. A
 /// refused connection (a burst of thousands overflows the listen backlog) is tried again, as a
 /// gRPC client's back-off would.
@@ -71,22 +47,13 @@ async fn client(
     id: usize,
     arrivals: mpsc::UnboundedSender<(usize, String, Instant)>,
 ) {
-    let region = if id.is_multiple_of(2) { "eu-west" } else { "us-east" };
-    let request = |version: &str, nonce: &str| DiscoveryRequest {
-        node: Some(Node {
-            id: format!("bench-{id}"),
-            locality: Some(Locality {
-                region: region.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        type_url: EDS.to_string(),
-        resource_names: vec!["echo".to_string()],
-        version_info: version.to_string(),
-        response_nonce: nonce.to_string(),
-        ..Default::default()
+    let region = if id.is_multiple_of(2) {
+        "eu-west"
+    } else {
+        "us-east"
     };
+    let node = format!("bench-{id}");
+    let request = |version: &str, nonce: &str| eds_request(&node, region, version, nonce);
     loop {
         let Ok(mut ads) = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await
         else {
@@ -125,7 +92,11 @@ async fn main() {
     let etcd_server = tokio::task::block_in_place(|| Etcd::single(dir.path()));
     let mut etcd = etcd::client(&[etcd_server.url()]).await;
     for i in 0..args.instances {
-        let region = if i.is_multiple_of(2) { "eu-west" } else { "us-east" };
+        let region = if i.is_multiple_of(2) {
+            "eu-west"
+        } else {
+            "us-east"
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
         etcd.put(
             format!("/services/echo/i{i}"),

@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Node};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -27,12 +27,12 @@ use serde_json::Value;
 use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::gateway::strait_bin;
 use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
+use strait_tests::xds::{eds_request, EDS};
 use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::ServingStatus;
 
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Bound on every wait for the client to follow a change (probes, push, priority switch).
 const FOLLOW: Duration = Duration::from_secs(20);
 
@@ -542,24 +542,6 @@ impl RawStream {
             Ok(other) => panic!("stream ended: {other:?}"),
             Err(_) => None,
         }
-    }
-}
-
-fn eds_request(node: &str, region: &str, version: &str, nonce: &str) -> DiscoveryRequest {
-    DiscoveryRequest {
-        node: Some(Node {
-            id: node.to_string(),
-            locality: Some(Locality {
-                region: region.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        type_url: EDS.to_string(),
-        resource_names: vec!["echo".to_string()],
-        version_info: version.to_string(),
-        response_nonce: nonce.to_string(),
-        ..Default::default()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod otlp;
 pub mod raw;
 pub mod tcp;
 pub mod tls;
+pub mod xds;
 
 /// Generated from `proto/echo.proto`.
 pub mod pb {
