@@ -8,10 +8,12 @@
 #   bash tests/npm-offline.sh DIR MIN_NODE_VERSION WHAT   # e.g. tests/web 18.14.1 @connectrpc/connect-node
 set -euo pipefail
 
-dir="$(cd "$1" && pwd)"
+: "${3:?usage: npm-offline.sh DIR MIN_NODE_VERSION WHAT}"
+dir="$(CDPATH='' cd -- "$1" >/dev/null && pwd)"
 min="$2"
 what="$3"
-name="${dir#"$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/"}/install.sh"
+root="$(CDPATH='' cd -- "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && pwd)"
+name="${dir#"$root/"}/install.sh"
 cd "$dir"
 
 if ! command -v node >/dev/null 2>&1; then

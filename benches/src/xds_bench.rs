@@ -172,6 +172,11 @@ listen = "{xds}"
     for change in 0..args.changes {
         let weight = if change.is_multiple_of(2) { 50 } else { 100 };
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000));
+        // Answers to earlier changes (a client that reconnected) must not count for this one.
+        {
+            let mut arrivals = arrivals.lock().await;
+            while arrivals.try_recv().is_ok() {}
+        }
         let put = etcd
             .put(
                 "/services/echo/i0",

@@ -560,6 +560,8 @@ fn health_of(response: &DiscoveryResponse) -> Vec<(u32, i32)> {
 async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clients() {
     let w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
     tokio::task::block_in_place(|| w.wait_endpoints(2));
+    // A connection that never says anything (checked at the end: it is closed after 10 s).
+    let silent = std::net::TcpStream::connect(w.xds).unwrap();
 
     // A client that NACKs every response.
     let mut nacker = RawStream::open(w.xds).await;
@@ -675,6 +677,28 @@ async fn the_server_pushes_health_and_survives_nacks_garbage_and_vanishing_clien
     let mut eu = w.client("py-eu", "eu-west");
     let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
     assert!(t.only(&["us0"]), "{t:?}");
+
+    // The silent connection lost its slot.
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(
+                m,
+                "strait_xds_requests_rejected_total",
+                &[("reason", "handshake_timeout")],
+            ) == Some(1.0)
+        })
+        .expect("the silent connection is closed and counted");
+        use std::io::Read;
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            (&silent).read(&mut buf).ok(),
+            Some(0),
+            "closed by the server"
+        );
+    });
 }
 
 /// A gRPC call to the ADS method whose message is not a DiscoveryRequest.

@@ -54,8 +54,8 @@ pub struct Endpoints {
     pub specs: Vec<EndpointSpec>,
     /// Said to callers when `specs` is empty.
     pub empty_reason: Option<String>,
-    /// Discovery has not answered yet (etcd before its first sync, a DNS name before its first
-    /// resolution): the set is unknown, not empty. The xDS server publishes nothing for it, so
+    /// Discovery has not answered yet (etcd before its first sync, DNS before any of the names
+    /// has resolved): the set is unknown, not empty. The xDS server publishes nothing for it, so
     /// clients keep the endpoints they had.
     pub awaiting_discovery: bool,
 }

@@ -7,12 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::clients::XdsClients;
 
@@ -22,15 +24,27 @@ pub struct Capped {
     _slot: OwnedSemaphorePermit,
 }
 
-/// Accepts on `listener` for as long as the returned stream is polled; a connection beyond
-/// `max` open ones is closed at once and counted as `max_connections`.
+/// The HTTP/2 client preface: an h2c client's first 24 bytes.
+const PREFACE_LEN: usize = 24;
+/// After a failed accept (out of descriptors), wait this long: the connection stays in the
+/// backlog, so accepting again at once would only spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Accepts on `listener` for as long as the returned stream is polled. A connection beyond `max`
+/// open ones is closed at once and counted as `max_connections`; one that has not sent its
+/// first bytes (the whole HTTP/2 preface on h2c, the start of a ClientHello with `tls`) within
+/// `first_bytes` is closed and counted as `handshake_timeout` (hyper and tonic's TLS would
+/// otherwise wait for them for ever, holding the slot).
 pub fn capped(
     listener: TcpListener,
     max: usize,
+    tls: bool,
+    first_bytes: Duration,
     clients: Arc<XdsClients>,
 ) -> ReceiverStream<io::Result<Capped>> {
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(max));
+    let needed = if tls { 1 } else { PREFACE_LEN };
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -39,30 +53,51 @@ pub fn capped(
             };
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
-                // Out of descriptors and the like: tonic logs and goes on accepting.
                 Err(e) => {
-                    if tx.send(Err(e)).await.is_err() {
-                        return;
-                    }
+                    warn!(error = %e, "xds server cannot accept a connection; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 clients.count_rejected("max_connections");
-                warn!(peer = %peer, max, "xds connection refused: the server has its maximum open");
+                debug!(peer = %peer, max, "xds connection refused: the server has its maximum open");
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let capped = Capped {
-                stream,
-                _slot: slot,
-            };
-            if tx.send(Ok(capped)).await.is_err() {
-                return;
-            }
+            let (tx, clients) = (tx.clone(), clients.clone());
+            // Each connection waits for its first bytes apart, so a silent one holds up no other.
+            tokio::spawn(async move {
+                let arrived = tokio::time::timeout(first_bytes, first_bytes_in(&stream, needed));
+                if !matches!(arrived.await, Ok(true)) {
+                    clients.count_rejected("handshake_timeout");
+                    debug!(peer = %peer, "xds connection closed: no handshake in time");
+                    return;
+                }
+                let _ = tx
+                    .send(Ok(Capped {
+                        stream,
+                        _slot: slot,
+                    }))
+                    .await;
+            });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Waits until `needed` bytes can be read from `stream` (without reading them); false when the
+/// peer closed first.
+async fn first_bytes_in(stream: &TcpStream, needed: usize) -> bool {
+    let mut buf = [0u8; PREFACE_LEN];
+    loop {
+        match stream.peek(&mut buf[..needed]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n >= needed => return true,
+            // Part of it: peek would return the same bytes at once, so wait for more.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 impl Connected for Capped {

@@ -53,7 +53,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Open connections; more are closed at once (a fleet of this many processes per gateway is
 /// far beyond what one xDS server should carry alone).
 const MAX_CONNECTIONS: usize = 10_000;
-/// A TLS handshake not finished in this time is dropped.
+/// A connection that has not sent its HTTP/2 preface (h2c) or finished its TLS handshake in this
+/// time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +139,13 @@ async fn serve(
             addr: config.listen,
             source,
         })?;
-    let incoming = incoming::capped(listener, MAX_CONNECTIONS, clients.clone());
+    let incoming = incoming::capped(
+        listener,
+        MAX_CONNECTIONS,
+        config.tls.is_some(),
+        HANDSHAKE_TIMEOUT,
+        clients.clone(),
+    );
     let service = AggregatedDiscoveryServiceServer::new(AdsService {
         published: subscriber,
         clients,

@@ -23,6 +23,9 @@ use super::view::PublishedView;
 
 /// The longest node id or NACK detail kept and logged: a client's own strings are bounded.
 const MAX_CLIENT_TEXT: usize = 256;
+/// Resource names kept per type: far more than any client asks for, few enough that a client
+/// cannot make its session large.
+const MAX_NAMES: usize = 1024;
 
 /// The client, as its first request's `node` describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,6 +69,9 @@ struct Subscription {
     /// Every resource of the type: Listener and Cluster requests that start with no names, or
     /// that name `*`.
     wildcard: bool,
+    /// A wildcard by the old rule (no names from the first request on): an empty list keeps it
+    /// one until the client names something.
+    implicit_wildcard: bool,
     last_sent: Option<Sent>,
 }
 
@@ -121,7 +127,12 @@ impl Session {
         let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
             return (RequestKind::UnknownType(bounded(&request.type_url)), None);
         };
-        let mut names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        let mut names: BTreeSet<String> = request
+            .resource_names
+            .iter()
+            .take(MAX_NAMES)
+            .cloned()
+            .collect();
         let star = names.remove("*");
         let subscription = self.subscriptions.entry(kind).or_default();
         let first = subscription.last_sent.is_none();
@@ -146,14 +157,18 @@ impl Session {
                 }
             }
         };
-        // An empty list is a wildcard only on a type's first request; later it unsubscribes
-        // from everything, unless the client was a wildcard already (then it is an ACK).
-        let wildcard = kind.absence_means_removal()
-            && (star || (names.is_empty() && (first || subscription.wildcard)));
+        // An empty list is a wildcard only while the client has never named anything; once it
+        // has, an empty list unsubscribes from everything.
+        let implicit = kind.absence_means_removal()
+            && !star
+            && names.is_empty()
+            && (first || subscription.implicit_wildcard);
+        let wildcard = implicit || (star && kind.absence_means_removal());
         let changed_names =
             first || subscription.names != names || subscription.wildcard != wildcard;
         subscription.names = names;
         subscription.wildcard = wildcard;
+        subscription.implicit_wildcard = implicit;
         if !changed_names {
             // An ACK or a NACK of the current set, or a repeat: nothing new to send.
             return (outcome, None);
@@ -327,13 +342,20 @@ mod tests {
         );
         let r = r.unwrap();
         assert!(r.resources.is_empty());
-        // `*` asks for everything.
+        // `*` asks for everything; dropping it (an empty list) unsubscribes again.
         let (_, r) = s.on_request(
             &request(ResourceType::Cluster, &["*"], &r.nonce),
             &view(&[1]),
             1,
         );
-        assert_eq!(r.unwrap().resources.len(), 2);
+        let r = r.unwrap();
+        assert_eq!(r.resources.len(), 2);
+        let (_, r) = s.on_request(
+            &request(ResourceType::Cluster, &[], &r.nonce),
+            &view(&[1]),
+            1,
+        );
+        assert!(r.unwrap().resources.is_empty());
     }
 
     #[test]

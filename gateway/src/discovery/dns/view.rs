@@ -59,7 +59,6 @@ impl DnsView {
 pub fn endpoints(hosts: &[DnsHost], view: Option<&DnsView>) -> Endpoints {
     let mut specs: Vec<EndpointSpec> = Vec::new();
     let mut unresolved = Vec::new();
-    let mut awaiting = false;
     for host in hosts {
         match view.and_then(|v| v.get(&host.name)) {
             Some(NameAddrs::Resolved(addrs)) => {
@@ -83,17 +82,16 @@ pub fn endpoints(hosts: &[DnsHost], view: Option<&DnsView>) -> Endpoints {
             Some(NameAddrs::Unresolved(reason)) => {
                 unresolved.push(format!("{} has not resolved: {reason}", host.name))
             }
-            None => {
-                awaiting = true;
-                unresolved.push(format!("{} is waiting for its first resolution", host.name))
-            }
+            None => unresolved.push(format!("{} is waiting for its first resolution", host.name)),
         }
     }
     let empty_reason = specs
         .is_empty()
         .then(|| format!("dns: {}", unresolved.join("; ")));
     Endpoints {
-        awaiting_discovery: awaiting && specs.is_empty(),
+        // No name has ever resolved (a kept last good set is never empty): the set is unknown,
+        // whether the names are still pending or the resolver fails.
+        awaiting_discovery: specs.is_empty(),
         specs,
         empty_reason,
     }
