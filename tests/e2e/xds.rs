@@ -186,11 +186,14 @@ impl Drop for XdsClient {
 /// (probed every 200 ms).
 struct World {
     dir: tempfile::TempDir,
-    _etcd: Etcd,
+    etcd_server: Etcd,
     etcd: etcd_client::Client,
     lease: i64,
     backends: BTreeMap<String, Backend>,
-    _gateway: Gateway,
+    gateway: Gateway,
+    /// The gateway's config and its listener, to start it again.
+    config: String,
+    listen: SocketAddr,
     admin: SocketAddr,
     xds: SocketAddr,
 }
@@ -254,11 +257,13 @@ listen = "{xds}"
         let gateway = tokio::task::block_in_place(|| Gateway::start(&config, listen));
         let mut world = World {
             dir,
-            _etcd: etcd_server,
+            etcd_server,
             etcd,
             lease,
             backends: BTreeMap::new(),
-            _gateway: gateway,
+            gateway,
+            config,
+            listen,
             admin,
             xds,
         };
@@ -855,4 +860,40 @@ async fn xds_over_mutual_tls_serves_only_clients_with_a_certificate() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not host:port"));
+}
+
+/// A gateway restarted while etcd is down publishes no assignment for its etcd upstream (it does
+/// not know it yet) instead of an empty one: the reconnected client keeps the endpoints it had
+/// and its calls go on; once etcd is back, changes flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_without_etcd_leaves_clients_their_endpoints() {
+    let mut w = World::start(&[("eu0", "eu-west", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(1));
+    let mut eu = w.client("py-eu", "eu-west");
+    let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
+    assert!(t.only(&["eu0"]), "{t:?}");
+
+    tokio::task::block_in_place(|| {
+        w.etcd_server.kill();
+        // Replace the gateway: the client's ADS stream breaks and reconnects to the new one.
+        w.gateway.signal("KILL");
+        assert!(w.gateway.wait_exit(FOLLOW).is_some(), "the gateway is gone");
+        w.gateway = Gateway::start(&w.config, w.listen);
+        let deadline = Instant::now() + FOLLOW;
+        while w.upstreams()["xds_clients"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            assert!(Instant::now() < deadline, "the client never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            w.upstreams()["upstreams"][0]["empty_reason"],
+            "waiting for the first sync from etcd"
+        );
+    });
+    for _ in 0..3 {
+        let t = eu.call(20);
+        assert!(t.only(&["eu0"]), "the client kept its endpoints: {t:?}");
+    }
 }
