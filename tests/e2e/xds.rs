@@ -28,6 +28,8 @@ use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::gateway::strait_bin;
 use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::xds::{eds_request, EDS};
+
+use crate::fixture::etcd_config;
 use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -214,45 +216,11 @@ impl World {
         let mut etcd = etcd::client(&[etcd_server.url()]).await;
         let lease = etcd.lease_grant(120, None).await.unwrap().id();
         let (listen, admin, xds) = (free_addr(), free_addr(), free_addr());
+        let health = "[upstream.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
+                      unhealthy_after = 2\nhealthy_after = 1";
         let config = format!(
-            r#"
-[gateway]
-region = "eu-west"
-threads = 1
-
-[etcd]
-endpoints = ["{etcd}"]
-prefix = "/services/"
-dial_timeout = "1s"
-
-[[listener]]
-name = "public"
-listen = "{listen}"
-
-[[route]]
-listener = "public"
-service = "bench.Echo"
-upstream = "echo"
-
-[[upstream]]
-name = "echo"
-discovery = "etcd"
-service = "echo"
-
-[upstream.health]
-interval = "200ms"
-timeout = "150ms"
-unhealthy_after = 2
-healthy_after = 1
-
-[admin]
-listen = "{admin}"
-
-[xds]
-listen = "{xds}"
-{xds_extra}
-"#,
-            etcd = etcd_server.url()
+            "{}\n[admin]\nlisten = \"{admin}\"\n\n[xds]\nlisten = \"{xds}\"\n{xds_extra}\n",
+            etcd_config(listen, &[etcd_server.url()], health)
         );
         let gateway = tokio::task::block_in_place(|| Gateway::start(&config, listen));
         let mut world = World {
