@@ -28,12 +28,12 @@ use strait_tests::etcd::{self, instance_value, Etcd};
 use strait_tests::gateway::strait_bin;
 use strait_tests::net::{free_addr, http_get, metric, wait_metrics};
 use strait_tests::xds::{eds_request, EDS};
-
-use crate::fixture::etcd_config;
 use strait_tests::{tls, Backend, BackendOptions, Gateway};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::ServingStatus;
+
+use crate::fixture::etcd_config;
 
 /// Bound on every wait for the client to follow a change (probes, push, priority switch).
 const FOLLOW: Duration = Duration::from_secs(20);
