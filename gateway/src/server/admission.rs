@@ -218,7 +218,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
         if let Some(g) = &open {
             g.inc();
         }
-        let mut next = self.handshake(stream).await.map(|s| self.guard(s));
+        // Boxed so that it is freed once done: inline, the TLS handshake's state (several KiB)
+        // would size this future, which an idle connection holds for its whole life.
+        let mut next = Box::pin(self.handshake(stream))
+            .await
+            .map(|s| self.guard(s));
         // The slot is held for the connection's whole life, keep-alive reuse included.
         while let Some(stream) = next {
             next = self.inner.process_new(stream, shutdown).await;

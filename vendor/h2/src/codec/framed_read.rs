@@ -18,6 +18,10 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// Strait: the read buffer's size when it is allocated again after an idle spell (tokio-util's
+/// own initial capacity).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -421,7 +425,21 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            // Strait: an idle connection holds no read buffer. When the socket has nothing more
+            // and every byte read has been decoded, the buffer is given back (below); it is
+            // allocated again here, at tokio-util's usual size, before the next read.
+            let buffer = self.inner.read_buffer_mut();
+            if buffer.capacity() == 0 {
+                buffer.reserve(READ_BUFFER_CAPACITY);
+            }
+            let polled = Pin::new(&mut self.inner).poll_next(cx);
+            if polled.is_pending() {
+                let buffer = self.inner.read_buffer_mut();
+                if buffer.is_empty() {
+                    *buffer = BytesMut::new();
+                }
+            }
+            let bytes = match ready!(polled) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),

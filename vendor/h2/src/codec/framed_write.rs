@@ -102,7 +102,8 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // Strait: allocated when the first frame is buffered, see `Encoder::buffer`.
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -208,7 +209,11 @@ where
     fn unset_frame(&mut self) -> ControlFlow {
         // Clear internal buffer
         self.buf.set_position(0);
-        self.buf.get_mut().clear();
+        // Strait: everything buffered has been written, so the buffer is given back instead of
+        // cleared. An idle connection then holds no write buffer (16 KiB each, the largest
+        // part of an idle HTTP/2 connection's memory); the next frame allocates it again,
+        // which costs one allocation per write system call.
+        *self.buf.get_mut() = BytesMut::new();
 
         // The data frame has been written, so unset it
         match self.next.take() {
@@ -232,6 +237,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // Strait: the buffer is allocated on demand (see `unset_frame`).
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -316,9 +325,10 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // Strait: a buffer not allocated yet (capacity 0) is an empty one of the full size.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Strait: allocated by the first Huffman-coded string (see `decode_string`), so a
+            // connection that never receives a header block holds no scratch buffer.
+            buffer: BytesMut::new(),
         }
     }
 
@@ -333,6 +335,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // Strait: the scratch buffer is allocated on first use (see `Decoder::new`).
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(4096);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
