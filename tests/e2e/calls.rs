@@ -182,6 +182,81 @@ async fn metadata_and_trailers_pass_both_ways() {
     assert_eq!(status.metadata().get("x-trailer-trace").unwrap(), "t-42");
 }
 
+/// Header blocks larger than one HTTP/2 frame (16 KiB) need CONTINUATION frames in all four
+/// directions: client to gateway, gateway to backend and back. The vendored h2 gives its write
+/// buffer back after every write, so this is the path where a CONTINUATION is encoded into a
+/// buffer that was just released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_larger_than_a_frame_passes_both_ways() {
+    let setup = Setup::start(&[("a", 100, "eu-west")]).await;
+    let mut client = setup.client().await;
+    // Alphanumeric noise: Huffman coding barely shrinks it, and each value is too big for the
+    // HPACK table, so four of them encode to more than 16 KiB.
+    let value = |seed: u64| -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..6 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+            })
+            .collect()
+    };
+    let values: Vec<String> = (1..=4).map(value).collect();
+    let with_padding = |request: EchoRequest| {
+        let mut request = Request::new(request);
+        for (i, v) in values.iter().enumerate() {
+            request.metadata_mut().insert(
+                tonic::metadata::AsciiMetadataKey::from_bytes(format!("x-echo-pad-{i}").as_bytes())
+                    .unwrap(),
+                MetadataValue::try_from(v.as_str()).unwrap(),
+            );
+        }
+        request
+    };
+
+    for round in 0..3 {
+        let response = client
+            .unary(with_padding(req(b"big headers")))
+            .await
+            .unwrap_or_else(|s| panic!("round {round}: unary with 24 KiB of metadata: {s:?}"));
+        for (i, v) in values.iter().enumerate() {
+            let echoed = response
+                .metadata()
+                .get(format!("x-echo-pad-{i}"))
+                .map(|m| m.to_str().unwrap());
+            assert_eq!(
+                echoed,
+                Some(v.as_str()),
+                "round {round}: response header {i}"
+            );
+        }
+        assert_eq!(response.into_inner().payload, b"big headers");
+
+        // And in trailers: a failing call has its x-echo-* copied into x-trailer-*.
+        let status = client
+            .unary(with_padding(EchoRequest {
+                fail_code: Code::FailedPrecondition as i32,
+                fail_message: "big trailers".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("the backend fails the call");
+        assert_eq!(status.code(), Code::FailedPrecondition, "round {round}");
+        assert_eq!(status.message(), "big trailers");
+        for (i, v) in values.iter().enumerate() {
+            let echoed = status
+                .metadata()
+                .get(format!("x-trailer-pad-{i}"))
+                .map(|m| m.to_str().unwrap());
+            assert_eq!(echoed, Some(v.as_str()), "round {round}: trailer {i}");
+        }
+    }
+    assert_eq!(setup.backend("a").calls(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_status_code_arrives_with_its_message() {
     let setup = Setup::start(&[("a", 100, "eu-west")]).await;

@@ -140,6 +140,8 @@ pub async fn client(addr: SocketAddr) -> EchoClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("valid uri")
         .connect_timeout(Duration::from_secs(5))
+        // hyper's default is 16 KiB; calls.rs sends header blocks larger than one frame.
+        .http2_max_header_list_size(1 << 20)
         .connect()
         .await
         .expect("connecting to the gateway");

@@ -464,7 +464,11 @@ impl Backend {
             })
         });
         // Above hyper's default of 200, so 200 concurrent calls fit one connection.
-        let mut builder = tonic::transport::Server::builder().max_concurrent_streams(Some(1000));
+        // Header blocks up to 1 MiB (hyper's default is 16 KiB; grpc-go's 16 MiB), so tests can
+        // send metadata larger than one HTTP/2 frame through the gateway.
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(1000))
+            .http2_max_header_list_size(1 << 20);
         if let Some((cert, key)) = &options.tls {
             let mut tls = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(cert, key));
