@@ -8,7 +8,10 @@
 //! - `hold --target A --connections N`: opens N connections, makes one round trip on each (so
 //!   each is relayed to the backend), prints `open=N` and keeps them until killed. The script
 //!   reads the proxy's memory meanwhile.
-//! - `h2idle --target A --connections N`: N idle HTTP/2 connections (for benches/idle_h2.sh).
+//! - `h2idle --target A --connections N [--tls-ca CA]`: N idle HTTP/2 connections, h2c or TLS
+//!   with ALPN h2 (for benches/idle_h2.sh).
+//! - `pki --dir D`: writes a test CA (`ca.crt`) and a server certificate for localhost and
+//!   127.0.0.1 (`server.crt`, `server.key`) for the TLS listeners of benches/idle_h2.sh.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,29 +68,53 @@ enum Mode {
         target: SocketAddr,
         #[arg(long, default_value_t = 10000)]
         connections: usize,
+        /// Speak TLS (ALPN h2), trusting this CA for the server name `localhost`.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+    },
+    /// Writes a CA and a server certificate (see `strait_tests::tls::generate`).
+    Pki {
+        #[arg(long)]
+        dir: std::path::PathBuf,
     },
 }
 
-async fn h2idle(target: SocketAddr, connections: usize) {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
-    let ack = [0u8, 0, 0, 4, 1, 0, 0, 0, 0];
-    let mut held = Vec::with_capacity(connections);
+async fn h2idle(target: SocketAddr, connections: usize, tls_ca: Option<std::path::PathBuf>) {
+    let ca_pem = tls_ca.map(|path| std::fs::read_to_string(path).expect("reading --tls-ca"));
+    let mut held: Vec<Box<dyn Idle>> = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let mut s = TcpStream::connect(target).await.expect("connect");
-        s.write_all(PREFACE).await.expect("preface");
-        s.write_all(&settings).await.expect("settings");
-        // The server's SETTINGS (and maybe WINDOW_UPDATE): read the first frame, then ack.
-        let mut header = [0u8; 9];
-        s.read_exact(&mut header).await.expect("server settings");
-        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).await.expect("settings payload");
-        s.write_all(&ack).await.expect("ack");
+        let mut s: Box<dyn Idle> = match &ca_pem {
+            None => Box::new(TcpStream::connect(target).await.expect("connect")),
+            Some(ca) => Box::new(
+                strait_tests::attack::tls_connect(target, ca)
+                    .await
+                    .expect("TLS connect"),
+            ),
+        };
+        h2_settings_exchange(&mut s).await;
         held.push(s);
     }
     println!("open={}", held.len());
     std::future::pending::<()>().await;
+}
+
+trait Idle: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Idle for T {}
+
+/// Preface and SETTINGS out; the server's first frame (its SETTINGS) in; then the ACK.
+async fn h2_settings_exchange(s: &mut Box<dyn Idle>) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let ack = [0u8, 0, 0, 4, 1, 0, 0, 0, 0];
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&settings).await.expect("settings");
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header).await.expect("server settings");
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.expect("settings payload");
+    s.write_all(&ack).await.expect("ack");
+    s.flush().await.expect("flush");
 }
 
 async fn echo(listen: SocketAddr) {
@@ -239,6 +266,11 @@ async fn main() {
         Mode::H2idle {
             target,
             connections,
-        } => h2idle(target, connections).await,
+            tls_ca,
+        } => h2idle(target, connections, tls_ca).await,
+        Mode::Pki { dir } => {
+            let pki = strait_tests::tls::generate(&dir);
+            println!("{}", pki.ca_cert.display());
+        }
     }
 }
