@@ -72,6 +72,17 @@ impl<T> FramedRead<T> {
         self.inner.get_ref()
     }
 
+    /// Strait: gives the read buffer (8 KiB, or more after a large frame) and the HPACK scratch
+    /// buffer back when they hold nothing. The connection calls it when it has no streams left
+    /// and nothing to do; the next read allocates the read buffer again (see `poll_next`).
+    pub fn release_idle_buffer(&mut self) {
+        let buffer = self.inner.read_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > 0 {
+            *buffer = BytesMut::new();
+        }
+        self.decoder.hpack.release_idle_buffer();
+    }
+
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut()
     }
@@ -425,21 +436,13 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            // Strait: an idle connection holds no read buffer. When the socket has nothing more
-            // and every byte read has been decoded, the buffer is given back (below); it is
-            // allocated again here, at tokio-util's usual size, before the next read.
+            // Strait: an idle connection gives its read buffer back (`release_idle_buffer`); it
+            // is allocated again here, at tokio-util's usual size, before the next read.
             let buffer = self.inner.read_buffer_mut();
             if buffer.capacity() == 0 {
                 buffer.reserve(READ_BUFFER_CAPACITY);
             }
-            let polled = Pin::new(&mut self.inner).poll_next(cx);
-            if polled.is_pending() {
-                let buffer = self.inner.read_buffer_mut();
-                if buffer.is_empty() {
-                    *buffer = BytesMut::new();
-                }
-            }
-            let bytes = match ready!(polled) {
+            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),

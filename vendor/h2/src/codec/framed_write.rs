@@ -209,11 +209,7 @@ where
     fn unset_frame(&mut self) -> ControlFlow {
         // Clear internal buffer
         self.buf.set_position(0);
-        // Strait: everything buffered has been written, so the buffer is given back instead of
-        // cleared. An idle connection then holds no write buffer (16 KiB each, the largest
-        // part of an idle HTTP/2 connection's memory); the next frame allocates it again,
-        // which costs one allocation per write system call.
-        *self.buf.get_mut() = BytesMut::new();
+        self.buf.get_mut().clear();
 
         // The data frame has been written, so unset it
         match self.next.take() {
@@ -237,7 +233,7 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
-        // Strait: the buffer is allocated on demand (see `unset_frame`).
+        // Strait: the buffer is allocated on demand (see `FramedWrite::release_idle_buffer`).
         if self.buf.get_ref().capacity() == 0 {
             self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
         }
@@ -360,6 +356,17 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// Strait: gives the write buffer back (16 KiB, the largest part of an idle HTTP/2
+    /// connection's memory) when everything buffered has been written. The connection calls it
+    /// when it has no streams left and nothing to do; the next frame allocates it again.
+    pub fn release_idle_buffer(&mut self) {
+        let encoder = &mut self.encoder;
+        if encoder.next.is_none() && encoder.buf.get_ref().is_empty() {
+            encoder.buf.set_position(0);
+            *encoder.buf.get_mut() = BytesMut::new();
+        }
     }
 
     /// Retrieve the last data frame that has been sent

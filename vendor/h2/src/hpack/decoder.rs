@@ -164,6 +164,14 @@ impl Decoder {
         }
     }
 
+    /// Strait: gives the scratch buffer back; the next Huffman-coded string allocates it again.
+    /// (Decoded strings split off from it keep their own part alive.)
+    pub fn release_idle_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
+    }
+
     /// Queues a potential size update
     #[allow(dead_code)]
     pub fn queue_size_update(&mut self, size: usize) {

@@ -332,6 +332,14 @@ where
                                 continue;
                             }
 
+                            // Strait: everything is flushed and nothing more can be read now. A
+                            // connection without streams gives its buffers back, so an idle
+                            // connection costs a few KiB instead of about 30; a busy one (streams
+                            // open) keeps them, so calls pay no extra allocations.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
+                            }
+
                             return Poll::Pending;
                         }
                     };
