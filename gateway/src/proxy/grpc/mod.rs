@@ -438,6 +438,11 @@ impl ProxyHttp for GrpcProxy {
         CallCtx::new()
     }
 
+    /// No downstream modules. pingora's default installs a disabled response-compression
+    /// module, which still cost every call three allocations and three filter calls; gRPC
+    /// messages carry their own compression (`grpc-encoding`), which the gateway leaves alone.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
         ctx.call_guard = Some(self.calls.enter());
         if let Some(gauge) = &self.in_flight {
