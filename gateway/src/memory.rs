@@ -1,5 +1,6 @@
 //! Memory given back to the OS. glibc's malloc keeps freed memory in its per-thread arenas: after
-//! a storm of 5,000 idle HTTP/2 connections (about 38 KiB each, mostly h2's buffers) had closed,
+//! a storm of 5,000 idle HTTP/2 connections (then about 38 KiB each, mostly h2's buffers; about
+//! 8 KiB since issue #14) had closed,
 //! the gateway's RSS stayed at 203 MiB for good. `malloc_trim(0)` every few seconds returns the
 //! free pages of every arena (benches/memory_storm.sh: 13.2 MiB before, 203 MiB during, 13.9 MiB
 //! 5 s after). mimalloc was measured too: it gave memory back as well, but started at 24 MiB and

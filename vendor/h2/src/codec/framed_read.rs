@@ -438,9 +438,12 @@ where
             tracing::trace!("poll");
             // Strait: an idle connection gives its read buffer back (`release_idle_buffer`); it
             // is allocated again here, at tokio-util's usual size, before the next read.
+            // `with_capacity`, not `reserve`: a BytesMut remembers the capacity it was made with
+            // and grows back to it after frames are split off; one made empty would read in
+            // ever smaller pieces.
             let buffer = self.inner.read_buffer_mut();
             if buffer.capacity() == 0 {
-                buffer.reserve(READ_BUFFER_CAPACITY);
+                *buffer = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
             }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,

@@ -235,7 +235,7 @@ where
         assert!(self.has_capacity());
         // Strait: the buffer is allocated on demand (see `FramedWrite::release_idle_buffer`).
         if self.buf.get_ref().capacity() == 0 {
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            *self.buf.get_mut() = BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY);
         }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();

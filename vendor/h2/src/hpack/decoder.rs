@@ -344,8 +344,9 @@ impl Decoder {
         let offset = (buf.position() - old_pos) as usize;
         if huff {
             // Strait: the scratch buffer is allocated on first use (see `Decoder::new`).
+            // `with_capacity` so that it keeps growing back to 4 KiB, as it did before.
             if self.buffer.capacity() == 0 {
-                self.buffer.reserve(4096);
+                self.buffer = BytesMut::with_capacity(4096);
             }
             let ret = {
                 let raw = &buf.chunk()[..len];
