@@ -191,11 +191,12 @@ async fn metadata_larger_than_a_frame_passes_both_ways() {
     let setup = Setup::start(&[("a", 100, "eu-west")]).await;
     let mut client = setup.client().await;
     // Alphanumeric noise: Huffman coding barely shrinks it, and each value is too big for the
-    // HPACK table, so four of them encode to more than 16 KiB.
+    // HPACK table, so six of them encode to about 36 KiB: a HEADERS frame and two CONTINUATIONs
+    // (the second one is encoded after the first has been written).
     let value = |seed: u64| -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..6 * 1024)
+        (0..8 * 1024)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -204,7 +205,7 @@ async fn metadata_larger_than_a_frame_passes_both_ways() {
             })
             .collect()
     };
-    let values: Vec<String> = (1..=4).map(value).collect();
+    let values: Vec<String> = (1..=6).map(value).collect();
     let with_padding = |request: EchoRequest| {
         let mut request = Request::new(request);
         for (i, v) in values.iter().enumerate() {
@@ -221,7 +222,7 @@ async fn metadata_larger_than_a_frame_passes_both_ways() {
         let response = client
             .unary(with_padding(req(b"big headers")))
             .await
-            .unwrap_or_else(|s| panic!("round {round}: unary with 24 KiB of metadata: {s:?}"));
+            .unwrap_or_else(|s| panic!("round {round}: unary with 48 KiB of metadata: {s:?}"));
         for (i, v) in values.iter().enumerate() {
             let echoed = response
                 .metadata()
