@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::proxy::grpc::format_grpc_timeout;
+use crate::grpc::format_grpc_timeout;
 
 /// The consecutive trips rehearsed: past the doubling cap (30) and well beyond.
 const TRIPS: u32 = 64;
@@ -47,7 +47,7 @@ pub fn rehearse(config: &Config) -> Result<(), String> {
             at("route.timeout", timeout)?;
             // The budget sent upstream always parses back (8 digits and a unit).
             let header = format_grpc_timeout(timeout);
-            crate::proxy::grpc::parse_grpc_timeout(header.as_bytes())
+            crate::grpc::parse_grpc_timeout(header.as_bytes())
                 .ok_or_else(|| format!("route.timeout {timeout:?} formats as {header:?}"))?;
         }
     }

@@ -450,3 +450,52 @@ async fn raw_h2_unary_has_normal_shape() {
     assert!(reply.payload.is_empty());
     assert_eq!(reply.received, 1);
 }
+
+/// The relay (hedged and JSON calls) claims endpoints through the same dial gate as pingora's
+/// path: a cold burst of 200 hedged calls at a TLS backend dials once, not once per call (at
+/// 507e6a3 the relay dialed for each call that arrived before the first handshake ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let backend = strait_tests::Backend::start(strait_tests::BackendOptions {
+        tls: Some((
+            std::fs::read_to_string(&pki.server_cert).unwrap(),
+            std::fs::read_to_string(&pki.server_key).unwrap(),
+        )),
+        ..strait_tests::BackendOptions::named("tls-backend")
+    })
+    .await;
+    let listen = strait_tests::net::free_addr();
+    let ca = pki.ca_cert.display().to_string();
+    let endpoint = crate::fixture::Ep {
+        addr: backend.addr,
+        weight: 100,
+        region: "eu-west",
+    };
+    // A hedge delay far beyond the calls' time: every call is one relayed attempt.
+    let text = crate::fixture::config(
+        listen,
+        &[endpoint],
+        "",
+        "idempotent = true\nhedge = { delay = \"10s\", max_attempts = 2 }",
+    )
+    .replace(
+        "max_attempts = 3",
+        &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
+    );
+    let _gateway =
+        tokio::task::block_in_place(|| strait_tests::Gateway::start_in(dir, &text, listen));
+    let client = crate::fixture::client(listen).await;
+    burst_of_200(&client, 100).await;
+    eprintln!(
+        "upstream connections for a cold burst of 200 hedged calls: {}",
+        backend.connections()
+    );
+    assert_eq!(backend.calls(), 200);
+    assert!(
+        backend.connections() <= 2,
+        "{} upstream connections for a cold burst of 200 hedged calls",
+        backend.connections()
+    );
+}

@@ -448,3 +448,50 @@ async fn reload_adds_and_removes_tracing() {
     let (seen, _) = call_with(listen, &[("traceparent", &caller)]).await;
     assert_eq!(seen.as_deref(), Some(caller.as_str()), "untouched again");
 }
+
+/// A hedged call is carried by the relay, which records a client span per attempt like
+/// pingora's path (at 507e6a3 it recorded none): the attempt at a dead endpoint fails to
+/// connect, the next one (sent at once, as a hedge) answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_has_a_span_per_attempt() {
+    let b0 = Backend::start(BackendOptions::named("b0")).await;
+    let dead = dead_addr();
+    let receiver = OtlpReceiver::start().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    // Equal weights, the dead endpoint first: the first call tries it first.
+    let text = with_tracing(
+        listen,
+        &endpoints(&[dead, b0.addr]),
+        admin,
+        &format!("otlp_endpoint = \"{}\"\nsample = 1", receiver.endpoint()),
+    )
+    .replace(
+        "upstream = \"echo\"\n",
+        "upstream = \"echo\"\nidempotent = true\nhedge = { delay = \"5s\", max_attempts = 2 }\n",
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let (seen, _) = call_with(listen, &[]).await;
+    let (trace, server_span, _) = parts(&seen.expect("a traceparent"));
+
+    let spans = receiver
+        .wait_for(WAIT, |spans| span_of_trace(spans, &trace).len() >= 3)
+        .await;
+    let ours = span_of_trace(&spans, &trace);
+    assert_eq!(ours.len(), 3, "{ours:#?}");
+    let server = ours.iter().find(|s| s.kind == 2).expect("the server span");
+    assert_eq!(server.attr("strait.attempts"), Some(&Attr::Int(2)));
+    let mut attempts: Vec<&ReceivedSpan> = ours.iter().filter(|s| s.kind == 3).collect();
+    attempts.sort_by_key(|s| s.int_attr("strait.attempt"));
+    assert_eq!(attempts.len(), 2);
+    for (attempt, (endpoint, outcome)) in attempts
+        .iter()
+        .zip([(dead, "connect_error"), (b0.addr, "ok")])
+    {
+        assert_eq!(attempt.parent_span_id, server_span);
+        assert_eq!(
+            attempt.str_attr("strait.endpoint"),
+            Some(endpoint.to_string().as_str())
+        );
+        assert_eq!(attempt.str_attr("strait.outcome"), Some(outcome));
+    }
+}

@@ -899,3 +899,41 @@ async fn a_hedged_call_keeps_the_listeners_message_limit() {
     let reached: u64 = fleet.backends.values().map(|b| b.calls()).sum();
     assert_eq!(reached, 1, "the large call never reached a backend");
 }
+
+/// A backend that answers CANCELLED as the caller's deadline runs out (tonic does when its own
+/// timer wins the race with the gateway's) is reported to the caller as DEADLINE_EXCEEDED on
+/// the relay too, as on pingora's path: the caller's deadline is what expired (at 507e6a3 the
+/// relay passed the CANCELLED on). A CANCELLED with time to spare is the backend's own word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_cancelled_at_its_deadline_is_told_deadline_exceeded() {
+    let fleet = Fleet::start(&["slow", "fast"], |a| {
+        hedged_route(a, "delay = \"1s\", max_attempts = 2")
+    })
+    .await;
+    let cancelled = |id: &str| {
+        strait_tests::raw::grpc_frame(&prost::Message::encode_to_vec(&EchoRequest {
+            fail_code: Code::Cancelled as i32,
+            fail_message: id.into(),
+            ..Default::default()
+        }))
+    };
+    // The raw client enforces no deadline of its own: what it reads is the gateway's word.
+    let late = strait_tests::raw::call(
+        fleet.listen,
+        "/bench.Echo/Unary",
+        &[("grpc-timeout", "40m")],
+        cancelled("late"),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(late.grpc_status().as_deref(), Some("4"), "{late:?}");
+    let early = strait_tests::raw::call(
+        fleet.listen,
+        "/bench.Echo/Unary",
+        &[("grpc-timeout", "5S")],
+        cancelled("early"),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(early.grpc_status().as_deref(), Some("1"), "{early:?}");
+}

@@ -28,7 +28,7 @@ use crate::discovery::{dns, etcd};
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::observe::Observers;
-use crate::proxy::grpc::CallSettings;
+use crate::proxy::call::CallSettings;
 use crate::proxy::InFlightCalls;
 use crate::routing::{Routing, RoutingSnapshot};
 

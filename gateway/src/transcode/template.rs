@@ -219,27 +219,45 @@ fn is_ident(text: &str) -> bool {
 }
 
 /// Percent-decodes one path segment. A variable of one segment decodes `%2F` too; in a
-/// multi-segment variable it stays encoded, as the google.api.http rules say.
+/// multi-segment variable it stays encoded, as the google.api.http rules say. A broken escape
+/// (`%` not followed by two hex digits) or bytes that are not UTF-8 make it `None`: the path
+/// matches no route.
 pub fn percent_decode(text: &str, decode_slash: bool) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            if value == b'/' && !decode_slash {
-                out.extend_from_slice(&bytes[i..i + 3]);
-            } else {
-                out.push(value);
-            }
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    if decode_slash {
+        return decode(text);
+    }
+    // An encoded slash stays encoded: decode the pieces between them.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = find_encoded_slash(rest) {
+        out.push_str(&decode(&rest[..at])?);
+        out.push_str(&rest[at..at + 3]);
+        rest = &rest[at + 3..];
+    }
+    out.push_str(&decode(rest)?);
+    Some(out)
+}
+
+fn find_encoded_slash(text: &str) -> Option<usize> {
+    text.as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'F' || w[2] == b'f'))
 }
 
 #[cfg(test)]

@@ -1,6 +1,20 @@
-//! Reading pingora's errors: what went wrong in words, and whether a retry is safe.
+//! Reading pingora's errors into the call core's terms: what went wrong in words, whose doing
+//! it was, and whether the backend certainly did not see the call.
 
 use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::proxy::call::AttemptFailure;
+
+/// An attempt's failure as the call core judges it; `connecting` when no connection was made.
+pub fn read(e: &Error, connecting: bool) -> AttemptFailure {
+    AttemptFailure {
+        connecting,
+        by_caller: caused_by_caller(e),
+        timed_out: *e.etype() == ErrorType::ReadTimedout,
+        unprocessed: certainly_unprocessed(e),
+        reason: describe(e),
+    }
+}
 
 /// A short, human reason for an attempt's failure, used in the caller's `grpc-message`.
 pub fn describe(e: &Error) -> String {

@@ -5,7 +5,9 @@
 use pingora::proxy::Session;
 use tracing::{debug, info};
 
-use super::{CallCtx, Code, GrpcProxy};
+use super::GrpcProxy;
+use crate::grpc::Code;
+use crate::proxy::call::CallCtx;
 
 impl GrpcProxy {
     pub(super) fn report(&self, session: &Session, ctx: &mut CallCtx, code: Code) {
@@ -57,7 +59,8 @@ impl GrpcProxy {
         }
         let req = session.req_header();
         let peer = session.client_addr().map(|a| a.to_string());
-        let record = ctx.access_record(&self.listener, req, peer, code);
+        let user_agent = req.headers.get(http::header::USER_AGENT);
+        let record = ctx.access_record(&self.listener, req.uri.path(), user_agent, peer, code);
         if let Some(trace) = ctx.trace.take() {
             trace.finish(&record, authority(req));
         }

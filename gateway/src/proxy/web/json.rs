@@ -16,8 +16,7 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{json, Value};
 
-use crate::grpc::Code;
-use crate::proxy::grpc::LocalStatus;
+use crate::grpc::{decode_grpc_message, Code, LocalStatus};
 use crate::transcode::render_message;
 
 /// The standard mapping of gRPC codes to HTTP statuses (google.rpc.Code's documentation).
@@ -310,29 +309,6 @@ fn read_status(code: &[u8], headers: &HeaderMap, pool_of: &MessageDescriptor) ->
     }
 }
 
-/// `grpc-message` is percent-encoded UTF-8; a broken escape is kept as it is.
-pub fn decode_grpc_message(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let escaped = (raw[i] == b'%')
-            .then(|| raw.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(raw[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `google.rpc.Status`, as `grpc-status-details-bin` carries it.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcStatus {
@@ -405,14 +381,6 @@ mod tests {
             let code = Code::from_u8(n as u8).unwrap();
             assert_eq!(http_status(code), *want, "{code}");
         }
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_decoded_leniently() {
-        assert_eq!(decode_grpc_message(b"not%20found%3A x"), "not found: x");
-        assert_eq!(decode_grpc_message(b"100%"), "100%");
-        assert_eq!(decode_grpc_message(b"%zz"), "%zz");
-        assert_eq!(decode_grpc_message(b"%C3%A9"), "é");
     }
 
     #[test]

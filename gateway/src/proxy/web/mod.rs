@@ -8,7 +8,6 @@
 //! backend's (through pingora's response filters, or [`WebCall::shape`] on the gateway's own
 //! relay) and the gateway's own ([`WebCall::local_answer`]).
 
-mod arrive;
 pub mod cors;
 pub mod grpc_web;
 pub mod json;
@@ -18,9 +17,7 @@ use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::HttpTask;
 
-pub use arrive::{arrive, json_request, Arrived, PendingJson, MAX_JSON_BODY};
-
-use super::grpc::LocalStatus;
+use crate::grpc::LocalStatus;
 pub use crate::grpc::Protocol;
 use cors::CorsPolicy;
 use grpc_web::{Form, GrpcWebCall};
@@ -200,7 +197,7 @@ impl WebCall {
         let task = if started {
             HttpTask::Trailer(Some(Box::new(status.trailers())))
         } else {
-            HttpTask::Header(Box::new(status.trailers_only_response()), true)
+            HttpTask::Header(trailers_only_response(status), true)
         };
         self.shape(task)
     }
@@ -212,6 +209,19 @@ impl WebCall {
             let _ = resp.append_header(http::header::VARY, "Origin");
         }
     }
+}
+
+/// The response head of the gateway's own trailers-only answer: HTTP 200 with the status in
+/// its headers, sent with END_STREAM.
+pub fn trailers_only_response(status: &LocalStatus) -> Box<ResponseHeader> {
+    let mut head = ResponseHeader::build(200, Some(4)).expect("static status line is valid");
+    for (name, value) in status.trailers_only_headers().into_iter() {
+        if let Some(name) = name {
+            head.insert_header(name, value)
+                .expect("the status headers are valid");
+        }
+    }
+    Box::new(head)
 }
 
 /// What CORS means for one call's answer.

@@ -1,20 +1,19 @@
-//! What one call carries from hook to hook.
+//! What one call carries from its arrival to its report, whichever driver carries it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pingora::http::RequestHeader;
+use http::HeaderValue;
 
 use crate::breaker::Outcome;
 use crate::endpoint::{DialTicket, EndpointState, InFlightGuard};
+use crate::grpc::{Code, FrameScanner, LocalStatus};
 use crate::metrics::AttemptOutcome;
 use crate::observe::access_log::CallRecord;
 use crate::observe::trace::{AttemptTiming, CallTrace};
 use crate::proxy::CallGuard;
 use crate::routing::RouteTarget;
-
-use super::status::{Code, LocalStatus};
 
 /// The endpoint currently being tried; dropping it ends the endpoint's in-flight count.
 #[derive(Debug)]
@@ -76,9 +75,9 @@ pub struct CallCtx {
     pub in_flight_gauge: Option<prometheus::IntGauge>,
     /// Follows the request's gRPC messages (size limit, truncation); restarted per attempt,
     /// since a retry replays the body.
-    pub frames: super::frames::FrameScanner,
+    pub frames: FrameScanner,
     /// Counts the response's messages and bytes.
-    pub resp_frames: super::frames::FrameScanner,
+    pub resp_frames: FrameScanner,
     /// The endpoint of the latest attempt: the one that answered, if any did.
     pub endpoint: Option<SocketAddr>,
     /// This call's per-method counters (none without `[admin]`, or before routing).
@@ -122,7 +121,8 @@ impl CallCtx {
     pub fn access_record(
         &self,
         listener: &str,
-        req: &RequestHeader,
+        path: &str,
+        user_agent: Option<&HeaderValue>,
         peer: Option<String>,
         code: Code,
     ) -> CallRecord {
@@ -131,7 +131,7 @@ impl CallCtx {
             ts: SystemTime::now() - elapsed,
             listener: listener.to_string(),
             peer,
-            method: Some(req.uri.path().to_string()),
+            method: Some(path.to_string()),
             route: self.target.as_ref().map(|t| t.route.to_string()),
             upstream: self.target.as_ref().map(|t| t.upstream.name.clone()),
             endpoint: self.endpoint.map(|a| a.to_string()),
@@ -145,11 +145,7 @@ impl CallCtx {
             req_msgs: self.frames.messages,
             resp_msgs: self.resp_frames.messages,
             region: self.region.clone(),
-            user_agent: req
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            user_agent: user_agent.and_then(|v| v.to_str().ok()).map(str::to_string),
             trace_id: self.trace.as_ref().map(CallTrace::trace_id),
             protocol: self.protocol().as_str(),
         }
@@ -183,9 +179,19 @@ impl CallCtx {
     /// Ends the current attempt, feeding its outcome (`None`: no verdict) to the endpoint's
     /// breaker under the upstream's ejection cap.
     pub fn finish_attempt(&mut self, outcome: Option<Outcome>, counted_as: Option<AttemptOutcome>) {
-        let Some(attempt) = self.attempt.take() else {
-            return;
-        };
+        if let Some(attempt) = self.attempt.take() {
+            self.end_attempt(attempt, outcome, counted_as);
+        }
+    }
+
+    /// Ends `attempt` (the current one, or one of a hedged call's others): its endpoint's
+    /// counters, its span and its breaker see how it went.
+    pub fn end_attempt(
+        &mut self,
+        attempt: Attempt,
+        outcome: Option<Outcome>,
+        counted_as: Option<AttemptOutcome>,
+    ) {
         if let Some(counted_as) = counted_as {
             attempt.endpoint.count_attempt(counted_as);
         }

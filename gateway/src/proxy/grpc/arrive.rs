@@ -10,12 +10,12 @@ use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use super::cors::{CorsPolicy, Preflight};
-use super::grpc_web::to_grpc_request;
-use super::json::{error_body, JsonCall};
-use super::{Arrival, CallCors, WebCall, WebSettings};
-use crate::grpc::Code;
-use crate::proxy::grpc::{CallCtx, LocalStatus};
+use crate::grpc::{Code, LocalStatus};
+use crate::proxy::call::CallCtx;
+use crate::proxy::web::cors::{CorsPolicy, Preflight};
+use crate::proxy::web::grpc_web::to_grpc_request;
+use crate::proxy::web::json::{error_body, JsonCall};
+use crate::proxy::web::{Arrival, CallCors, WebCall, WebSettings};
 use crate::transcode::{build_request, Binding, RestRoute, TranscodeTable};
 
 /// The largest JSON request body read, whatever the listener's `max_message_size`: the body is

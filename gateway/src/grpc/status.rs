@@ -1,9 +1,10 @@
-//! gRPC status codes and the gateway's own gRPC-shaped answers.
+//! A status the gateway decides on itself, in the shapes gRPC carries it: the headers of a
+//! trailers-only answer, or trailers that end a stream already answered.
 
 use http::{HeaderMap, HeaderValue};
-use pingora::http::ResponseHeader;
+use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 
-pub use crate::grpc::Code;
+use super::Code;
 
 /// A status the gateway itself decided on, with the message the caller will read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,23 +24,6 @@ impl LocalStatus {
         }
     }
 
-    /// The answer to a call the traffic policy turned away.
-    pub fn refused(refusal: crate::policy::Refusal, route: &str) -> Self {
-        match refusal {
-            crate::policy::Refusal::RateLimited { limit, retry_after } => Self {
-                retry_pushback: Some(retry_after),
-                ..Self::new(
-                    Code::ResourceExhausted,
-                    format!("rate limit of route {route:?} exceeded: {limit}"),
-                )
-            },
-            crate::policy::Refusal::Shed { upstream, max } => Self::new(
-                Code::Unavailable,
-                format!("upstream {upstream:?} is at its max_in_flight of {max} calls; call shed"),
-            ),
-        }
-    }
-
     fn pushback_value(&self) -> Option<HeaderValue> {
         // Rounded up: a caller that waits exactly this long finds a token.
         let wait = self.retry_pushback?;
@@ -48,21 +32,17 @@ impl LocalStatus {
         HeaderValue::from_str(&millis.to_string()).ok()
     }
 
-    /// The response head of a trailers-only answer: HTTP 200 carrying the status, sent with
-    /// END_STREAM. gRPC clients depend on this exact shape (e.g. for transparent retries).
-    pub fn trailers_only_response(&self) -> ResponseHeader {
-        let mut resp = ResponseHeader::build(200, Some(3)).expect("static status line is valid");
-        resp.insert_header("content-type", "application/grpc")
-            .expect("static header is valid");
-        resp.insert_header("grpc-status", self.code.header_value())
-            .expect("numeric header is valid");
-        resp.insert_header("grpc-message", encode_grpc_message(&self.message))
-            .expect("percent-encoded header is valid");
-        if let Some(pushback) = self.pushback_value() {
-            resp.insert_header("grpc-retry-pushback-ms", pushback)
-                .expect("numeric header is valid");
-        }
-        resp
+    /// The headers of a trailers-only answer (HTTP 200, sent with END_STREAM): the content
+    /// type, then the status. gRPC clients depend on this exact shape (e.g. for transparent
+    /// retries).
+    pub fn trailers_only_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.extend(self.trailers());
+        headers
     }
 
     /// Trailers that end a stream whose response headers were already sent.
@@ -77,18 +57,20 @@ impl LocalStatus {
     }
 }
 
-/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires: printable ASCII except
-/// `%` goes as is, everything else (UTF-8 bytes) as `%XX`.
+/// What `grpc-message` sends as `%XX`: besides every non-ASCII byte (UTF-8), the controls and
+/// `%` itself; the rest of printable ASCII goes as is (the gRPC HTTP/2 spec).
+const GRPC_MESSAGE_ESCAPED: &AsciiSet = &CONTROLS.add(b'%');
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires.
 pub fn encode_grpc_message(message: &str) -> HeaderValue {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    HeaderValue::from_str(&out).expect("only visible ASCII remains after encoding")
+    let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string();
+    HeaderValue::from_str(&encoded).expect("only visible ASCII remains after encoding")
+}
+
+/// A received `grpc-message`: percent-encoded UTF-8, decoded leniently (a broken escape is kept
+/// as it is, invalid UTF-8 replaced), as the spec asks of receivers.
+pub fn decode_grpc_message(raw: &[u8]) -> String {
+    percent_decode(raw).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -117,12 +99,35 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_percent_decoded_leniently() {
+        assert_eq!(decode_grpc_message(b"not%20found%3A x"), "not found: x");
+        assert_eq!(decode_grpc_message(b"100%"), "100%");
+        assert_eq!(decode_grpc_message(b"%zz"), "%zz");
+        assert_eq!(decode_grpc_message(b"%C3%A9"), "\u{e9}");
+        assert_eq!(decode_grpc_message(b"%ff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn encoding_and_decoding_round_trip() {
+        for text in [
+            "plain",
+            "100% sure",
+            "caf\u{e9}\n\ttab",
+            "\u{1f980} ~!@#$^&*()",
+        ] {
+            let encoded = encode_grpc_message(text);
+            assert!(encoded.as_bytes().iter().all(|b| (0x20..=0x7e).contains(b)));
+            assert_eq!(decode_grpc_message(encoded.as_bytes()), text);
+        }
+    }
+
+    #[test]
     fn trailers_only_has_grpc_shape() {
-        let resp = LocalStatus::new(Code::Unavailable, "no endpoint").trailers_only_response();
-        assert_eq!(resp.status.as_u16(), 200);
-        assert_eq!(resp.headers["content-type"], "application/grpc");
-        assert_eq!(resp.headers["grpc-status"], "14");
-        assert_eq!(resp.headers["grpc-message"], "no endpoint");
+        let headers = LocalStatus::new(Code::Unavailable, "no endpoint").trailers_only_headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(headers["grpc-message"], "no endpoint");
+        assert!(!headers.contains_key("grpc-retry-pushback-ms"));
     }
 
     #[test]

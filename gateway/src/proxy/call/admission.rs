@@ -1,0 +1,105 @@
+//! Admission: a call's route, its place under the traffic policy, its deadline and the region
+//! it prefers, decided once when it arrives, whichever driver then carries it.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+
+use crate::grpc::{parse_grpc_timeout, Code, LocalStatus};
+use crate::policy::CallFacts;
+use crate::routing::{parse_grpc_path, RoutingSnapshot};
+
+use super::answers::refusal_status;
+use super::CallCtx;
+
+/// Settings every gRPC listener shares.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    pub region: Option<String>,
+    pub region_header: Option<HeaderName>,
+}
+
+impl CallSettings {
+    /// The caller's stated region if it sent one, else the gateway's own.
+    pub fn preferred_region(&self, headers: &HeaderMap) -> Option<String> {
+        let stated = self.region_header.as_ref().and_then(|name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= 64)
+        });
+        stated.map(str::to_string).or_else(|| self.region.clone())
+    }
+}
+
+/// The request as admission sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub listener: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<IpAddr>,
+}
+
+impl CallCtx {
+    /// Routes the call and admits it under the route's policy, or says why not: `Err` carries
+    /// the status to answer with.
+    pub fn admit(
+        &mut self,
+        snapshot: &RoutingSnapshot,
+        settings: &CallSettings,
+        req: Request<'_>,
+    ) -> Result<(), LocalStatus> {
+        let path = req.path;
+        let grpc_path = parse_grpc_path(path).ok_or_else(|| {
+            LocalStatus::new(Code::Unimplemented, format!("malformed gRPC path {path:?}"))
+        })?;
+        let route = snapshot
+            .routes(req.listener)
+            .and_then(|table| table.find(grpc_path.service, grpc_path.method, req.headers))
+            .ok_or_else(|| {
+                LocalStatus::new(
+                    Code::Unimplemented,
+                    format!("no route for {path} on listener {:?}", req.listener),
+                )
+            })?;
+        // The traffic policy: rate limit, side of a split, a slot on the upstream.
+        let facts = CallFacts {
+            headers: req.headers,
+            peer: req.peer,
+        };
+        let admitted = route.admit(facts).map_err(|refusal| {
+            let label = route.targets().next().map(|t| &*t.route).unwrap_or("?");
+            refusal_status(refusal, label)
+        })?;
+        self.in_flight_permit = Some(admitted.permit);
+        let target = admitted.target;
+        target.upstream.count_call();
+        let caller_timeout = req.headers.get("grpc-timeout");
+        let budget = match caller_timeout {
+            Some(value) => Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
+                LocalStatus::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "malformed grpc-timeout header {:?}",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ),
+                )
+            })?),
+            None => target.timeout,
+        };
+        // A budget too far in the future to represent is no deadline at all (checked, never a
+        // panic on the call path whatever the caller sends).
+        self.deadline = budget.and_then(|b| self.started.checked_add(b));
+        self.caller_deadline = caller_timeout.is_some();
+        self.region = settings.preferred_region(req.headers);
+        self.method_metrics = target.metrics.as_ref().map(|m| {
+            m.methods
+                .for_call(path, grpc_path.service, grpc_path.method)
+        });
+        self.target = Some(target.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,641 @@
+//! The call core's decisions, on snapshots built from real config text.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+use crate::breaker::Outcome;
+use crate::discovery::Views;
+use crate::endpoint::EndpointRegistry;
+use crate::grpc::{Code, FrameError, LocalStatus};
+use crate::metrics::AttemptOutcome;
+use crate::policy::Refusal;
+use crate::routing::RoutingSnapshot;
+
+const CONFIG: &str = r#"
+[etcd]
+endpoints = ["http://127.0.0.1:1"]
+prefix = "/services/"
+
+[gateway]
+region = "home"
+region_header = "x-region"
+
+[[listener]]
+name = "l"
+listen = "127.0.0.1:1"
+
+[[route]]
+listener = "l"
+service = "plain.P"
+upstream = "three"
+timeout = "2s"
+
+[[route]]
+listener = "l"
+service = "retried.R"
+upstream = "three"
+retry = { on = ["UNAVAILABLE"], max_attempts = 4, backoff = "1ms", max_backoff = "2ms", buffer = "1KiB" }
+
+[[route]]
+listener = "l"
+service = "hedged.H"
+upstream = "three"
+idempotent = true
+hedge = { delay = "50ms", max_attempts = 2 }
+
+[[route]]
+listener = "l"
+service = "lonely.L"
+upstream = "one"
+
+[[route]]
+listener = "l"
+service = "empty.E"
+upstream = "none"
+
+[[route]]
+listener = "l"
+service = "drained.D"
+upstream = "drained"
+
+[[upstream]]
+name = "three"
+max_attempts = 2
+endpoints = [
+  { addr = "127.0.0.1:10001" },
+  { addr = "127.0.0.1:10002" },
+  { addr = "127.0.0.1:10003" },
+]
+
+[[upstream]]
+name = "one"
+endpoints = [{ addr = "127.0.0.1:10004" }]
+
+[[upstream]]
+name = "none"
+discovery = "etcd"
+service = "none"
+
+[[upstream]]
+name = "drained"
+endpoints = [{ addr = "127.0.0.1:10005", weight = 0 }, { addr = "127.0.0.1:10006", weight = 0 }]
+"#;
+
+fn snapshot() -> RoutingSnapshot {
+    let config = crate::config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap();
+    let registry = EndpointRegistry::default();
+    RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap()
+}
+
+fn settings() -> CallSettings {
+    CallSettings {
+        region: Some("home".into()),
+        region_header: Some(http::HeaderName::from_static("x-region")),
+    }
+}
+
+fn admit_with(path: &str, headers: &HeaderMap) -> (CallCtx, Result<(), LocalStatus>) {
+    let snapshot = snapshot();
+    let mut ctx = CallCtx::new();
+    let request = Request {
+        listener: "l",
+        path,
+        headers,
+        peer: None,
+    };
+    let admitted = ctx.admit(&snapshot, &settings(), request);
+    (ctx, admitted)
+}
+
+/// A call admitted on `path` without metadata.
+fn admitted(path: &str) -> CallCtx {
+    let (ctx, admitted) = admit_with(path, &HeaderMap::new());
+    admitted.unwrap();
+    ctx
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
+fn failure(connecting: bool, unprocessed: bool) -> AttemptFailure {
+    AttemptFailure {
+        connecting,
+        by_caller: false,
+        timed_out: false,
+        unprocessed,
+        reason: "connection refused".into(),
+    }
+}
+
+/// Claims an attempt and makes it the call's current one.
+fn claim_current(ctx: &mut CallCtx, why: Resend) -> Claimed {
+    let (claimed, attempt) = ctx.claim(why).unwrap();
+    ctx.attempt = Some(attempt);
+    claimed
+}
+
+#[test]
+fn admission_refuses_malformed_and_unrouted_paths() {
+    let (_, admitted) = admit_with("not-a-path", &HeaderMap::new());
+    let status = admitted.unwrap_err();
+    assert_eq!(status.code, Code::Unimplemented);
+    assert_eq!(status.message, "malformed gRPC path \"not-a-path\"");
+
+    let (ctx, admitted) = admit_with("/nowhere.N/M", &HeaderMap::new());
+    let status = admitted.unwrap_err();
+    assert_eq!(status.code, Code::Unimplemented);
+    assert_eq!(
+        status.message,
+        "no route for /nowhere.N/M on listener \"l\""
+    );
+    assert!(ctx.target.is_none());
+}
+
+#[test]
+fn admission_fixes_the_deadline_from_the_caller_else_the_route() {
+    let ctx = admitted("/plain.P/M");
+    assert!(!ctx.caller_deadline);
+    let budget = ctx.deadline.unwrap() - ctx.started;
+    assert_eq!(budget, Duration::from_secs(2), "the route's timeout");
+
+    let (ctx, result) = admit_with("/plain.P/M", &headers(&[("grpc-timeout", "300m")]));
+    result.unwrap();
+    assert!(ctx.caller_deadline);
+    assert_eq!(
+        ctx.deadline.unwrap() - ctx.started,
+        Duration::from_millis(300)
+    );
+
+    let ctx = admitted("/lonely.L/M");
+    assert_eq!(ctx.deadline, None, "no timeout anywhere: no deadline");
+
+    let (_, result) = admit_with("/plain.P/M", &headers(&[("grpc-timeout", "soon")]));
+    let status = result.unwrap_err();
+    assert_eq!(status.code, Code::InvalidArgument);
+    assert_eq!(status.message, "malformed grpc-timeout header \"soon\"");
+}
+
+#[test]
+fn admission_takes_the_callers_region_else_the_gateways() {
+    let ctx = admitted("/plain.P/M");
+    assert_eq!(ctx.region.as_deref(), Some("home"));
+    let (ctx, _) = admit_with("/plain.P/M", &headers(&[("x-region", " away ")]));
+    assert_eq!(ctx.region.as_deref(), Some("away"));
+    let (ctx, _) = admit_with("/plain.P/M", &headers(&[("x-region", &"r".repeat(65))]));
+    assert_eq!(
+        ctx.region.as_deref(),
+        Some("home"),
+        "over 64 bytes: ignored"
+    );
+    let (ctx, _) = admit_with("/plain.P/M", &headers(&[("x-region", "")]));
+    assert_eq!(ctx.region.as_deref(), Some("home"));
+}
+
+#[test]
+fn admission_gives_the_call_its_route_and_permit() {
+    let ctx = admitted("/retried.R/M");
+    let target = ctx.target.as_ref().unwrap();
+    assert_eq!(&*target.route, "retried.R");
+    assert_eq!(target.upstream.name, "three");
+    assert!(ctx.in_flight_permit.is_some());
+}
+
+#[test]
+fn attempts_come_from_the_route_policy_else_the_upstream() {
+    assert_eq!(admitted("/plain.P/M").max_attempts(), 2);
+    assert_eq!(admitted("/retried.R/M").max_attempts(), 4);
+    assert_eq!(admitted("/hedged.H/M").max_attempts(), 2);
+    assert_eq!(CallCtx::new().max_attempts(), 1, "unrouted: one");
+}
+
+#[test]
+fn claims_go_to_endpoints_not_yet_tried() {
+    let mut ctx = admitted("/plain.P/M");
+    let first = claim_current(&mut ctx, Resend::First);
+    assert_eq!(ctx.tried, vec![first.index]);
+    assert_eq!(ctx.endpoint, Some(first.endpoint().addr));
+    assert_eq!(first.endpoint().state.in_flight(), 1);
+    ctx.finish_attempt(None, None);
+    assert_eq!(first.endpoint().state.in_flight(), 0);
+
+    let second = claim_current(&mut ctx, Resend::Unprocessed);
+    assert_ne!(second.index, first.index);
+    assert_eq!(ctx.tried, vec![first.index, second.index]);
+    ctx.finish_attempt(None, None);
+    // max_attempts = 2: no third.
+    let status = ctx.claim(Resend::Unprocessed).unwrap_err();
+    assert_eq!(status.code, Code::Unavailable);
+}
+
+#[test]
+fn a_status_retry_may_go_back_to_the_only_endpoint() {
+    let mut ctx = admitted("/lonely.L/M");
+    // The upstream's default max_attempts leaves room for a second attempt.
+    assert!(ctx.max_attempts() >= 2);
+    claim_current(&mut ctx, Resend::First);
+    ctx.finish_attempt(None, None);
+    let status = ctx.claim(Resend::Unprocessed).unwrap_err();
+    assert_eq!(
+        status.code,
+        Code::Unavailable,
+        "nothing untried for a resend"
+    );
+    let again = claim_current(&mut ctx, Resend::Status);
+    assert_eq!(ctx.tried, vec![0, 0]);
+    assert_eq!(again.index, 0);
+}
+
+#[test]
+fn claims_are_refused_past_the_deadline_and_unrouted() {
+    let mut ctx = admitted("/plain.P/M");
+    ctx.deadline = Some(Instant::now());
+    let status = ctx.claim(Resend::First).unwrap_err();
+    assert_eq!(status.code, Code::DeadlineExceeded);
+    assert!(ctx.tried.is_empty());
+
+    let status = CallCtx::new().claim(Resend::First).unwrap_err();
+    assert_eq!(status.code, Code::Internal);
+}
+
+#[test]
+fn one_dial_in_flight_per_endpoint() {
+    let mut ctx = admitted("/lonely.L/M");
+    let (claimed, mut first) = ctx.claim(Resend::First).unwrap();
+    assert!(ctx.dial_turn(&claimed, &mut first).is_none());
+    let ticket = first.dial.take().expect("the first attempt dials");
+    let (claimed, mut second) = ctx.claim(Resend::Status).unwrap();
+    assert!(
+        ctx.dial_turn(&claimed, &mut second).is_some(),
+        "a second attempt waits for the dial in flight"
+    );
+    assert!(second.dial.is_none());
+    ticket.connected();
+    let mut third = Attempt::new(claimed.endpoint().state.clone(), false);
+    assert!(ctx.dial_turn(&claimed, &mut third).is_none());
+    assert!(third.dial.is_none(), "connected: go ahead, no dial");
+}
+
+#[test]
+fn failures_are_judged_by_whose_doing_they_were() {
+    let mut ctx = admitted("/plain.P/M");
+    assert_eq!(
+        ctx.failure_verdict(&failure(true, false)),
+        Some(AttemptOutcome::ConnectError)
+    );
+    assert_eq!(
+        ctx.failure_verdict(&failure(false, false)),
+        Some(AttemptOutcome::Reset)
+    );
+    let timed_out = AttemptFailure {
+        timed_out: true,
+        ..failure(false, false)
+    };
+    assert_eq!(
+        ctx.failure_verdict(&timed_out),
+        Some(AttemptOutcome::Timeout)
+    );
+    let by_caller = AttemptFailure {
+        by_caller: true,
+        ..failure(true, false)
+    };
+    assert_eq!(ctx.failure_verdict(&by_caller), None);
+    // The route's deadline passed: the endpoint was too slow.
+    ctx.deadline = Some(Instant::now());
+    assert_eq!(
+        ctx.failure_verdict(&failure(false, false)),
+        Some(AttemptOutcome::Timeout)
+    );
+    // The caller's own deadline passed: nobody's fault.
+    ctx.caller_deadline = true;
+    assert_eq!(ctx.failure_verdict(&failure(false, false)), None);
+}
+
+#[test]
+fn a_failed_attempt_is_ended_and_remembered() {
+    let mut ctx = admitted("/plain.P/M");
+    let claimed = claim_current(&mut ctx, Resend::First);
+    ctx.attempt_failed(claimed.endpoint().addr, &failure(true, false));
+    assert!(ctx.attempt.is_none());
+    assert_eq!(claimed.endpoint().state.in_flight(), 0);
+    assert_eq!(
+        ctx.last_failure.as_deref(),
+        Some(format!("{}: connection refused", claimed.endpoint().addr).as_str())
+    );
+}
+
+#[test]
+fn only_calls_the_backend_never_saw_are_sent_again() {
+    let mut ctx = admitted("/plain.P/M");
+    claim_current(&mut ctx, Resend::First);
+    assert!(ctx.resend_after(&failure(true, false), true));
+    assert!(ctx.resend_after(&failure(false, true), true));
+    assert!(
+        !ctx.resend_after(&failure(false, false), true),
+        "maybe processed"
+    );
+    assert!(
+        !ctx.resend_after(&failure(false, true), false),
+        "body not kept"
+    );
+    ctx.response_started = true;
+    assert!(
+        !ctx.resend_after(&failure(false, true), true),
+        "answer begun"
+    );
+    ctx.response_started = false;
+    claim_current(&mut ctx, Resend::Unprocessed);
+    assert!(
+        !ctx.resend_after(&failure(true, false), true),
+        "attempts used up"
+    );
+    let mut late = admitted("/plain.P/M");
+    claim_current(&mut late, Resend::First);
+    late.deadline = Some(Instant::now());
+    assert!(
+        !late.resend_after(&failure(true, false), true),
+        "deadline passed"
+    );
+}
+
+#[test]
+fn answers_are_judged_by_the_upstreams_failure_codes() {
+    let mut ctx = admitted("/plain.P/M");
+    assert_eq!(
+        ctx.classify_response(false),
+        Some(Outcome::Failure),
+        "no status"
+    );
+    assert_eq!(ctx.classify_response(true), None, "explained by the error");
+    ctx.upstream_status = Some(Code::Ok);
+    assert_eq!(ctx.classify_response(false), Some(Outcome::Success));
+    ctx.upstream_status = Some(Code::NotFound);
+    assert_eq!(ctx.classify_response(true), Some(Outcome::Success));
+    for code in [Code::Unavailable, Code::Internal, Code::Unknown] {
+        ctx.upstream_status = Some(code);
+        assert_eq!(ctx.classify_response(false), Some(Outcome::Failure));
+    }
+    // DEADLINE_EXCEEDED on the route's deadline is the endpoint's slowness...
+    ctx.upstream_status = Some(Code::DeadlineExceeded);
+    ctx.deadline = Some(Instant::now());
+    assert_eq!(ctx.classify_response(false), Some(Outcome::Failure));
+    // ...on the caller's own deadline, nobody's fault.
+    ctx.caller_deadline = true;
+    assert_eq!(ctx.classify_response(false), None);
+    ctx.upstream_status = Some(Code::Cancelled);
+    assert_eq!(ctx.classify_response(false), None);
+    // Far from the deadline, the code speaks for itself.
+    ctx.deadline = Some(Instant::now() + Duration::from_secs(10));
+    ctx.upstream_status = Some(Code::DeadlineExceeded);
+    assert_eq!(ctx.classify_response(false), Some(Outcome::Failure));
+    assert_eq!(CallCtx::new().classify_response(false), None, "unrouted");
+}
+
+#[test]
+fn finishing_an_answered_attempt_counts_it() {
+    let mut ctx = admitted("/plain.P/M");
+    let claimed = claim_current(&mut ctx, Resend::First);
+    ctx.upstream_status = Some(Code::Ok);
+    ctx.finish_answered(false);
+    assert!(ctx.attempt.is_none());
+    assert_eq!(claimed.endpoint().state.in_flight(), 0);
+}
+
+#[test]
+fn cancelled_at_the_deadline_is_told_as_deadline_exceeded() {
+    let mut ctx = admitted("/plain.P/M");
+    ctx.deadline = Some(Instant::now() + DEADLINE_SLACK / 2);
+    let status = ctx.status_seen(Code::Cancelled).unwrap();
+    assert_eq!(status.code, Code::DeadlineExceeded);
+    assert!(status.message.starts_with("deadline exceeded after "));
+    assert_eq!(ctx.upstream_status, Some(Code::DeadlineExceeded));
+
+    assert_eq!(ctx.status_seen(Code::Unavailable), None, "other codes pass");
+    assert_eq!(ctx.upstream_status, Some(Code::Unavailable));
+
+    ctx.deadline = Some(Instant::now() + Duration::from_secs(5));
+    assert_eq!(
+        ctx.status_seen(Code::Cancelled),
+        None,
+        "far from the deadline"
+    );
+    assert_eq!(ctx.upstream_status, Some(Code::Cancelled));
+
+    let mut open_ended = admitted("/lonely.L/M");
+    assert_eq!(open_ended.status_seen(Code::Cancelled), None, "no deadline");
+}
+
+#[test]
+fn status_retries_follow_the_routes_policy() {
+    let facts = StatusFacts {
+        pushback: None,
+        copy_truncated: false,
+    };
+    let mut ctx = admitted("/retried.R/M");
+    claim_current(&mut ctx, Resend::First);
+    let wait = ctx.retry_on_status(Code::Unavailable, facts).unwrap();
+    assert!(wait < Duration::from_millis(2));
+    assert_eq!(
+        ctx.retry_on_status(Code::Internal, facts),
+        None,
+        "not listed"
+    );
+    let truncated = StatusFacts {
+        copy_truncated: true,
+        ..facts
+    };
+    assert_eq!(ctx.retry_on_status(Code::Unavailable, truncated), None);
+    let pushback = StatusFacts {
+        pushback: Some(b"7"),
+        ..facts
+    };
+    assert_eq!(
+        ctx.retry_on_status(Code::Unavailable, pushback),
+        Some(Duration::from_millis(7))
+    );
+    let refused = StatusFacts {
+        pushback: Some(b"-1"),
+        ..facts
+    };
+    assert_eq!(ctx.retry_on_status(Code::Unavailable, refused), None);
+
+    let mut plain = admitted("/plain.P/M");
+    claim_current(&mut plain, Resend::First);
+    assert_eq!(
+        plain.retry_on_status(Code::Unavailable, facts),
+        None,
+        "no retry"
+    );
+}
+
+#[test]
+fn a_held_back_status_ends_the_attempt_quietly() {
+    let mut ctx = admitted("/retried.R/M");
+    let claimed = claim_current(&mut ctx, Resend::First);
+    ctx.upstream_status = Some(Code::Unavailable);
+    ctx.hold_back_for_retry(Code::Unavailable, Duration::from_millis(3));
+    assert!(ctx.attempt.is_none());
+    assert_eq!(claimed.endpoint().state.in_flight(), 0);
+    assert_eq!(ctx.upstream_status, None, "the caller has seen nothing");
+    assert_eq!(ctx.pending_retry, Some(Duration::from_millis(3)));
+    assert_eq!(
+        ctx.last_failure,
+        Some(format!("{}: answered UNAVAILABLE", claimed.endpoint().addr))
+    );
+}
+
+#[test]
+fn each_attempt_carries_its_budget_and_number() {
+    let mut ctx = admitted("/plain.P/M");
+    claim_current(&mut ctx, Resend::First);
+    let headers = ctx.attempt_headers();
+    assert!(headers.remove.is_none());
+    let set: Vec<_> = headers.to_set().collect();
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].0, "grpc-timeout");
+    assert!(set[0].1.is_sensitive(), "never indexed by HPACK");
+    let budget = crate::grpc::parse_grpc_timeout(set[0].1.as_bytes()).unwrap();
+    assert!(budget <= Duration::from_secs(2) && budget > Duration::from_secs(1));
+
+    ctx.finish_attempt(None, None);
+    claim_current(&mut ctx, Resend::Unprocessed);
+    let set: Vec<_> = ctx.attempt_headers().to_set().collect();
+    assert_eq!(set.len(), 2);
+    assert_eq!(set[1].0, "grpc-previous-rpc-attempts");
+    assert_eq!(set[1].1, "1");
+
+    let mut open_ended = admitted("/lonely.L/M");
+    claim_current(&mut open_ended, Resend::First);
+    assert_eq!(open_ended.attempt_headers().to_set().count(), 0);
+}
+
+#[test]
+fn no_endpoint_messages_say_what_an_operator_can_act_on() {
+    let ctx = admitted("/empty.E/M");
+    let status = ctx.no_endpoint_status();
+    assert_eq!(status.code, Code::Unavailable);
+    assert_eq!(
+        status.message,
+        format!(
+            "upstream \"none\" has no endpoints: {}",
+            ctx.target
+                .as_ref()
+                .unwrap()
+                .upstream
+                .empty_reason
+                .as_deref()
+                .unwrap()
+        )
+    );
+
+    let mut ctx = admitted("/plain.P/M");
+    ctx.tried = vec![0];
+    ctx.last_failure = Some("127.0.0.1:10001: connection refused".into());
+    assert_eq!(
+        ctx.no_endpoint_status().message,
+        "upstream \"three\": no endpoint could take the call after 1 attempt; \
+         last error: 127.0.0.1:10001: connection refused"
+    );
+    ctx.tried = vec![0, 1];
+    assert!(ctx
+        .no_endpoint_status()
+        .message
+        .contains("after 2 attempts;"));
+
+    let ctx = admitted("/drained.D/M");
+    assert_eq!(
+        ctx.no_endpoint_status().message,
+        "upstream \"drained\": no usable endpoint (2 drained of 2)"
+    );
+    assert_eq!(
+        CallCtx::new().no_endpoint_status().message,
+        "upstream \"-\": no usable endpoint"
+    );
+}
+
+#[test]
+fn the_closing_status_depends_on_how_far_the_call_got() {
+    let mut ctx = admitted("/plain.P/M");
+    ctx.upstream_status = Some(Code::Ok);
+    assert_eq!(
+        ctx.closing_status(false),
+        None,
+        "the backend's status went out"
+    );
+
+    let mut ctx = admitted("/plain.P/M");
+    ctx.local_status = Some(LocalStatus::new(Code::ResourceExhausted, "too big"));
+    assert_eq!(ctx.closing_status(false).unwrap().message, "too big");
+
+    let mut ctx = admitted("/plain.P/M");
+    assert_eq!(ctx.closing_status(true), None, "nobody left to answer");
+    assert_eq!(ctx.local_status.as_ref().unwrap().code, Code::Cancelled);
+
+    let mut ctx = admitted("/plain.P/M");
+    ctx.response_started = true;
+    let status = ctx.closing_status(false).unwrap();
+    assert_eq!(status.code, Code::Unavailable);
+    assert_eq!(
+        status.message,
+        "upstream \"three\" failed mid-call: stream ended without trailers"
+    );
+    assert_eq!(ctx.local_status, Some(status));
+
+    let mut ctx = admitted("/plain.P/M");
+    ctx.deadline = Some(Instant::now());
+    assert_eq!(
+        ctx.closing_status(true).unwrap().code,
+        Code::DeadlineExceeded,
+        "the deadline explains it first"
+    );
+
+    let mut ctx = admitted("/empty.E/M");
+    let status = ctx.closing_status(false).unwrap();
+    assert!(status.message.contains("has no endpoints"));
+}
+
+#[test]
+fn refusals_and_bad_bodies_have_their_own_statuses() {
+    let limited = refusal_status(
+        Refusal::RateLimited {
+            limit: "10/s".into(),
+            retry_after: Duration::from_millis(40),
+        },
+        "r",
+    );
+    assert_eq!(limited.code, Code::ResourceExhausted);
+    assert_eq!(limited.message, "rate limit of route \"r\" exceeded: 10/s");
+    assert_eq!(limited.retry_pushback, Some(Duration::from_millis(40)));
+    let shed = refusal_status(
+        Refusal::Shed {
+            upstream: "u".into(),
+            max: 3,
+        },
+        "r",
+    );
+    assert_eq!(shed.code, Code::Unavailable);
+    assert_eq!(
+        shed.message,
+        "upstream \"u\" is at its max_in_flight of 3 calls; call shed"
+    );
+    let large = request_body_status(FrameError::TooLarge {
+        length: 9,
+        limit: 4,
+    });
+    assert_eq!(large.code, Code::ResourceExhausted);
+    assert_eq!(
+        large.message,
+        "request message of 9 bytes is larger than this listener's max_message_size (4 bytes)"
+    );
+    assert_eq!(
+        request_body_status(FrameError::Truncated).code,
+        Code::Internal
+    );
+}
