@@ -452,8 +452,10 @@ async fn raw_h2_unary_has_normal_shape() {
 }
 
 /// The relay (hedged and JSON calls) claims endpoints through the same dial gate as pingora's
-/// path: a cold burst of 200 hedged calls at a TLS backend dials once, not once per call (at
-/// 507e6a3 the relay dialed for each call that arrived before the first handshake ended).
+/// path: a cold burst of 200 hedged calls dials once, not once per call. Each dial here takes
+/// 300 ms (the backend's TLS answers are held back that long by a forwarder), so the whole
+/// burst arrives while the first dial is under way; at 507e6a3 the relay dialed for each call
+/// (66-200 connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -466,10 +468,11 @@ async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
         ..strait_tests::BackendOptions::named("tls-backend")
     })
     .await;
+    let slow_dial = slow_answering_forwarder(backend.addr, Duration::from_millis(300)).await;
     let listen = strait_tests::net::free_addr();
     let ca = pki.ca_cert.display().to_string();
     let endpoint = crate::fixture::Ep {
-        addr: backend.addr,
+        addr: slow_dial,
         weight: 100,
         region: "eu-west",
     };
@@ -483,7 +486,8 @@ async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
     .replace(
         "max_attempts = 3",
         &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
-    );
+    )
+    .replace("connect_timeout = \"500ms\"", "connect_timeout = \"2s\"");
     let _gateway =
         tokio::task::block_in_place(|| strait_tests::Gateway::start_in(dir, &text, listen));
     let client = crate::fixture::client(listen).await;
@@ -498,4 +502,37 @@ async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
         "{} upstream connections for a cold burst of 200 hedged calls",
         backend.connections()
     );
+}
+
+/// A TCP forwarder to `backend` that holds back each connection's first answer bytes for
+/// `delay`: every TLS handshake through it (a dial) takes that long.
+async fn slow_answering_forwarder(
+    backend: std::net::SocketAddr,
+    delay: Duration,
+) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let (mut from_gateway, mut to_gateway) = inbound.into_split();
+                let (mut from_backend, mut to_backend) = outbound.into_split();
+                let upstream = async {
+                    let _ = tokio::io::copy(&mut from_gateway, &mut to_backend).await;
+                    let _ = to_backend.shutdown().await;
+                };
+                let downstream = async {
+                    tokio::time::sleep(delay).await;
+                    let _ = tokio::io::copy(&mut from_backend, &mut to_gateway).await;
+                    let _ = to_gateway.shutdown().await;
+                };
+                tokio::join!(upstream, downstream);
+            });
+        }
+    });
+    addr
 }
