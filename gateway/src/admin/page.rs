@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::view::{GatewayView, SourceView};
-use crate::observe::traffic::TrafficSummary;
+use crate::metrics::traffic::TrafficSummary;
 
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;")

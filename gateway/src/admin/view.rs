@@ -9,8 +9,8 @@ use crate::breaker::State;
 use crate::discovery::dns::{DnsStatus, Outcome};
 use crate::discovery::etcd::DiscoveryStatus;
 use crate::discovery::EndpointSource;
+use crate::metrics::traffic::TrafficSummary;
 use crate::metrics::Metrics;
-use crate::observe::traffic::TrafficSummary;
 use crate::routing::RoutingSnapshot;
 
 #[derive(Debug, Serialize)]

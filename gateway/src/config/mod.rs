@@ -1,19 +1,12 @@
 //! Configuration: one TOML file, parsed strictly, validated completely, turned into one internal
 //! model. A file with any problem never starts the gateway.
 
-mod access_log;
 mod diagnostics;
-mod dns;
 mod duration;
 mod file;
 mod model;
-mod policy;
 mod spanned;
-mod tls_files;
-mod tracing;
 mod validate;
-mod web;
-mod xds;
 
 #[cfg(test)]
 mod tests;
@@ -23,7 +16,7 @@ use std::path::Path;
 pub use diagnostics::{ConfigError, Problem};
 pub use duration::parse_duration;
 pub use model::*;
-pub use policy::MAX_RETRY_BUFFER;
+pub use validate::MAX_RETRY_BUFFER;
 
 /// Reads, parses and validates a config file, reporting every problem found.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -284,6 +284,17 @@ pub struct ListenerTls {
     pub client_ca: Option<PathBuf>,
 }
 
+impl ListenerTls {
+    /// The files, as `crate::tls` reads them.
+    pub fn files(&self) -> crate::tls::ListenerTlsFiles<'_> {
+        crate::tls::ListenerTlsFiles {
+            cert: &self.cert,
+            key: &self.key,
+            client_ca: self.client_ca.as_deref(),
+        }
+    }
+}
+
 /// Which gRPC services a route applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServiceMatch {

@@ -9,8 +9,6 @@ use std::time::Duration;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{CertKey, WrappedX509};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
 
@@ -115,16 +113,7 @@ fn load_client_cert(
             .into());
         }
     }
-    let key_bytes = std::fs::read(key).map_err(|e| crate::tls::TlsError::Read {
-        path: key.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let key_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
-        crate::tls::TlsError::Invalid {
-            path: key.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+    let key_der = crate::tls::load_private_key(key)?;
     let chain = certified.cert.iter().map(|c| c.as_ref().to_vec()).collect();
     Ok(Arc::new(CertKey::new(chain, key_der.secret_der().to_vec())))
 }
@@ -134,13 +123,11 @@ fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, PeerTemplateErr
         path: path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no certificate in file".into()));
-    }
+    let certs = crate::tls::load_certificates(path).map_err(|e| match e {
+        crate::tls::TlsError::Read { reason, .. }
+        | crate::tls::TlsError::Invalid { reason, .. } => err(reason),
+        other => err(other.to_string()),
+    })?;
     let mut wrapped = Vec::with_capacity(certs.len());
     for cert in certs {
         let der = cert.as_ref().to_vec();

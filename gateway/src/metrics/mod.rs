@@ -5,6 +5,7 @@
 //! Gauges that describe state (breakers, endpoints, discovery) are filled at scrape time.
 
 mod methods;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::observe::traffic::TrafficWindow;
 use methods::MethodFamilies;
 pub use methods::{MethodMetrics, RouteMethods, OTHER};
+use traffic::TrafficWindow;
 
 use crate::breaker::{State, Transition};
 use crate::grpc::Code;

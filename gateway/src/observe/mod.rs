@@ -1,12 +1,11 @@
 //! What operators see of each call and connection, fed by the call context once it ends: the
 //! access log (one line per call or tcp connection), the call's trace (started when it arrives,
-//! so the upstream can be told its parent, ended and exported when it ends) and the last minute
-//! of traffic per route and upstream for the status page. Nothing here waits for a disk or a
-//! collector.
+//! so the upstream can be told its parent, ended and exported when it ends). The last minute
+//! of traffic per route and upstream for the status page is `metrics::traffic`. Nothing here
+//! waits for a disk or a collector.
 
 pub mod access_log;
 pub mod trace;
-pub mod traffic;
 
 use std::time::Duration;
 

@@ -24,7 +24,6 @@ use tracing::{info, warn};
 use super::admission::{Admission, Handshake};
 use super::frame_guard::{FrameRules, ResetBudget};
 use super::runtime::ListenerRuntime;
-use super::StartError;
 use crate::config::{ListenerConfig, ListenerKind, ListenerLimits};
 use crate::metrics::{Metrics, Rejection};
 use crate::proxy::call::CallSettings;
@@ -109,12 +108,6 @@ pub enum ListenerError {
     NotServing(&'static str),
 }
 
-impl From<ListenerError> for StartError {
-    fn from(e: ListenerError) -> Self {
-        StartError::Listener(e)
-    }
-}
-
 /// A socket bound (with the duplicate pingora will own) and its TLS material loaded, not yet
 /// serving: nothing left to fail when it starts.
 struct Prepared {
@@ -130,15 +123,16 @@ fn prepare(
     config: &ListenerConfig,
     socket: Option<std::net::TcpListener>,
 ) -> Result<Prepared, ListenerError> {
-    let tls = match &config.tls {
-        None => None,
-        Some(tls) => Some(ListenerTlsState::load(&config.name, tls).map_err(|source| {
-            ListenerError::Tls {
-                listener: config.name.clone(),
-                source,
-            }
-        })?),
-    };
+    let tls =
+        match &config.tls {
+            None => None,
+            Some(tls) => Some(ListenerTlsState::load(&config.name, tls.files()).map_err(
+                |source| ListenerError::Tls {
+                    listener: config.name.clone(),
+                    source,
+                },
+            )?),
+        };
     let bind_error = |source| ListenerError::Bind {
         listener: config.name.clone(),
         addr: config.listen,
@@ -179,8 +173,9 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
 }
 
 impl ListenerSet {
-    pub fn new(deps: ListenerDeps, threads: usize) -> Result<Self, StartError> {
-        let runtime = ListenerRuntime::new(threads).map_err(StartError::Runtime)?;
+    /// `Err`: the listener runtime could not be started.
+    pub fn new(deps: ListenerDeps, threads: usize) -> std::io::Result<Self> {
+        let runtime = ListenerRuntime::new(threads)?;
         Ok(Self {
             runtime,
             deps,
@@ -228,7 +223,7 @@ impl ListenerSet {
                 Some(r) => {
                     if let (Some(state), Some(tls)) = (&r.tls, &config.tls) {
                         // Read now so a bad file refuses the reload; swapped in `commit`.
-                        ListenerTlsState::load(&config.name, tls).map_err(|source| {
+                        ListenerTlsState::load(&config.name, tls.files()).map_err(|source| {
                             ListenerError::Tls {
                                 listener: config.name.clone(),
                                 source,
@@ -275,10 +270,12 @@ impl ListenerSet {
     pub async fn commit(&self, plan: ListenerPlan) -> Result<ListenerChanges, ListenerError> {
         let mut changes = ListenerChanges::default();
         for (name, state, tls) in &plan.tls_reloads {
-            state.reload(tls).map_err(|source| ListenerError::Tls {
-                listener: name.clone(),
-                source,
-            })?;
+            state
+                .reload(tls.files())
+                .map_err(|source| ListenerError::Tls {
+                    listener: name.clone(),
+                    source,
+                })?;
             changes.tls_reloaded.push(name.clone());
         }
         let stopped: Vec<Running> = {
@@ -495,14 +492,12 @@ fn socket_options(limits: &ListenerLimits) -> TcpSocketOptions {
 
 /// The admin listener binds through pingora's own server: check it first so a taken port is a
 /// clean start-up error rather than a panic inside pingora.
-pub fn check_bindable(name: &str, listen: SocketAddr) -> Result<(), StartError> {
+pub fn check_bindable(name: &str, listen: SocketAddr) -> Result<(), ListenerError> {
     std::net::TcpListener::bind(listen)
         .map(drop)
-        .map_err(|source| {
-            StartError::Listener(ListenerError::Bind {
-                listener: name.to_string(),
-                addr: listen,
-                source,
-            })
+        .map_err(|source| ListenerError::Bind {
+            listener: name.to_string(),
+            addr: listen,
+            source,
         })
 }

@@ -6,14 +6,22 @@ mod pem;
 mod server_cert;
 
 pub use client_auth::ReloadingClientVerifier;
-pub use pem::{load_certificates, load_certified_key, load_roots};
+pub use pem::{load_certificates, load_certified_key, load_private_key, load_roots};
 pub use server_cert::ReloadingCert;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use pingora::listeners::tls::TlsSettings;
 
-use crate::config::ListenerTls;
+/// The files of a TLS listener: its certificate chain and key, and with mutual TLS the CAs
+/// its callers' certificates must be signed by.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerTlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: Option<&'a Path>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -37,12 +45,11 @@ pub struct ListenerTlsState {
 }
 
 impl ListenerTlsState {
-    pub fn load(listener: &str, config: &ListenerTls) -> Result<Self, TlsError> {
+    pub fn load(listener: &str, files: ListenerTlsFiles<'_>) -> Result<Self, TlsError> {
         let cert = Arc::new(ReloadingCert::new(load_certified_key(
-            &config.cert,
-            &config.key,
+            files.cert, files.key,
         )?));
-        let client_auth = match &config.client_ca {
+        let client_auth = match files.client_ca {
             None => None,
             Some(ca) => Some(Arc::new(ReloadingClientVerifier::new(
                 listener,
@@ -53,9 +60,9 @@ impl ListenerTlsState {
     }
 
     /// Re-reads every file first and swaps only when all of them are good.
-    pub fn reload(&self, config: &ListenerTls) -> Result<(), TlsError> {
-        let key = load_certified_key(&config.cert, &config.key)?;
-        let verifier = match (&self.client_auth, &config.client_ca) {
+    pub fn reload(&self, files: ListenerTlsFiles<'_>) -> Result<(), TlsError> {
+        let key = load_certified_key(files.cert, files.key)?;
+        let verifier = match (&self.client_auth, files.client_ca) {
             (Some(_), Some(ca)) => Some(client_auth::verifier(ca)?),
             _ => None,
         };

@@ -1,4 +1,5 @@
-//! Reading PEM certificates and keys into rustls types, with errors that name the file.
+//! Reading PEM certificates and keys into rustls types, with errors that name the file. The one
+//! place PEM files are read: listeners, upstream peers and `strait check` all come here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,12 +37,17 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
+/// The private key in a PEM file.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| invalid(path, e))
+}
+
 /// A certificate chain with its private key, checked to belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     super::install_crypto_provider();
     let chain = load_certificates(cert)?;
-    let key_bytes = read(key)?;
-    let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| invalid(key, e))?;
+    let private = load_private_key(key)?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, private, &provider)
         .map(Arc::new)

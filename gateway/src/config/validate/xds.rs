@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::diagnostics::Diagnostics;
-use super::file::XdsSection;
-use super::model::{AdminConfig, ListenerConfig, UpstreamConfig, XdsConfig};
+use crate::config::diagnostics::Diagnostics;
+use crate::config::file::XdsSection;
+use crate::config::model::{AdminConfig, ListenerConfig, UpstreamConfig, XdsConfig};
 
 pub(super) fn validate_xds(
     section: &XdsSection,
@@ -80,7 +80,7 @@ pub(super) fn validate_xds(
         names.iter().map(|n| n.get_ref().clone()).collect()
     });
     let tls = section.tls.as_ref().map(|tls| {
-        super::validate::validate_server_tls(
+        super::validate_server_tls(
             (&tls.cert, &tls.key, tls.client_ca.as_ref()),
             base_dir,
             "xds.tls",

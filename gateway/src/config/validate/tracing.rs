@@ -1,8 +1,8 @@
 //! Validation of `[tracing]`.
 
-use super::diagnostics::Diagnostics;
-use super::file::TracingSection;
-use super::model::TracingConfig;
+use crate::config::diagnostics::Diagnostics;
+use crate::config::file::TracingSection;
+use crate::config::model::TracingConfig;
 
 /// Spans not sampled by a caller's parent are kept at this ratio unless the file says otherwise.
 pub const DEFAULT_TRACE_SAMPLE: f64 = 0.01;

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::diagnostics::Diagnostics;
-use super::duration::ConfigDuration;
-use super::file::{ByteSize, RouteSection, UpstreamSection};
-use super::model::DEFAULT_MEMBERS_PREFIX;
-use super::model::{
+use super::int_in;
+use crate::config::diagnostics::Diagnostics;
+use crate::config::duration::ConfigDuration;
+use crate::config::file::{ByteSize, RouteSection, UpstreamSection};
+use crate::config::model::DEFAULT_MEMBERS_PREFIX;
+use crate::config::model::{
     Destination, HeaderCondition, HedgeConfig, RateLimitConfig, RateLimitKey, RateLimitScope,
     RetryBudgetConfig, RetryConfig, SplitSide,
 };
-use super::spanned::Spanned;
-use super::validate::int_in;
+use crate::config::spanned::Spanned;
 use crate::grpc::Code;
 
 /// Envoy's default overprovisioning factor: a region with 5 of 7 endpoints usable still keeps
@@ -62,15 +62,16 @@ pub(super) fn validate_destination(
     upstream_names: &HashSet<&str>,
     diag: &mut Diagnostics,
 ) -> Destination {
-    let known = |name: &super::spanned::Spanned<String>, key: String, diag: &mut Diagnostics| {
-        if !upstream_names.contains(name.get_ref().as_str()) {
-            diag.at(
-                Some(name.span()),
-                key,
-                format!("no upstream named {:?}", name.get_ref()),
-            );
-        }
-    };
+    let known =
+        |name: &crate::config::spanned::Spanned<String>, key: String, diag: &mut Diagnostics| {
+            if !upstream_names.contains(name.get_ref().as_str()) {
+                diag.at(
+                    Some(name.span()),
+                    key,
+                    format!("no upstream named {:?}", name.get_ref()),
+                );
+            }
+        };
     let hash_header = section
         .hash_header
         .as_ref()

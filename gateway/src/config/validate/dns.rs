@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::diagnostics::Diagnostics;
-use super::file::{DnsSection, UpstreamSection};
-use super::model::{
+use crate::config::diagnostics::Diagnostics;
+use crate::config::file::{DnsSection, UpstreamSection};
+use crate::config::model::{
     Discovery, DnsConfig, DnsHost, DEFAULT_DNS_REFRESH, DEFAULT_DNS_TIMEOUT, DEFAULT_WEIGHT,
     MAX_WEIGHT, MIN_DNS_REFRESH,
 };

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::diagnostics::Diagnostics;
-use super::file::{ListenerSection, TranscodeSection};
-use super::model::{
+use super::resolve;
+use crate::config::diagnostics::Diagnostics;
+use crate::config::file::{ListenerSection, TranscodeSection};
+use crate::config::model::{
     AllowedOrigins, CorsConfig, ListenerConfig, ListenerKind, TranscodeConfig, WebConfig,
 };
-use super::validate::resolve;
 use crate::transcode::TranscodeTable;
 
 const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use super::diagnostics::Diagnostics;
-use super::file::AccessLogSection;
-use super::model::{AccessLogConfig, AccessLogFormat, AccessLogSink};
+use crate::config::diagnostics::Diagnostics;
+use crate::config::file::AccessLogSection;
+use crate::config::model::{AccessLogConfig, AccessLogFormat, AccessLogSink};
 
 pub(super) fn validate_access_log(
     section: &AccessLogSection,
@@ -23,7 +23,7 @@ pub(super) fn validate_access_log(
             AccessLogSink::Stderr
         }
         Some((p, path)) => {
-            let resolved = super::validate::resolve(base_dir, path);
+            let resolved = super::resolve(base_dir, path);
             match resolved.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => diag.at(
                     Some(p.span()),
