@@ -124,6 +124,7 @@ fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, PeerTemplateErr
         reason,
     };
     let certs = crate::tls::load_certificates(path).map_err(|e| match e {
+        crate::tls::TlsError::NoCertificate { .. } => err("no certificate in file".into()),
         crate::tls::TlsError::Read { reason, .. }
         | crate::tls::TlsError::Invalid { reason, .. } => err(reason),
         other => err(other.to_string()),

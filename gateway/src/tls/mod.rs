@@ -29,6 +29,8 @@ pub enum TlsError {
     Read { path: String, reason: String },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
     #[error("certificate {cert} and key {key} do not belong together: {reason}")]
     Mismatch {
         cert: String,

@@ -32,7 +32,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, e))?;
     if certs.is_empty() {
-        return Err(invalid(path, "no PEM certificate in the file"));
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
     }
     Ok(certs)
 }

@@ -10,12 +10,22 @@ use crate::tls::{load_certificates, load_certified_key, load_private_key, TlsErr
 pub fn check_certificates(path: &Path) -> Result<usize, String> {
     load_certificates(path)
         .map(|certs| certs.len())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            TlsError::Invalid { path, reason } => {
+                format!("{path} is not a valid PEM certificate file: {reason}")
+            }
+            other => other.to_string(),
+        })
 }
 
 /// Checks that a PEM file holds a private key.
 pub fn check_private_key(path: &Path) -> Result<(), String> {
-    load_private_key(path).map(drop).map_err(|e| e.to_string())
+    load_private_key(path).map(drop).map_err(|e| match e {
+        TlsError::Invalid { path, reason } => {
+            format!("{path} holds no usable PEM private key: {reason}")
+        }
+        other => other.to_string(),
+    })
 }
 
 /// Checks that the key belongs to the certificate (the first in the chain).

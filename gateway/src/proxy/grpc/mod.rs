@@ -20,10 +20,12 @@
 //!                        access log
 
 mod answer;
+mod arrival;
 mod arrive;
 mod failure;
 mod relay;
 mod report;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,15 +38,15 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
 use tracing::debug;
 
-use crate::grpc::{encode_grpc_message, Code, FrameScanner, LocalStatus};
+use crate::grpc::{Code, LocalStatus};
 use crate::metrics::Metrics;
 use crate::observe::Observers;
-use crate::proxy::call::{self, CallCtx, CallSettings, Resend, StatusFacts};
-use crate::proxy::web::{self, WebSettings};
+use crate::proxy::call::{self, CallCtx, CallSettings};
+use crate::proxy::web::WebSettings;
 use crate::proxy::InFlightCalls;
 use crate::routing::Routing;
-use answer::{refuse_non_grpc, write_local_status};
-use arrive::Arrived;
+use answer::write_local_status;
+use upstream::{check_deadline, web_request_headers, write_attempt_headers};
 
 /// What one gRPC listener's own config says about its calls.
 #[derive(Debug, Clone)]
@@ -104,38 +106,6 @@ impl GrpcProxy {
     }
 }
 
-/// The error pingora is handed when the core refused an attempt (its status is in the ctx).
-fn refused_attempt(status: &LocalStatus) -> Box<Error> {
-    if status.code == Code::DeadlineExceeded {
-        Error::new(ErrorType::Custom("deadline exceeded"))
-    } else {
-        Error::new(ErrorType::Custom("no usable endpoint"))
-    }
-}
-
-/// A gRPC-Web caller's request on its way to an HTTP/2 backend.
-fn web_request_headers(ctx: &CallCtx, request: &mut RequestHeader) -> Result<()> {
-    if ctx.web.is_some() {
-        web::grpc_web::strip_hop_by_hop(request);
-        // pingora drops an HTTP/1.x caller's `te` on the way to HTTP/2; gRPC servers
-        // (gRPC C-core among them) refuse a request without it.
-        request.insert_header(http::header::TE, "trailers")?;
-    }
-    Ok(())
-}
-
-/// The core's headers for the attempt just claimed.
-fn write_attempt_headers(ctx: &CallCtx, request: &mut RequestHeader) -> Result<()> {
-    let headers = ctx.attempt_headers();
-    if let Some(name) = &headers.remove {
-        request.remove_header(name);
-    }
-    for (name, value) in headers.to_set() {
-        request.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ProxyHttp for GrpcProxy {
     type CTX = CallCtx;
@@ -150,76 +120,7 @@ impl ProxyHttp for GrpcProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
-        ctx.call_guard = Some(self.calls.enter());
-        if let Some(gauge) = &self.in_flight {
-            gauge.inc();
-            ctx.in_flight_gauge = Some(gauge.clone());
-        }
-        // Browsers and REST clients: a preflight is answered; gRPC-Web and JSON become native
-        // gRPC here (proxy/web).
-        let transcoder = self.routing.load().transcoder(&self.listener).cloned();
-        let arrived = arrive::arrive(session, ctx, &self.web, transcoder).await?;
-        let pending_json = match arrived {
-            Arrived::Answered => return Ok(true),
-            Arrived::Json(pending) => Some(pending),
-            Arrived::GrpcWeb => None,
-            Arrived::Grpc => {
-                if refuse_non_grpc(session, ctx).await? {
-                    return Ok(true);
-                }
-                None
-            }
-        };
-        ctx.trace = self.observers.tracing.start(&session.req_header().headers);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let snapshot = self.routing.load();
-        let req = session.req_header();
-        let request = call::Request {
-            listener: &self.listener,
-            path: req.uri.path(),
-            headers: &req.headers,
-            peer,
-        };
-        if let Err(status) = ctx.admit(&snapshot, &self.settings, request) {
-            write_local_status(session, ctx, &status).await?;
-            ctx.local_status = Some(status);
-            return Ok(true);
-        }
-        // An admitted JSON call's body becomes its one gRPC message (or a 400 answered here).
-        let json_request = match pending_json {
-            Some(pending) => {
-                match arrive::json_request(session, ctx, pending, self.max_message_size).await? {
-                    Some(message) => Some(message),
-                    None => return Ok(true),
-                }
-            }
-            None => None,
-        };
-        let hedged = ctx.target.as_ref().is_some_and(|t| t.hedge.is_some());
-        if hedged || json_request.is_some() {
-            // Not through pingora's upstream phases: the relay carries hedged and JSON calls.
-            let mut header = session.req_header().clone();
-            web_request_headers(ctx, &mut header)?;
-            let body = json_request.map(|message| vec![message]);
-            let relayed = relay::relay(
-                &self.relay_connector,
-                session,
-                ctx,
-                header,
-                self.max_message_size,
-                body,
-            )
-            .await?;
-            if let relay::Relayed::Local(status) = relayed {
-                write_local_status(session, ctx, &status).await?;
-                ctx.local_status = Some(status);
-            }
-            return Ok(true);
-        }
-        Ok(false)
+        self.begin_call(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -227,35 +128,7 @@ impl ProxyHttp for GrpcProxy {
         _session: &mut Session,
         ctx: &mut CallCtx,
     ) -> Result<Box<HttpPeer>> {
-        let after_status = ctx.pending_retry.take();
-        if let Some(wait) = after_status {
-            // The policy's back-off or the backend's pushback; the deadline leaves time for it
-            // (checked when the retry was decided).
-            tokio::time::sleep(wait).await;
-        }
-        let why = match (after_status, ctx.tried.is_empty()) {
-            (Some(_), _) => Resend::Status,
-            (None, true) => Resend::First,
-            (None, false) => Resend::Unprocessed,
-        };
-        let (claimed, mut attempt) = match ctx.claim(why) {
-            Ok(claimed) => claimed,
-            Err(status) => {
-                let error = refused_attempt(&status);
-                ctx.local_status = Some(status);
-                return Err(error);
-            }
-        };
-        // A retry replays the request body through request_body_filter from its start.
-        ctx.frames = FrameScanner::default();
-        if let Some(web) = ctx.web.as_mut() {
-            web.restart_request();
-        }
-        if let Some(wait) = ctx.dial_turn(&claimed, &mut attempt) {
-            wait.settled().await;
-        }
-        ctx.attempt = Some(attempt);
-        Ok(claimed.endpoint().peer.for_attempt(ctx.remaining()))
+        upstream::claim_peer(ctx).await
     }
 
     async fn connected_to_upstream(
@@ -353,38 +226,8 @@ impl ProxyHttp for GrpcProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut CallCtx,
     ) -> Result<()> {
-        let trailers_only = upstream_response
-            .headers
-            .get("grpc-status")
-            .map(|value| Code::from_header(value.as_bytes()));
-        if let Some(code) = trailers_only {
-            // Trailers-only response: the status rides in the headers and stays there.
-            ctx.upstream_status = Some(code);
-            let facts = StatusFacts {
-                pushback: upstream_response
-                    .headers
-                    .get("grpc-retry-pushback-ms")
-                    .map(|v| v.as_bytes()),
-                copy_truncated: session.as_ref().retry_buffer_truncated(),
-            };
-            if let Some(wait) = ctx.retry_on_status(code, facts) {
-                // Not relayed: pingora sees a retryable upstream error and asks
-                // `upstream_peer` for the next attempt (see `error_while_proxy`).
-                ctx.hold_back_for_retry(code, wait);
-                return Err(Error::explain(
-                    ErrorType::Custom("retrying on status"),
-                    format!("backend answered {code}; the route retries it"),
-                )
-                .into_up());
-            }
-        }
-        ctx.response_started = true;
-        if let Some(status) = trailers_only.and_then(|code| ctx.status_seen(code)) {
-            upstream_response.insert_header("grpc-status", status.code.header_value())?;
-            upstream_response
-                .insert_header("grpc-message", encode_grpc_message(&status.message))?;
-        }
-        Ok(())
+        let copy_truncated = session.as_ref().retry_buffer_truncated();
+        upstream::response_head(ctx, upstream_response, copy_truncated)
     }
 
     fn upstream_response_body_filter(
@@ -500,20 +343,4 @@ impl ProxyHttp for GrpcProxy {
         // Callers cancelling and finished streams being reset are normal gRPC life, not errors.
         failure::caused_by_caller(error) || ctx.upstream_status.is_some()
     }
-}
-
-/// Ends the call with DEADLINE_EXCEEDED once its budget is spent. pingora has no per-call timer,
-/// so this runs on every message in either direction; a silent backend is cut by the per-attempt
-/// read timeout, which is set to the remaining budget (see `PeerTemplate::for_attempt`).
-fn check_deadline(ctx: &mut CallCtx) -> Result<()> {
-    if ctx.deadline_passed() {
-        if ctx.local_status.is_none() {
-            ctx.local_status = Some(ctx.deadline_status());
-        }
-        return Err(Error::explain(
-            ErrorType::Custom("deadline exceeded"),
-            "call deadline passed",
-        ));
-    }
-    Ok(())
 }

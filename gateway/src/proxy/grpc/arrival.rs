@@ -1,0 +1,92 @@
+//! The start of every call on pingora's path (`request_filter`): browsers and REST clients
+//! become native gRPC (`arrive.rs`), the call's trace starts, the core admits the call, and
+//! hedged and JSON calls are handed to the relay.
+
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::answer::{refuse_non_grpc, write_local_status};
+use super::arrive::{self, Arrived};
+use super::upstream::web_request_headers;
+use super::{relay, GrpcProxy};
+use crate::proxy::call::{self, CallCtx};
+
+impl GrpcProxy {
+    /// `request_filter`: `true` when the call was answered here or by the relay.
+    pub(super) async fn begin_call(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallCtx,
+    ) -> Result<bool> {
+        ctx.call_guard = Some(self.calls.enter());
+        if let Some(gauge) = &self.in_flight {
+            gauge.inc();
+            ctx.in_flight_gauge = Some(gauge.clone());
+        }
+        // Browsers and REST clients: a preflight is answered; gRPC-Web and JSON become native
+        // gRPC here (proxy/web).
+        let transcoder = self.routing.load().transcoder(&self.listener).cloned();
+        let arrived = arrive::arrive(session, ctx, &self.web, transcoder).await?;
+        let pending_json = match arrived {
+            Arrived::Answered => return Ok(true),
+            Arrived::Json(pending) => Some(pending),
+            Arrived::GrpcWeb => None,
+            Arrived::Grpc => {
+                if refuse_non_grpc(session, ctx).await? {
+                    return Ok(true);
+                }
+                None
+            }
+        };
+        ctx.trace = self.observers.tracing.start(&session.req_header().headers);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let snapshot = self.routing.load();
+        let req = session.req_header();
+        let request = call::Request {
+            listener: &self.listener,
+            path: req.uri.path(),
+            headers: &req.headers,
+            peer,
+        };
+        if let Err(status) = ctx.admit(&snapshot, &self.settings, request) {
+            write_local_status(session, ctx, &status).await?;
+            ctx.local_status = Some(status);
+            return Ok(true);
+        }
+        // An admitted JSON call's body becomes its one gRPC message (or a 400 answered here).
+        let json_request = match pending_json {
+            Some(pending) => {
+                match arrive::json_request(session, ctx, pending, self.max_message_size).await? {
+                    Some(message) => Some(message),
+                    None => return Ok(true),
+                }
+            }
+            None => None,
+        };
+        let hedged = ctx.target.as_ref().is_some_and(|t| t.hedge.is_some());
+        if hedged || json_request.is_some() {
+            // Not through pingora's upstream phases: the relay carries hedged and JSON calls.
+            let mut header = session.req_header().clone();
+            web_request_headers(ctx, &mut header)?;
+            let body = json_request.map(|message| vec![message]);
+            let relayed = relay::relay(
+                &self.relay_connector,
+                session,
+                ctx,
+                header,
+                self.max_message_size,
+                body,
+            )
+            .await?;
+            if let relay::Relayed::Local(status) = relayed {
+                write_local_status(session, ctx, &status).await?;
+                ctx.local_status = Some(status);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
