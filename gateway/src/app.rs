@@ -18,12 +18,11 @@ use crate::background::{FaultHooks, Supervisor};
 use crate::config::Config;
 use crate::control::{ControlPlane, ReloadHandle};
 use crate::discovery::{dns, etcd};
-use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::observe::Observers;
 use crate::proxy::call::CallSettings;
 use crate::proxy::InFlightCalls;
-use crate::routing::{Routing, RoutingSnapshot};
+use crate::routing::{Lasting, Routing, RoutingSnapshot};
 use crate::server::{ListenerDeps, ListenerError, ListenerSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +85,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let observers = Arc::new(Observers::new(metrics.as_deref()));
     observers.apply(&config)?;
     crate::memory::spawn_trimmer();
-    let registry = Arc::new(EndpointRegistry::with_metrics(metrics.clone()));
-    let snapshot = RoutingSnapshot::build(&config, Default::default(), &registry, None)?;
+    let lasting = Arc::new(Lasting::with_metrics(metrics.clone()));
+    let snapshot = RoutingSnapshot::build(&config, Default::default(), &lasting, None)?;
     let routing = Arc::new(Routing::new(snapshot));
     let calls = InFlightCalls::default();
     let grace = config.gateway.shutdown_grace;
@@ -114,7 +113,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         path,
         Arc::new(config.clone()),
         routing.clone(),
-        registry,
+        lasting,
         listeners.clone(),
         metrics.clone(),
         observers.clone(),

@@ -79,7 +79,7 @@ pub fn rehearse(config: &Config) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::EndpointRegistry;
+    use crate::routing::Lasting;
     use crate::routing::RoutingSnapshot;
     use proptest::prelude::*;
     use std::path::Path;
@@ -160,13 +160,8 @@ service = "echo"
     fn accept_and_run(d: &Durations) -> Result<(), String> {
         let config = crate::config::parse(&text(d), Path::new("p.toml"), Path::new("/nonexistent"))
             .map_err(|e| e.to_string())?;
-        RoutingSnapshot::build(
-            &config,
-            Default::default(),
-            &EndpointRegistry::default(),
-            None,
-        )
-        .expect("an accepted config builds a snapshot");
+        RoutingSnapshot::build(&config, Default::default(), &Lasting::default(), None)
+            .expect("an accepted config builds a snapshot");
         rehearse(&config).expect("an accepted config rehearses");
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! Backend choice: the caller's region first, then smooth weighted round robin, skipping what
-//! cannot take a call.
+//! cannot take a call. `front.rs` is what the call path meets (an upstream's `Balancer`: pick,
+//! claim from the breaker, spill reporting); the rest are its algorithms.
 
+mod front;
 mod spill;
 mod swrr;
 
+pub use front::{Balancer, Claimable, SpillReport};
 pub use spill::{kept_share, SpillSequence};
 pub use swrr::SmoothWrr;
 

@@ -13,10 +13,9 @@ use crate::config::Config;
 use crate::discovery::dns::{DnsPlan, DnsView};
 use crate::discovery::etcd::EtcdView;
 use crate::discovery::Views;
-use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::observe::Observers;
-use crate::routing::{Routing, RoutingSnapshot};
+use crate::routing::{Lasting, Routing, RoutingSnapshot};
 use crate::server::ListenerSet;
 
 struct Current {
@@ -41,7 +40,7 @@ pub struct ControlPlane {
     path: PathBuf,
     current: Mutex<Current>,
     routing: Arc<Routing>,
-    registry: Arc<EndpointRegistry>,
+    lasting: Arc<Lasting>,
     listeners: Arc<ListenerSet>,
     metrics: Option<Arc<Metrics>>,
     /// Tells DNS discovery which names the running config resolves.
@@ -54,7 +53,7 @@ impl ControlPlane {
         path: PathBuf,
         config: Arc<Config>,
         routing: Arc<Routing>,
-        registry: Arc<EndpointRegistry>,
+        lasting: Arc<Lasting>,
         listeners: Arc<ListenerSet>,
         metrics: Option<Arc<Metrics>>,
         observers: Arc<Observers>,
@@ -69,7 +68,7 @@ impl ControlPlane {
                 gateways: None,
             }),
             routing,
-            registry,
+            lasting,
             listeners,
             metrics,
             dns_plan,
@@ -121,7 +120,7 @@ impl ControlPlane {
         match RoutingSnapshot::build(
             &current.config,
             current.views(),
-            &self.registry,
+            &self.lasting,
             Some(&previous),
         ) {
             Ok(snapshot) => {

@@ -3,7 +3,7 @@
 //! All or nothing up to the swap: the file is parsed and validated, settings that need a restart
 //! are refused, the new snapshot is built (certificates re-read) and new listener sockets are
 //! bound, all before anything changes. Then the snapshot is swapped (endpoints that stay keep
-//! their breaker and health state through the registry) and listeners are opened, drained or
+//! their breaker and health state through `routing::Lasting`) and listeners are opened, drained or
 //! re-keyed. Calls in flight keep the route they started with.
 
 use std::fmt;
@@ -113,12 +113,8 @@ impl ControlPlane {
         let observers = self.observers.prepare(&new)?;
         {
             let mut current = self.lock();
-            let mut snapshot = crate::routing::RoutingSnapshot::build(
-                &new,
-                current.views(),
-                &self.registry,
-                None,
-            )?;
+            let mut snapshot =
+                crate::routing::RoutingSnapshot::build(&new, current.views(), &self.lasting, None)?;
             // Connections of removed listeners keep their routes while they drain.
             let previous = self.routing.load_full();
             let removed: Vec<String> = old

@@ -241,8 +241,6 @@ impl Drop for InFlightGuard {
 pub struct EndpointRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Weak<EndpointState>>>,
     metrics: Option<Arc<Metrics>>,
-    /// Rate-limit buckets and in-flight counts: like endpoint state, they outlive snapshots.
-    policy: crate::policy::PolicyState,
 }
 
 impl std::fmt::Debug for EndpointRegistry {
@@ -258,16 +256,11 @@ impl EndpointRegistry {
         Self {
             states: Mutex::default(),
             metrics,
-            policy: Default::default(),
         }
     }
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
         self.metrics.as_ref()
-    }
-
-    pub fn policy(&self) -> &crate::policy::PolicyState {
-        &self.policy
     }
 
     pub fn state_for(

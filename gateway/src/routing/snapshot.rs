@@ -4,14 +4,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use crate::balancer::{self, Candidate, SmoothWrr, SpillSequence};
+use super::Lasting;
+use crate::balancer::{Balancer, Candidate, Claimable, SpillReport};
 use crate::config::{
     Config, Destination as RouteDestination, ListenerKind, RouteConfig, ServiceMatch,
 };
 use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
-use crate::endpoint::{EndpointRegistry, EndpointState};
+use crate::endpoint::EndpointState;
 use crate::endpoint::{PeerTemplate, PeerTemplateError, PeerTls};
 use crate::policy::{
     self, Admits, Destination, HeaderMatch, HedgePolicy, InFlightCount, InFlightPermit, Refusal,
@@ -33,6 +32,12 @@ impl std::ops::Deref for Endpoint {
 
     fn deref(&self) -> &EndpointSpec {
         &self.spec
+    }
+}
+
+impl Claimable for Endpoint {
+    fn admit(&self, now: std::time::Instant) -> crate::breaker::Admission {
+        self.state.admit(now)
     }
 }
 
@@ -70,26 +75,18 @@ pub struct UpstreamSet {
     peer_tls: Option<Arc<PeerTls>>,
     /// Serialises "may another endpoint be ejected?" with the ejection itself.
     ejection: std::sync::Mutex<()>,
-    wrr: SmoothWrr,
+    balancer: Balancer,
     load: UpstreamLoad,
     max_in_flight: Option<u32>,
-    region_overprovision: f64,
-    spill: SpillSequence,
-    /// The spilled share last reported for the gateway's own region, in thousandths
-    /// (`SPILL_UNSET` before the first call).
-    spilled_permille: AtomicU32,
 }
-
-const SPILL_UNSET: u32 = u32::MAX;
 
 /// An upstream's load state and its instruments, which outlive the set (see `PolicyState`).
 #[derive(Debug, Default)]
 pub struct UpstreamLoad {
     pub in_flight: Arc<InFlightCount>,
     pub shed: Option<prometheus::IntCounter>,
-    pub spill_ratio: Option<prometheus::Gauge>,
-    /// The gateway's own region: its spill is the one reported.
-    pub home_region: Option<String>,
+    /// Where the balancer reports the own region's spill.
+    pub spill: SpillReport,
     /// How many retries the routes to this upstream may make now.
     pub retry_budget: Option<Arc<RetryBudget>>,
     pub budget_exhausted: Option<prometheus::IntCounter>,
@@ -102,9 +99,13 @@ impl UpstreamSet {
         empty_reason: Option<String>,
         awaiting_discovery: bool,
         peer_tls: Option<Arc<PeerTls>>,
-        load: UpstreamLoad,
+        mut load: UpstreamLoad,
     ) -> Self {
-        let wrr = SmoothWrr::new(endpoints.len());
+        let balancer = Balancer::new(
+            endpoints.len(),
+            config.region_overprovision,
+            std::mem::take(&mut load.spill),
+        );
         Self {
             name: config.name.clone(),
             endpoints,
@@ -124,12 +125,9 @@ impl UpstreamSet {
             tls: config.tls.clone(),
             peer_tls,
             ejection: std::sync::Mutex::new(()),
-            wrr,
+            balancer,
             load,
             max_in_flight: config.max_in_flight,
-            region_overprovision: config.region_overprovision,
-            spill: SpillSequence::default(),
-            spilled_permille: AtomicU32::new(SPILL_UNSET),
         }
     }
 
@@ -174,26 +172,6 @@ impl UpstreamSet {
         })
     }
 
-    /// Reports a change of the own region's spilled share (gauge and one log line).
-    fn note_spill(&self, spilled: f64) {
-        let permille = (spilled.clamp(0.0, 1.0) * 1000.0).round() as u32;
-        let before = self.spilled_permille.swap(permille, Ordering::Relaxed);
-        if before == permille {
-            return;
-        }
-        if let Some(gauge) = &self.load.spill_ratio {
-            gauge.set(f64::from(permille) / 1000.0);
-        }
-        if before != SPILL_UNSET || permille != 0 {
-            tracing::info!(
-                upstream = %self.name,
-                region = self.load.home_region.as_deref().unwrap_or_default(),
-                spilled_percent = f64::from(permille) / 10.0,
-                "region spill changed: this share of the region's calls goes to other regions"
-            );
-        }
-    }
-
     /// Runs `eject` with whether the ejection cap allows one more endpoint out.
     pub fn with_ejection_cap<R>(&self, eject: impl FnOnce(bool) -> R) -> R {
         let _serial = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,35 +212,16 @@ impl UpstreamSet {
 
     /// Picks the next endpoint for a call, preferring `region`, never one in `excluded`.
     pub fn pick(&self, region: Option<&str>, excluded: &[usize]) -> Option<usize> {
-        let preference = region.map(|region| balancer::Preference {
-            region,
-            overprovision: self.region_overprovision,
-            spill: &self.spill,
-        });
-        let pick = balancer::pick_spilling(&self.wrr, &self.endpoints, preference, excluded);
-        if region.is_some() && region == self.load.home_region.as_deref() {
-            self.note_spill(pick.spilled);
-        }
-        pick.index
+        self.balancer.pick(&self.endpoints, region, excluded)
     }
 
-    /// Picks an endpoint and claims it from its breaker: a breaker can refuse between the two
-    /// (its half-open quota used up by a concurrent call), and then the pick goes on without
-    /// it. `None` when no endpoint outside `excluded` admits the attempt.
+    /// Picks an endpoint and claims it from its breaker (`balancer::Balancer::claim`).
     pub fn claim(
         &self,
         region: Option<&str>,
         excluded: &[usize],
     ) -> Option<(usize, crate::breaker::Admission)> {
-        let now = std::time::Instant::now();
-        let mut skip = excluded.to_vec();
-        loop {
-            let index = self.pick(region, &skip)?;
-            match self.endpoints[index].state.admit(now) {
-                crate::breaker::Admission::Rejected => skip.push(index),
-                admission => return Some((index, admission)),
-            }
-        }
+        self.balancer.claim(&self.endpoints, region, excluded)
     }
 }
 
@@ -384,10 +343,10 @@ impl RoutingSnapshot {
     pub fn build(
         config: &Config,
         views: Views<'_>,
-        registry: &EndpointRegistry,
+        lasting: &Lasting,
         previous: Option<&RoutingSnapshot>,
     ) -> Result<Self, SnapshotError> {
-        registry.prune();
+        lasting.endpoints.prune();
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let found = endpoints_for(upstream, views);
@@ -411,7 +370,11 @@ impl RoutingSnapshot {
             for spec in found.specs {
                 let peer = PeerTemplate::new(spec.addr, upstream, peer_tls.as_deref());
                 endpoints.push(Endpoint {
-                    state: registry.state_for(&upstream.name, spec.addr, &upstream.breaker),
+                    state: lasting.endpoints.state_for(
+                        &upstream.name,
+                        spec.addr,
+                        &upstream.breaker,
+                    ),
                     spec,
                     peer,
                 });
@@ -425,18 +388,21 @@ impl RoutingSnapshot {
                     found.awaiting_discovery,
                     peer_tls,
                     UpstreamLoad {
-                        in_flight: registry.policy().in_flight(&upstream.name),
-                        shed: registry.metrics().map(|m| m.shed(&upstream.name)),
-                        spill_ratio: registry
-                            .metrics()
-                            .map(|m| m.region_spill_ratio(&upstream.name)),
-                        home_region: config.gateway.region.clone(),
+                        in_flight: lasting.policy.in_flight(&upstream.name),
+                        shed: lasting.metrics().map(|m| m.shed(&upstream.name)),
+                        spill: SpillReport {
+                            upstream: upstream.name.clone(),
+                            home_region: config.gateway.region.clone(),
+                            gauge: lasting
+                                .metrics()
+                                .map(|m| m.region_spill_ratio(&upstream.name)),
+                        },
                         retry_budget: Some(
-                            registry
-                                .policy()
+                            lasting
+                                .policy
                                 .retry_budget(&upstream.name, &upstream.retry_budget),
                         ),
-                        budget_exhausted: registry
+                        budget_exhausted: lasting
                             .metrics()
                             .map(|m| m.retry_budget_exhausted(&upstream.name)),
                     },
@@ -469,7 +435,7 @@ impl RoutingSnapshot {
                 continue; // validation already refused dangling references
             };
             let gateways = views.gateways.unwrap_or(1);
-            if let Some(policy) = route_policy(route, &upstreams, registry, gateways) {
+            if let Some(policy) = route_policy(route, &upstreams, lasting, gateways) {
                 table.insert(route, policy);
             }
         }
@@ -543,11 +509,11 @@ impl RoutingSnapshot {
 }
 
 /// The call-path form of one `[[route]]`: its targets (one per upstream it may send to, each
-/// with its counters), its `match`, and its rate limit (kept across rebuilds by the registry).
+/// with its counters), its `match`, and its rate limit (kept across rebuilds in `Lasting`).
 fn route_policy(
     route: &RouteConfig,
     upstreams: &HashMap<String, Arc<UpstreamSet>>,
-    registry: &EndpointRegistry,
+    lasting: &Lasting,
     gateways: u32,
 ) -> Option<Route> {
     let label: Arc<str> = route_label(route).into();
@@ -565,7 +531,7 @@ fn route_policy(
             route: label.clone(),
             upstream: upstream.clone(),
             timeout: route.timeout,
-            metrics: registry
+            metrics: lasting
                 .metrics()
                 .map(|m| m.route(&route.listener, &label, upstream_name)),
             retry: retry.clone(),
@@ -585,8 +551,8 @@ fn route_policy(
     let rate_limit = route.rate_limit.as_ref().map(|config| {
         let id = format!("{}|{label}|{:?}", route.listener, route.match_headers);
         RouteLimit {
-            limit: registry.policy().rate_limit(&id, config, gateways),
-            refused: registry.metrics().map(|m| m.rate_limited(&label)),
+            limit: lasting.policy.rate_limit(&id, config, gateways),
+            refused: lasting.metrics().map(|m| m.rate_limited(&label)),
         }
     });
     Some(RoutePolicy {
@@ -681,8 +647,8 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
 
     #[test]
     fn most_specific_route_wins() {
-        let registry = EndpointRegistry::default();
-        let snap = RoutingSnapshot::build(&config(), Views::default(), &registry, None).unwrap();
+        let lasting = Lasting::default();
+        let snap = RoutingSnapshot::build(&config(), Views::default(), &lasting, None).unwrap();
         let table = snap.routes("l").unwrap();
         let upstream_of = |service: &str, method: &str| {
             let route = table
@@ -698,16 +664,16 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
 
     #[test]
     fn unchanged_upstreams_are_shared_with_the_previous_snapshot() {
-        let registry = EndpointRegistry::default();
+        let lasting = Lasting::default();
         let config = config();
-        let first = RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap();
+        let first = RoutingSnapshot::build(&config, Views::default(), &lasting, None).unwrap();
         let second =
-            RoutingSnapshot::build(&config, Views::default(), &registry, Some(&first)).unwrap();
+            RoutingSnapshot::build(&config, Views::default(), &lasting, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(
             first.upstream("one").unwrap(),
             second.upstream("one").unwrap()
         ));
-        let fresh = RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap();
+        let fresh = RoutingSnapshot::build(&config, Views::default(), &lasting, None).unwrap();
         assert!(!Arc::ptr_eq(
             first.upstream("one").unwrap(),
             fresh.upstream("one").unwrap()
@@ -728,7 +694,7 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
             "discovery = \"dns\"\nhosts = [{ name = \"one.test\", port = 2 }]",
         );
         let config = crate::config::parse(&text, Path::new("t.toml"), Path::new(".")).unwrap();
-        let registry = EndpointRegistry::default();
+        let lasting = Lasting::default();
         let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
         let mut dns = crate::discovery::dns::DnsView::default();
         dns.record("one.test", Ok(vec![ip("10.0.0.1")]));
@@ -739,9 +705,9 @@ endpoints = [{ addr = "127.0.0.1:3", weight = 0 }]
                 gateways: None,
             }
         }
-        let first = RoutingSnapshot::build(&config, views(&dns), &registry, None).unwrap();
+        let first = RoutingSnapshot::build(&config, views(&dns), &lasting, None).unwrap();
         dns.record("one.test", Ok(vec![ip("10.0.0.1"), ip("10.0.0.2")]));
-        let second = RoutingSnapshot::build(&config, views(&dns), &registry, Some(&first)).unwrap();
+        let second = RoutingSnapshot::build(&config, views(&dns), &lasting, Some(&first)).unwrap();
         let (before, after) = (
             first.upstream("one").unwrap(),
             second.upstream("one").unwrap(),

@@ -103,7 +103,7 @@ impl PublishedView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::EndpointRegistry;
+    use crate::routing::Lasting;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -134,13 +134,7 @@ service = "registered"
 
     fn snapshot() -> RoutingSnapshot {
         let config = crate::config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap();
-        RoutingSnapshot::build(
-            &config,
-            Default::default(),
-            &EndpointRegistry::default(),
-            None,
-        )
-        .unwrap()
+        RoutingSnapshot::build(&config, Default::default(), &Lasting::default(), None).unwrap()
     }
 
     #[test]

@@ -8,7 +8,6 @@ use http::{HeaderMap, HeaderValue};
 use super::*;
 use crate::breaker::Outcome;
 use crate::discovery::Views;
-use crate::endpoint::EndpointRegistry;
 use crate::grpc::{Code, FrameError, LocalStatus};
 use crate::metrics::AttemptOutcome;
 use crate::policy::Refusal;
@@ -86,8 +85,8 @@ endpoints = [{ addr = "127.0.0.1:10005", weight = 0 }, { addr = "127.0.0.1:10006
 
 fn snapshot() -> RoutingSnapshot {
     let config = crate::config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap();
-    let registry = EndpointRegistry::default();
-    RoutingSnapshot::build(&config, Views::default(), &registry, None).unwrap()
+    let lasting = crate::routing::Lasting::default();
+    RoutingSnapshot::build(&config, Views::default(), &lasting, None).unwrap()
 }
 
 fn settings() -> CallSettings {

@@ -1,0 +1,31 @@
+//! What outlives a routing snapshot. A discovery change or a reload builds a new snapshot;
+//! what must carry over is kept here and handed to every build: each endpoint's state
+//! (breaker, health, counters), and the traffic policy's state (rate-limit buckets, upstreams'
+//! in-flight counts, retry budgets), so neither resets when the snapshot is swapped.
+
+use std::sync::Arc;
+
+use crate::endpoint::EndpointRegistry;
+use crate::metrics::Metrics;
+use crate::policy::PolicyState;
+
+#[derive(Debug, Default)]
+pub struct Lasting {
+    /// Per-endpoint state, keyed by (upstream, address).
+    pub endpoints: EndpointRegistry,
+    /// Buckets, counts and budgets, keyed by route and upstream.
+    pub policy: PolicyState,
+}
+
+impl Lasting {
+    pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            endpoints: EndpointRegistry::with_metrics(metrics),
+            policy: PolicyState::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.endpoints.metrics()
+    }
+}
