@@ -362,6 +362,13 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
 /// arrive while the first dial is under way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_dials_one_upstream_connection() {
+    cold_burst_at_a_tls_backend("", None).await;
+}
+
+/// 200 concurrent calls at a gateway that has no connection yet to its one TLS backend (each
+/// dial held `slow_dial` longer, when given), on a route with `route_extra`: every call
+/// succeeds over at most two upstream connections.
+async fn cold_burst_at_a_tls_backend(route_extra: &str, slow_dial: Option<Duration>) {
     let dir = tempfile::tempdir().unwrap();
     let pki = strait_tests::tls::generate(dir.path());
     let backend = strait_tests::Backend::start(strait_tests::BackendOptions {
@@ -372,18 +379,29 @@ async fn a_cold_burst_dials_one_upstream_connection() {
         ..strait_tests::BackendOptions::named("tls-backend")
     })
     .await;
+    let addr = match slow_dial {
+        Some(delay) => slow_answering_forwarder(backend.addr, delay).await,
+        None => backend.addr,
+    };
     let listen = strait_tests::net::free_addr();
     let ca = pki.ca_cert.display().to_string();
-    let text = crate::fixture::single_backend_config(listen, backend.addr).replace(
-        "max_attempts = 3",
-        &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
-    );
+    let endpoint = crate::fixture::Ep {
+        addr,
+        weight: 100,
+        region: "eu-west",
+    };
+    let text = crate::fixture::config(listen, &[endpoint], "", route_extra)
+        .replace(
+            "max_attempts = 3",
+            &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
+        )
+        .replace("connect_timeout = \"500ms\"", "connect_timeout = \"2s\"");
     let _gateway =
         tokio::task::block_in_place(|| strait_tests::Gateway::start_in(dir, &text, listen));
     let client = crate::fixture::client(listen).await;
     burst_of_200(&client, 100).await;
     eprintln!(
-        "upstream connections for a cold burst of 200 calls: {}",
+        "upstream connections for a cold burst of 200 calls ({route_extra:?}): {}",
         backend.connections()
     );
     assert_eq!(backend.calls(), 200);
@@ -458,50 +476,12 @@ async fn raw_h2_unary_has_normal_shape() {
 /// (66-200 connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_of_hedged_calls_dials_one_upstream_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = strait_tests::tls::generate(dir.path());
-    let backend = strait_tests::Backend::start(strait_tests::BackendOptions {
-        tls: Some((
-            std::fs::read_to_string(&pki.server_cert).unwrap(),
-            std::fs::read_to_string(&pki.server_key).unwrap(),
-        )),
-        ..strait_tests::BackendOptions::named("tls-backend")
-    })
-    .await;
-    let slow_dial = slow_answering_forwarder(backend.addr, Duration::from_millis(300)).await;
-    let listen = strait_tests::net::free_addr();
-    let ca = pki.ca_cert.display().to_string();
-    let endpoint = crate::fixture::Ep {
-        addr: slow_dial,
-        weight: 100,
-        region: "eu-west",
-    };
     // A hedge delay far beyond the calls' time: every call is one relayed attempt.
-    let text = crate::fixture::config(
-        listen,
-        &[endpoint],
-        "",
+    cold_burst_at_a_tls_backend(
         "idempotent = true\nhedge = { delay = \"10s\", max_attempts = 2 }",
+        Some(Duration::from_millis(300)),
     )
-    .replace(
-        "max_attempts = 3",
-        &format!("max_attempts = 3\ntls = {{ ca = \"{ca}\", server_name = \"localhost\" }}"),
-    )
-    .replace("connect_timeout = \"500ms\"", "connect_timeout = \"2s\"");
-    let _gateway =
-        tokio::task::block_in_place(|| strait_tests::Gateway::start_in(dir, &text, listen));
-    let client = crate::fixture::client(listen).await;
-    burst_of_200(&client, 100).await;
-    eprintln!(
-        "upstream connections for a cold burst of 200 hedged calls: {}",
-        backend.connections()
-    );
-    assert_eq!(backend.calls(), 200);
-    assert!(
-        backend.connections() <= 2,
-        "{} upstream connections for a cold burst of 200 hedged calls",
-        backend.connections()
-    );
+    .await;
 }
 
 /// A TCP forwarder to `backend` that holds back each connection's first answer bytes for

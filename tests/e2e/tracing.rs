@@ -316,20 +316,8 @@ async fn a_retried_call_has_a_span_per_attempt() {
         gateway: _gateway,
         ..
     } = start_traced(&[dead, b0.addr], "sample = 1").await;
-    let (seen, _) = call_with(listen, &[]).await;
-    let (trace, server_span, _) = parts(&seen.expect("a traceparent"));
-
-    let spans = receiver
-        .wait_for(WAIT, |spans| span_of_trace(spans, &trace).len() >= 3)
-        .await;
-    let ours = span_of_trace(&spans, &trace);
-    assert_eq!(ours.len(), 3, "{ours:#?}");
-    let server = ours.iter().find(|s| s.kind == 2).expect("the server span");
-    assert_eq!(server.span_id, server_span);
-    assert_eq!(server.attr("strait.attempts"), Some(&Attr::Int(2)));
-    let mut attempts: Vec<&ReceivedSpan> = ours.iter().filter(|s| s.kind == 3).collect();
-    attempts.sort_by_key(|s| s.int_attr("strait.attempt"));
-    assert_eq!(attempts.len(), 2);
+    let (server, attempts) = two_attempt_spans(&receiver, listen).await;
+    let server_span = server.span_id.clone();
     for (n, (attempt, (endpoint, outcome, status))) in attempts
         .iter()
         .zip([(dead, "connect_error", 2), (b0.addr, "ok", 0)])
@@ -470,28 +458,42 @@ async fn a_hedged_call_has_a_span_per_attempt() {
         "upstream = \"echo\"\nidempotent = true\nhedge = { delay = \"5s\", max_attempts = 2 }\n",
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let (seen, _) = call_with(listen, &[]).await;
-    let (trace, server_span, _) = parts(&seen.expect("a traceparent"));
-
-    let spans = receiver
-        .wait_for(WAIT, |spans| span_of_trace(spans, &trace).len() >= 3)
-        .await;
-    let ours = span_of_trace(&spans, &trace);
-    assert_eq!(ours.len(), 3, "{ours:#?}");
-    let server = ours.iter().find(|s| s.kind == 2).expect("the server span");
-    assert_eq!(server.attr("strait.attempts"), Some(&Attr::Int(2)));
-    let mut attempts: Vec<&ReceivedSpan> = ours.iter().filter(|s| s.kind == 3).collect();
-    attempts.sort_by_key(|s| s.int_attr("strait.attempt"));
-    assert_eq!(attempts.len(), 2);
+    let (server, attempts) = two_attempt_spans(&receiver, listen).await;
     for (attempt, (endpoint, outcome)) in attempts
         .iter()
         .zip([(dead, "connect_error"), (b0.addr, "ok")])
     {
-        assert_eq!(attempt.parent_span_id, server_span);
+        assert_eq!(attempt.parent_span_id, server.span_id);
         assert_eq!(
             attempt.str_attr("strait.endpoint"),
             Some(endpoint.to_string().as_str())
         );
         assert_eq!(attempt.str_attr("strait.outcome"), Some(outcome));
     }
+}
+
+/// A call of two attempts, and its spans at the receiver: the server span (counting two
+/// attempts) and the two client spans in attempt order.
+async fn two_attempt_spans(
+    receiver: &OtlpReceiver,
+    listen: SocketAddr,
+) -> (ReceivedSpan, Vec<ReceivedSpan>) {
+    let (seen, _) = call_with(listen, &[]).await;
+    let (trace, server_span, _) = parts(&seen.expect("a traceparent"));
+    let spans = receiver
+        .wait_for(WAIT, |spans| span_of_trace(spans, &trace).len() >= 3)
+        .await;
+    let ours = span_of_trace(&spans, &trace);
+    assert_eq!(ours.len(), 3, "{ours:#?}");
+    let server = ours
+        .iter()
+        .find(|s| s.kind == 2)
+        .expect("the server span")
+        .clone();
+    assert_eq!(server.span_id, server_span);
+    assert_eq!(server.attr("strait.attempts"), Some(&Attr::Int(2)));
+    let mut attempts: Vec<ReceivedSpan> = ours.into_iter().filter(|s| s.kind == 3).collect();
+    attempts.sort_by_key(|s| s.int_attr("strait.attempt"));
+    assert_eq!(attempts.len(), 2);
+    (server, attempts)
 }

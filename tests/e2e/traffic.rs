@@ -918,22 +918,19 @@ async fn a_hedged_call_cancelled_at_its_deadline_is_told_deadline_exceeded() {
         }))
     };
     // The raw client enforces no deadline of its own: what it reads is the gateway's word.
-    let late = strait_tests::raw::call(
-        fleet.listen,
-        "/bench.Echo/Unary",
-        &[("grpc-timeout", "40m")],
-        cancelled("late"),
-    )
-    .await
-    .expect("h2 call");
-    assert_eq!(late.grpc_status().as_deref(), Some("4"), "{late:?}");
-    let early = strait_tests::raw::call(
-        fleet.listen,
-        "/bench.Echo/Unary",
-        &[("grpc-timeout", "5S")],
-        cancelled("early"),
-    )
-    .await
-    .expect("h2 call");
-    assert_eq!(early.grpc_status().as_deref(), Some("1"), "{early:?}");
+    for (id, timeout, status) in [("late", "40m", "4"), ("early", "5S", "1")] {
+        let response = strait_tests::raw::call(
+            fleet.listen,
+            "/bench.Echo/Unary",
+            &[("grpc-timeout", timeout)],
+            cancelled(id),
+        )
+        .await
+        .expect("h2 call");
+        assert_eq!(
+            response.grpc_status().as_deref(),
+            Some(status),
+            "{id}: {response:?}"
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! The data path: the L7 gRPC proxy (pingora `ProxyHttp`) and the shared in-flight call count
-//! the shutdown drain waits on.
+//! The data path: the call core every gRPC call is decided in (`call`), its two drivers
+//! (`grpc`: pingora's `ProxyHttp` hooks and the gateway's own relay), browsers' and REST
+//! clients' translation (`web`), the L4 proxy (`tcp`) and the shared in-flight call count the
+//! shutdown drain waits on.
 
 pub mod call;
 pub mod grpc;

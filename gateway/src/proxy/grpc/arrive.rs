@@ -10,8 +10,9 @@ use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::grpc::{Code, LocalStatus};
-use crate::proxy::call::CallCtx;
+use super::answer::write_local_status;
+use crate::grpc::{Code, FrameError, LocalStatus};
+use crate::proxy::call::{self, CallCtx};
 use crate::proxy::web::cors::{CorsPolicy, Preflight};
 use crate::proxy::web::grpc_web::to_grpc_request;
 use crate::proxy::web::json::{error_body, JsonCall};
@@ -243,14 +244,11 @@ pub async fn json_request(
         }
     };
     if message.len() > max_message_size as usize {
-        let status = LocalStatus::new(
-            Code::ResourceExhausted,
-            format!(
-                "request message of {} bytes is larger than this listener's max_message_size ({max_message_size} bytes)",
-                message.len()
-            ),
-        );
-        answer(session, ctx, status).await?;
+        let too_large = FrameError::TooLarge {
+            length: u32::try_from(message.len()).unwrap_or(u32::MAX),
+            limit: max_message_size,
+        };
+        answer(session, ctx, call::request_body_status(too_large)).await?;
         return Ok(None);
     }
     let mut framed = BytesMut::with_capacity(5 + message.len());
@@ -260,12 +258,9 @@ pub async fn json_request(
     Ok(Some(framed.freeze()))
 }
 
-/// The gateway's own status in the call's protocol.
+/// The gateway's own status in the call's protocol (the call's `WebCall` is set by now).
 async fn answer(session: &mut Session, ctx: &mut CallCtx, status: LocalStatus) -> Result<()> {
-    if let Some(web) = ctx.web.as_mut() {
-        let tasks = web.local_answer(&status, false);
-        session.write_response_tasks(tasks).await?;
-    }
+    write_local_status(session, ctx, &status).await?;
     ctx.local_status = Some(status);
     Ok(())
 }
