@@ -85,6 +85,17 @@ mod tests {
     }
 
     #[test]
+    fn bytes_and_messages_are_counted_across_pieces() {
+        let body: Vec<u8> = [message(0), message(10), message(300)].concat();
+        let mut s = FrameScanner::default();
+        s.feed(&body[..3], false, 1000).unwrap();
+        s.feed(&body[3..20], false, 1000).unwrap();
+        s.feed(&body[20..], true, 1000).unwrap();
+        assert_eq!(s.bytes, body.len() as u64);
+        assert_eq!(s.messages, 3);
+    }
+
+    #[test]
     fn oversized_message_is_refused_from_its_prefix() {
         let mut s = FrameScanner::default();
         let big = message(2000);
