@@ -122,6 +122,28 @@ mod tests {
     }
 
     #[test]
+    fn pushback_is_whole_milliseconds_rounded_up_and_never_zero() {
+        let pushback = |wait: std::time::Duration| {
+            let status = LocalStatus {
+                retry_pushback: Some(wait),
+                ..LocalStatus::new(Code::ResourceExhausted, "slow down")
+            };
+            let trailers = status.trailers();
+            assert_eq!(
+                status.trailers_only_headers()["grpc-retry-pushback-ms"],
+                trailers["grpc-retry-pushback-ms"]
+            );
+            trailers["grpc-retry-pushback-ms"].to_str().unwrap().to_string()
+        };
+        use std::time::Duration;
+        assert_eq!(pushback(Duration::from_millis(40)), "40");
+        assert_eq!(pushback(Duration::from_micros(40_001)), "41");
+        assert_eq!(pushback(Duration::from_micros(40_999)), "41");
+        assert_eq!(pushback(Duration::from_secs(2)), "2000");
+        assert_eq!(pushback(Duration::ZERO), "1", "never \"try again now\"");
+    }
+
+    #[test]
     fn trailers_only_has_grpc_shape() {
         let headers = LocalStatus::new(Code::Unavailable, "no endpoint").trailers_only_headers();
         assert_eq!(headers["content-type"], "application/grpc");
