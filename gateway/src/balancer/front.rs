@@ -92,13 +92,14 @@ impl Balancer {
     fn note_spill(&self, spilled: f64) {
         let permille = (spilled.clamp(0.0, 1.0) * 1000.0).round() as u32;
         let before = self.spilled_permille.swap(permille, Ordering::Relaxed);
-        if before == permille {
+        let news = spill_news(before, permille);
+        if news == SpillNews::Unchanged {
             return;
         }
         if let Some(gauge) = &self.report.gauge {
             gauge.set(f64::from(permille) / 1000.0);
         }
-        if before != SPILL_UNSET || permille != 0 {
+        if news == SpillNews::Logged {
             tracing::info!(
                 upstream = %self.report.upstream,
                 region = self.report.home_region.as_deref().unwrap_or_default(),
@@ -106,5 +107,40 @@ impl Balancer {
                 "region spill changed: this share of the region's calls goes to other regions"
             );
         }
+    }
+}
+
+/// What a new spilled share (in thousandths) means for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpillNews {
+    Unchanged,
+    /// The gauge only: the first report, and nothing spills.
+    Quiet,
+    /// The gauge and a log line.
+    Logged,
+}
+
+fn spill_news(before: u32, now: u32) -> SpillNews {
+    if before == now {
+        SpillNews::Unchanged
+    } else if before == SPILL_UNSET && now == 0 {
+        SpillNews::Quiet
+    } else {
+        SpillNews::Logged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spill_is_logged_when_it_changes_but_not_when_it_starts_at_nothing() {
+        assert_eq!(spill_news(SPILL_UNSET, 0), SpillNews::Quiet);
+        assert_eq!(spill_news(SPILL_UNSET, 5), SpillNews::Logged);
+        assert_eq!(spill_news(0, 5), SpillNews::Logged);
+        assert_eq!(spill_news(5, 0), SpillNews::Logged);
+        assert_eq!(spill_news(5, 5), SpillNews::Unchanged);
+        assert_eq!(spill_news(0, 0), SpillNews::Unchanged);
     }
 }

@@ -157,30 +157,47 @@ proptest! {
     }
 }
 
-fn spill_gauge(home_region: Option<&str>) -> (Balancer, prometheus::Gauge) {
+fn spill_gauge(endpoints: usize, home_region: Option<&str>) -> (Balancer, prometheus::Gauge) {
     let gauge = prometheus::Gauge::new("spill", "test").unwrap();
-    // Not a value a report would set: any report shows.
-    gauge.set(0.5);
+    // Not a value these tests' reports set: any report shows.
+    gauge.set(0.25);
     let report = SpillReport {
         upstream: "u".into(),
         home_region: home_region.map(str::to_string),
         gauge: Some(gauge.clone()),
     };
-    (Balancer::new(2, 1.0, report), gauge)
+    (Balancer::new(endpoints, 1.0, report), gauge)
 }
 
 #[test]
 fn only_the_home_regions_spill_is_reported() {
     let eps = vec![ep(100, "home"), ep(100, "away")];
-    let (balancer, gauge) = spill_gauge(Some("home"));
+    let (balancer, gauge) = spill_gauge(eps.len(), Some("home"));
     assert!(balancer.pick(&eps, Some("away"), &[]).is_some());
-    assert_eq!(gauge.get(), 0.5, "another region's calls report nothing");
+    assert_eq!(gauge.get(), 0.25, "another region's calls report nothing");
     assert!(balancer.pick(&eps, None, &[]).is_some());
-    assert_eq!(gauge.get(), 0.5, "calls without a region report nothing");
+    assert_eq!(gauge.get(), 0.25, "calls without a region report nothing");
     assert_eq!(balancer.pick(&eps, Some("home"), &[]), Some(0));
     assert_eq!(gauge.get(), 0.0, "the home region, nothing spilled");
 
-    let (balancer, gauge) = spill_gauge(None);
+    let (balancer, gauge) = spill_gauge(eps.len(), None);
     assert!(balancer.pick(&eps, None, &[]).is_some());
-    assert_eq!(gauge.get(), 0.5, "no home region: nothing to report");
+    assert_eq!(gauge.get(), 0.25, "no home region: nothing to report");
+}
+
+#[test]
+fn the_spilled_share_is_reported_in_thousandths() {
+    // Two of the home region's three endpoints are out: it keeps a third of its calls
+    // (region_overprovision 1.0) and spills two thirds.
+    let mut eps = vec![
+        ep(100, "home"),
+        ep(100, "home"),
+        ep(100, "home"),
+        ep(100, "away"),
+    ];
+    eps[1].usable = false;
+    eps[2].usable = false;
+    let (balancer, gauge) = spill_gauge(eps.len(), Some("home"));
+    assert!(balancer.pick(&eps, Some("home"), &[]).is_some());
+    assert_eq!(gauge.get(), 0.667);
 }

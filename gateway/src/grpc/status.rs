@@ -133,7 +133,10 @@ mod tests {
                 status.trailers_only_headers()["grpc-retry-pushback-ms"],
                 trailers["grpc-retry-pushback-ms"]
             );
-            trailers["grpc-retry-pushback-ms"].to_str().unwrap().to_string()
+            trailers["grpc-retry-pushback-ms"]
+                .to_str()
+                .unwrap()
+                .to_string()
         };
         use std::time::Duration;
         assert_eq!(pushback(Duration::from_millis(40)), "40");
