@@ -71,6 +71,7 @@ endpoints = [
 
 [[upstream]]
 name = "one"
+connect_timeout = "30s"
 endpoints = [{ addr = "127.0.0.1:10004" }]
 
 [[upstream]]
@@ -280,6 +281,47 @@ fn one_dial_in_flight_per_endpoint() {
     let mut third = Attempt::new(claimed.endpoint().state.clone(), false);
     assert!(ctx.dial_turn(&claimed, &mut third).is_none());
     assert!(third.dial.is_none(), "connected: go ahead, no dial");
+}
+
+#[tokio::test]
+async fn a_waiting_attempt_goes_when_the_dial_settles() {
+    let mut ctx = admitted("/lonely.L/M");
+    let (claimed, mut first) = ctx.claim(Resend::First).unwrap();
+    assert!(ctx.dial_turn(&claimed, &mut first).is_none());
+    let ticket = first.dial.take().expect("the first attempt dials");
+    let (claimed, mut second) = ctx.claim(Resend::Status).unwrap();
+    let wait = ctx
+        .dial_turn(&claimed, &mut second)
+        .expect("the second waits");
+    let mut waiting = Box::pin(wait.settled());
+    tokio::select! {
+        biased;
+        _ = &mut waiting => panic!("went ahead while the dial was under way"),
+        _ = tokio::task::yield_now() => {}
+    }
+    ticket.connected();
+    // The bound is the upstream's connect timeout, 30 s: only the settled dial ends it now.
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the settled dial let the waiting attempt go");
+}
+
+#[tokio::test]
+async fn a_wait_for_a_dial_is_bounded_by_the_calls_budget() {
+    let mut ctx = admitted("/lonely.L/M");
+    let (claimed, mut first) = ctx.claim(Resend::First).unwrap();
+    assert!(ctx.dial_turn(&claimed, &mut first).is_none());
+    let _never_settled = first.dial.take().expect("the first attempt dials");
+    ctx.deadline = Some(Instant::now() + Duration::from_millis(50));
+    let (claimed, mut second) = ctx.claim(Resend::Status).unwrap();
+    let wait = ctx
+        .dial_turn(&claimed, &mut second)
+        .expect("the second waits");
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), wait.settled())
+        .await
+        .expect("the call's budget, not the 30 s connect timeout, bounds the wait");
+    assert!(started.elapsed() >= Duration::from_millis(40));
 }
 
 #[test]
