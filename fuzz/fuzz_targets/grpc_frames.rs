@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strait::proxy::grpc::FrameScanner;
+use strait::grpc::FrameScanner;
 
 fuzz_target!(|input: (u16, u16, &[u8])| {
     let (limit, cut, body) = input;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strait::proxy::grpc::{format_grpc_timeout, parse_grpc_timeout};
+use strait::grpc::{format_grpc_timeout, parse_grpc_timeout};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(budget) = parse_grpc_timeout(data) {
