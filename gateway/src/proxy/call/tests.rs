@@ -79,15 +79,28 @@ name = "none"
 discovery = "etcd"
 service = "none"
 
+[[route]]
+listener = "l"
+service = "flaky.F"
+upstream = "flaky"
+
+[[upstream]]
+name = "flaky"
+endpoints = [{ addr = "127.0.0.1:10007" }]
+breaker = { consecutive_failures = 1, open_for = "1ms", half_open_calls = 1, max_ejected_percent = 100 }
+
 [[upstream]]
 name = "drained"
 endpoints = [{ addr = "127.0.0.1:10005", weight = 0 }, { addr = "127.0.0.1:10006", weight = 0 }]
 "#;
 
 fn snapshot() -> RoutingSnapshot {
+    snapshot_with(&crate::routing::Lasting::default())
+}
+
+fn snapshot_with(lasting: &crate::routing::Lasting) -> RoutingSnapshot {
     let config = crate::config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap();
-    let lasting = crate::routing::Lasting::default();
-    RoutingSnapshot::build(&config, Views::default(), &lasting, None).unwrap()
+    RoutingSnapshot::build(&config, Views::default(), lasting, None).unwrap()
 }
 
 fn settings() -> CallSettings {
@@ -220,6 +233,10 @@ fn attempts_come_from_the_route_policy_else_the_upstream() {
 fn claims_go_to_endpoints_not_yet_tried() {
     let mut ctx = admitted("/plain.P/M");
     let first = claim_current(&mut ctx, Resend::First);
+    assert!(
+        !ctx.attempt.as_ref().unwrap().trial,
+        "a closed breaker's attempt is no half-open trial"
+    );
     assert_eq!(ctx.tried, vec![first.index]);
     assert_eq!(ctx.endpoint, Some(first.endpoint().addr));
     assert_eq!(first.endpoint().state.in_flight(), 1);
@@ -679,4 +696,117 @@ fn refusals_and_bad_bodies_have_their_own_statuses() {
         request_body_status(FrameError::Truncated).code,
         Code::Internal
     );
+}
+
+#[test]
+fn the_access_record_says_when_the_call_began_and_how_long_it_took() {
+    let mut ctx = admitted("/plain.P/M");
+    ctx.started = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+    let before = std::time::SystemTime::now();
+    let agent = HeaderValue::from_static("grpc-test/1");
+    let record = ctx.access_record("l", "/plain.P/M", Some(&agent), None, Code::NotFound);
+    assert!(record.ts < before, "the call began before it was recorded");
+    assert!(record.ts > before - Duration::from_secs(10));
+    assert!(
+        (2000.0..60_000.0).contains(&record.duration_ms),
+        "{} ms",
+        record.duration_ms
+    );
+    assert_eq!(record.method.as_deref(), Some("/plain.P/M"));
+    assert_eq!(record.route.as_deref(), Some("plain.P"));
+    assert_eq!(record.upstream.as_deref(), Some("three"));
+    assert_eq!(record.user_agent.as_deref(), Some("grpc-test/1"));
+    assert_eq!(record.code, Some(5));
+}
+
+#[test]
+fn the_final_code_is_the_gateways_own_else_the_backends() {
+    let mut ctx = CallCtx::new();
+    assert_eq!(ctx.final_code(), None);
+    ctx.upstream_status = Some(Code::NotFound);
+    assert_eq!(ctx.final_code(), Some(Code::NotFound));
+    ctx.local_status = Some(LocalStatus::new(Code::Unavailable, "gone"));
+    assert_eq!(ctx.final_code(), Some(Code::Unavailable));
+}
+
+#[test]
+fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
+    let metrics = crate::metrics::Metrics::new(true, 16);
+    let lasting = crate::routing::Lasting::with_metrics(Some(metrics.clone()));
+    let snapshot = snapshot_with(&lasting);
+    let mut ctx = CallCtx::new();
+    let request = Request {
+        listener: "l",
+        path: "/flaky.F/M",
+        headers: &HeaderMap::new(),
+        peer: None,
+    };
+    ctx.admit(&snapshot, &settings(), request).unwrap();
+    let claimed = claim_current(&mut ctx, Resend::First);
+    ctx.upstream_status = Some(Code::Unavailable);
+    ctx.finish_answered(false);
+    let state = &claimed.endpoint().state;
+    assert_ne!(
+        state.breaker_state(),
+        crate::breaker::State::Closed,
+        "one failure opens this breaker"
+    );
+    let text = metrics.render();
+    let counted = text
+        .lines()
+        .find(|l| {
+            l.starts_with("strait_upstream_attempts_total")
+                && l.contains("outcome=\"grpc_failure\"")
+                && l.contains("upstream=\"flaky\"")
+        })
+        .unwrap_or_else(|| panic!("no attempt counted:\n{text}"));
+    assert!(counted.ends_with(" 1"), "{counted}");
+}
+
+#[test]
+fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
+    // One snapshot, so every call meets the same endpoint state.
+    let snapshot = snapshot();
+    let call = || {
+        let mut ctx = CallCtx::new();
+        let request = Request {
+            listener: "l",
+            path: "/flaky.F/M",
+            headers: &HeaderMap::new(),
+            peer: None,
+        };
+        ctx.admit(&snapshot, &settings(), request).unwrap();
+        ctx
+    };
+    let mut first = call();
+    claim_current(&mut first, Resend::First);
+    first.finish_attempt(Some(Outcome::Failure), Some(AttemptOutcome::Reset));
+    // Open for 1 ms, then half-open with one trial at a time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut holder = call();
+    loop {
+        if let Ok((_, attempt)) = holder.claim(Resend::First) {
+            holder.attempt = Some(attempt);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never went half-open"
+        );
+        holder = call();
+        std::thread::yield_now();
+    }
+    assert!(
+        holder.attempt.as_ref().unwrap().trial,
+        "a half-open breaker's attempt is its trial"
+    );
+    assert!(
+        call().claim(Resend::First).is_err(),
+        "the one trial slot is taken"
+    );
+    holder.finish_attempt(None, None);
+    let (_, again) = call()
+        .claim(Resend::First)
+        .expect("the slot was given back");
+    assert!(again.trial);
 }
