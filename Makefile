@@ -24,7 +24,7 @@ fuzz:
 
 ## make mutants: mutation testing of the pure-logic modules against the unit and property
 ## tests (cargo-mutants; the files are listed in .cargo/mutants.toml, the figures in
-## docs/testing.md). About 35 minutes on 2 cores; not part of `make test`.
+## docs/testing.md). About an hour on 2 cores (issue #32 added the call core); not part of `make test`.
 mutants: deps
 	command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked \
 	  || $(CARGO) install cargo-mutants --locked --offline

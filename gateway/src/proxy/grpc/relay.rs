@@ -167,6 +167,11 @@ pub(super) async fn relay(
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
+                // The attempts still racing are cancelled (dropped): no verdict on them, and a
+                // half-open trial's slot goes back.
+                for cancelled in claims.iter_mut().filter_map(Option::take) {
+                    ctx.end_attempt(cancelled, None, None);
+                }
                 return Ok(Relayed::Local(ctx.deadline_status()));
             }
         }
