@@ -201,3 +201,42 @@ fn the_spilled_share_is_reported_in_thousandths() {
     assert!(balancer.pick(&eps, Some("home"), &[]).is_some());
     assert_eq!(gauge.get(), 0.667);
 }
+
+/// Log lines written while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = lines.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn a_spill_is_logged_once_it_starts_not_while_nothing_spills() {
+    let all = vec![ep(100, "home"), ep(100, "home"), ep(100, "away")];
+    let (balancer, _) = spill_gauge(all.len(), Some("home"));
+    let quiet = logged(|| {
+        balancer.pick(&all, Some("home"), &[]);
+    });
+    assert!(!quiet.contains("region spill changed"), "{quiet}");
+    let mut half = all.clone();
+    half[1].usable = false;
+    let spilled = logged(|| {
+        balancer.pick(&half, Some("home"), &[]);
+    });
+    assert!(spilled.contains("region spill changed"), "{spilled:?}");
+}
