@@ -810,3 +810,47 @@ fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
         .expect("the slot was given back");
     assert!(again.trial);
 }
+
+#[test]
+fn an_attempt_from_before_the_breaker_opened_frees_no_trial_slot() {
+    let snapshot = snapshot();
+    let call = || {
+        let mut ctx = CallCtx::new();
+        let request = Request {
+            listener: "l",
+            path: "/flaky.F/M",
+            headers: &HeaderMap::new(),
+            peer: None,
+        };
+        ctx.admit(&snapshot, &settings(), request).unwrap();
+        ctx
+    };
+    // An attempt admitted while the breaker was closed, still running...
+    let mut early = call();
+    claim_current(&mut early, Resend::First);
+    assert!(!early.attempt.as_ref().unwrap().trial);
+    // ...when another attempt's failure opens the breaker, which then goes half-open.
+    let mut failing = call();
+    claim_current(&mut failing, Resend::First);
+    failing.finish_attempt(Some(Outcome::Failure), Some(AttemptOutcome::Reset));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut trial = call();
+    while trial
+        .claim(Resend::First)
+        .map(|(_, a)| trial.attempt = Some(a))
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never went half-open"
+        );
+        trial = call();
+        std::thread::yield_now();
+    }
+    // The early attempt ends without a verdict: the trial's slot stays taken.
+    early.finish_attempt(None, None);
+    assert!(
+        call().claim(Resend::First).is_err(),
+        "the one trial slot is still the trial's"
+    );
+}
