@@ -43,15 +43,19 @@ impl GrpcProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let snapshot = self.routing.load();
-        let req = session.req_header();
-        let request = call::Request {
-            listener: &self.listener,
-            path: req.uri.path(),
-            headers: &req.headers,
-            peer,
+        let admitted = {
+            // The snapshot is held for admission only, never across an await.
+            let snapshot = self.routing.load();
+            let req = session.req_header();
+            let request = call::Request {
+                listener: &self.listener,
+                path: req.uri.path(),
+                headers: &req.headers,
+                peer,
+            };
+            ctx.admit(&snapshot, &self.settings, request)
         };
-        if let Err(status) = ctx.admit(&snapshot, &self.settings, request) {
+        if let Err(status) = admitted {
             write_local_status(session, ctx, &status).await?;
             ctx.local_status = Some(status);
             return Ok(true);
