@@ -1,7 +1,11 @@
 # Strait: multi-stage build, small non-root runtime image.
 #
 #   docker build -t strait .
-#   docker run --rm -p 8080:8080 -p 9901:9901 -v "$PWD/config:/etc/strait:ro" strait
+#   docker run --rm -p 8080:8080 -v "$PWD/config:/etc/strait:ro" strait
+#
+# The admin API (9901) listens on the container's loopback only and is not published: it shows
+# backend addresses and reloads the config. To scrape it from outside, give it a token_file and
+# 0.0.0.0 in your config and publish it yourself (docs/operations.md, "Docker").
 #
 # The config is read from /etc/strait/strait.toml: mount a directory holding yours (and its
 # certificates) over /etc/strait. Reload with `docker kill -s HUP <container>`; stop with
@@ -27,7 +31,7 @@ COPY --from=build /src/target/release/strait /usr/local/bin/strait
 COPY config/docker.toml /etc/strait/strait.toml
 COPY config/strait.schema.json /usr/share/strait/strait.schema.json
 USER 10001:10001
-EXPOSE 8080 9901
+EXPOSE 8080
 STOPSIGNAL SIGTERM
 # No curl in the image: the binary itself asks the admin listener's /healthz.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

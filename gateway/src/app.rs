@@ -113,7 +113,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         path,
         Arc::new(config.clone()),
         routing.clone(),
-        lasting,
+        lasting.clone(),
         listeners.clone(),
         metrics.clone(),
         observers.clone(),
@@ -158,7 +158,17 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         crate::xds::spawn(&supervisor, xds, routing.clone(), clients.clone());
         clients
     });
-    let reload = ReloadHandle::spawn(&supervisor, control).map_err(StartError::Signal)?;
+    let reload = ReloadHandle::spawn(&supervisor, control.clone()).map_err(StartError::Signal)?;
+    {
+        // Remote JWKS of `[[auth]]` providers, fetched while the process runs.
+        let jwks = lasting.jwks.clone();
+        supervisor.spawn(
+            crate::background::JWKS,
+            "strait-jwks",
+            || {},
+            move || crate::auth::refresh_loop(jwks.clone()),
+        );
+    }
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
@@ -175,6 +185,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             reload,
             supervisor,
             xds: xds_clients,
+            control,
         };
         let mut service = Service::new("admin".to_string(), app);
         service.add_tcp(&admin.listen.to_string());

@@ -23,17 +23,20 @@ use crate::metrics::Metrics;
 pub const ETCD_WATCH: &str = "etcd_watch";
 pub const HEALTH_PROBES: &str = "health_probes";
 pub const CONTROL: &str = "control";
+/// Fetches the JWKS of `[[auth]]` providers with a `jwks_url`.
+pub const JWKS: &str = "jwks";
 pub const DNS_DISCOVERY: &str = "dns_discovery";
 /// This gateway's registration and the count of the fleet's (cluster-wide rate limits).
 pub const GATEWAY_MEMBERS: &str = "gateway_members";
 /// One endpoint's probe, restarted by the health task itself (it owns the probe tasks).
 pub const HEALTH_PROBE: &str = "health_probe";
-const TASKS: [&str; 5] = [
+const TASKS: [&str; 6] = [
     ETCD_WATCH,
     HEALTH_PROBES,
     CONTROL,
     DNS_DISCOVERY,
     GATEWAY_MEMBERS,
+    JWKS,
 ];
 
 /// First restart after 0.5-1 s, doubling up to 30 s while a task keeps failing.

@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod balancer;
 pub mod metrics;
 pub mod background;
+pub mod auth;
 
 // Configuration, and where endpoints come from.
 pub mod config;

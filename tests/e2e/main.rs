@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `strait` binary between real tonic backends and clients.
 
 mod access_log;
+mod auth;
 mod breakers;
 mod browser;
 mod calls;

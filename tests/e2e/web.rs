@@ -44,16 +44,31 @@ impl WebGateway {
 
     /// `start`, with more keys on the route.
     fn start_with(backend: SocketAddr, origin: &str, route_extra: &str) -> WebGateway {
+        Self::start_full(backend, origin, route_extra, "", &[])
+    }
+
+    /// `start_with`, with `tail` appended to the config and `files` written beside it.
+    fn start_full(
+        backend: SocketAddr,
+        origin: &str,
+        route_extra: &str,
+        tail: &str,
+        files: &[(&str, &[u8])],
+    ) -> WebGateway {
         let addr = free_addr();
         let admin = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let descriptors = dir.path().join("api.pb");
         std::fs::write(&descriptors, ECHO_DESCRIPTORS).unwrap();
         let access_log = dir.path().join("access.log");
-        let text = web_config(addr, backend, admin, origin, true).replace(
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let mut text = web_config(addr, backend, admin, origin, true).replace(
             "upstream = \"echo\"\n",
             &format!("upstream = \"echo\"\n{route_extra}\n"),
         );
+        text.push_str(tail);
         let gateway = Gateway::start_in(dir, &text, addr);
         WebGateway {
             _gateway: gateway,
@@ -1177,4 +1192,110 @@ async fn json_calls_are_retried_on_status_like_native_ones() {
         ),
         Some(retried as f64)
     );
+}
+
+/// A route's `auth` refuses browsers and REST callers with HTTP's own answers: 401 with
+/// `WWW-Authenticate: Bearer` without a credential, 403 for a caller the route does not allow;
+/// neither reaches the backend, and an accepted caller's key never does either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_refuses_grpc_web_and_json_callers_with_401_and_403() {
+    use sha2::{Digest, Sha256};
+    let backend = Backend::start(BackendOptions::named("b1")).await;
+    let hash = |key: &str| -> String {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let keys = format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other"));
+    let web = tokio::task::block_in_place(|| {
+        WebGateway::start_full(
+            backend.addr,
+            PAGE_ORIGIN,
+            "auth = [\"keys\"]\nrequire_claims = { sub = \"ci\" }",
+            "\n[[auth]]\nname = \"keys\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n",
+            &[("keys.txt", keys.as_bytes())],
+        )
+    });
+    let base = web.base();
+    let json_call = |key: Option<&str>| {
+        let header = format!("x-api-key: {}", key.unwrap_or(""));
+        let mut args = vec!["--json", r#"{"payload":"aGVsbG8="}"#];
+        if key.is_some() {
+            args.extend(["-H", &header]);
+        }
+        let url = format!("{base}/v1/echo");
+        args.push(&url);
+        tokio::task::block_in_place(|| curl(&args))
+    };
+    let missing = json_call(None);
+    assert_eq!(
+        missing.status,
+        401,
+        "{:?}",
+        String::from_utf8_lossy(&missing.body)
+    );
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(missing.json()["code"], 16);
+    let forbidden = json_call(Some("key-other"));
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.json()["code"], 7);
+    assert_eq!(json_call(Some("key-wrong")).status, 401);
+    assert_eq!(backend.calls(), 0, "no refused call reached the backend");
+    let accepted = json_call(Some("key-ci"));
+    assert_eq!(accepted.status, 200);
+    assert_eq!(accepted.json()["servedBy"], "b1");
+
+    // gRPC-Web: the same refusal, the gRPC status in the headers too.
+    let dir = tempfile::tempdir().unwrap();
+    let body = STANDARD.encode(frame(&echo_request(b"w", 0, 0, 0)));
+    let body_file = write_file(&dir.path().join("call.b64"), body.as_bytes());
+    let url = format!("{base}/bench.Echo/Unary");
+    let web_call = |extra: &[&str]| {
+        let mut args = vec![
+            "--http1.1",
+            "-H",
+            "content-type: application/grpc-web-text",
+            "-H",
+            "x-echo-seen: x-api-key",
+        ];
+        args.extend_from_slice(extra);
+        let data = format!("@{body_file}");
+        args.extend(["--data-binary", &data, &url]);
+        tokio::task::block_in_place(|| curl(&args))
+    };
+    let refused = web_call(&[]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(refused.header("grpc-status"), Some("16"));
+    let ok = web_call(&["-H", "x-api-key: key-ci"]);
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("x-seen-x-api-key"),
+        None,
+        "the key is not sent upstream"
+    );
+    assert_eq!(backend.calls(), 2);
+
+    let metrics = tokio::task::block_in_place(|| web.metrics());
+    let denied = |reason: &str| {
+        metric(
+            &metrics,
+            "strait_auth_denied_total",
+            &[("route", "bench.Echo"), ("reason", reason)],
+        )
+    };
+    assert_eq!(denied("missing"), Some(2.0));
+    assert_eq!(denied("invalid"), Some(1.0));
+    assert_eq!(denied("forbidden"), Some(1.0));
+    let logged = tokio::task::block_in_place(|| web.access_log_lines("json", 4));
+    assert!(
+        logged
+            .iter()
+            .any(|l| l["principal"] == "keys:ci" && l["code"] == 0),
+        "the access log names the principal: {logged:?}"
+    );
+    assert!(logged.iter().any(|l| l["denied"] == "forbidden"));
+    let text = serde_json::to_string(&logged).unwrap();
+    assert!(!text.contains("key-ci"), "no credential in the access log");
 }

@@ -96,7 +96,8 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>
 /// the W3C trace context the backend received comes back as `x-seen-traceparent` and
 /// `x-seen-tracestate` (asked for, so a benchmark's replies stay as small as without tracing);
 /// with `x-echo-te`, the `te` header it received comes back as `x-seen-te` (gRPC C-core servers
-/// refuse a call without `te: trailers`; tonic does not check it).
+/// refuse a call without `te: trailers`; tonic does not check it). With `x-echo-seen`, the
+/// headers it lists come back as `x-seen-NAME`.
 fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     let trace_context: &[(&str, &str)] = if from.contains_key("x-echo-trace-context") {
@@ -109,6 +110,20 @@ fn echoed_headers(from: &MetadataMap) -> MetadataMap {
     } else {
         &[]
     };
+    // `x-echo-seen: a,b`: whether headers `a` and `b` reached the backend, and their values,
+    // as `x-seen-a` and `x-seen-b` (identity headers a gateway must add or remove).
+    if let Some(names) = from.get("x-echo-seen").and_then(|v| v.to_str().ok()) {
+        for name in names.split(',').map(str::trim) {
+            let Some(value) = from.get(name) else {
+                continue;
+            };
+            if let Ok(key) =
+                tonic::metadata::AsciiMetadataKey::from_bytes(format!("x-seen-{name}").as_bytes())
+            {
+                out.insert(key, value.clone());
+            }
+        }
+    }
     // Only retried calls carry it, so echoing it costs other calls nothing.
     if let Some(value) = from.get("grpc-previous-rpc-attempts") {
         out.insert("x-seen-previous-rpc-attempts", value.clone());

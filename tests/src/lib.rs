@@ -8,6 +8,7 @@ pub mod echo;
 pub mod etcd;
 pub mod gateway;
 pub mod h2_backend;
+pub mod jwt;
 pub mod net;
 pub mod otlp;
 pub mod raw;

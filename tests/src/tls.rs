@@ -90,6 +90,17 @@ impl TestPki {
         self.issue(params, stem)
     }
 
+    /// A client certificate naming a URI SAN (a SPIFFE ID) and a DNS name.
+    pub fn issue_client_uri(&self, stem: &str, uri: &str, dns: &str) -> Issued {
+        let mut params = CertificateParams::new(vec![dns.to_string()]).expect("client params");
+        params
+            .subject_alt_names
+            .insert(0, rcgen::SanType::URI(uri.try_into().expect("a URI SAN")));
+        params.distinguished_name.push(DnType::CommonName, dns);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, stem)
+    }
+
     fn issue(&self, params: CertificateParams, stem: &str) -> Issued {
         let key = KeyPair::generate().expect("key");
         let cert = params

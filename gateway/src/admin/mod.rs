@@ -32,6 +32,8 @@ pub struct AdminApp {
     pub supervisor: crate::background::Supervisor,
     /// The xDS server's clients, with `[xds]`.
     pub xds: Option<Arc<crate::xds::XdsClients>>,
+    /// The running config, for `[admin] token_file`'s token (re-read by every reload).
+    pub control: Arc<crate::control::ControlPlane>,
 }
 
 impl AdminApp {
@@ -50,6 +52,9 @@ impl AdminApp {
                 down.join(", ")
             ));
         }
+        if let Some(waiting) = self.jwks_waiting() {
+            return Some(waiting);
+        }
         match &self.discovery {
             Some(status) if !status.synced_once() => Some(format!(
                 "waiting for the first etcd sync{}",
@@ -60,6 +65,54 @@ impl AdminApp {
             )),
             _ => None,
         }
+    }
+
+    /// A `jwks_url` provider that has no keys yet: its routes refuse every caller.
+    fn jwks_waiting(&self) -> Option<String> {
+        let snapshot = self.routing.load();
+        let waiting = snapshot.auth.iter().find_map(|provider| {
+            let crate::auth::Provider::Jwt(jwt) = provider.as_ref() else {
+                return None;
+            };
+            let crate::auth::KeySource::Remote(source) = jwt.keys() else {
+                return None;
+            };
+            if source.current().is_some() {
+                return None;
+            }
+            let status = source.status();
+            Some(format!(
+                "waiting for the first JWKS of auth provider {:?}{}",
+                jwt.name(),
+                status
+                    .last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ))
+        });
+        waiting
+    }
+
+    /// Every endpoint but the probes needs the admin token when `[admin] token_file` is set:
+    /// `Authorization: Bearer TOKEN`, compared in constant time.
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = self.control.config().admin_token.clone() else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| {
+                let v = v.as_bytes();
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme
+                    .eq_ignore_ascii_case(b"bearer ")
+                    .then(|| rest.trim_ascii())
+            })
+            .unwrap_or_default();
+        use subtle::ConstantTimeEq;
+        bool::from(presented.ct_eq(&token.0))
     }
 
     fn view(&self) -> GatewayView {
@@ -192,6 +245,19 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if !matches!(path.as_str(), "/healthz" | "/readyz") && !self.authorized(session) {
+            let mut answer = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                b"this admin endpoint needs the admin token: Authorization: Bearer TOKEN\n"
+                    .to_vec(),
+            );
+            answer.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"strait-admin\""),
+            );
+            return answer;
+        }
         if path == "/reload" {
             return self.reload(session).await;
         }

@@ -36,6 +36,82 @@ pub struct FileConfig {
     #[serde(default, rename = "transcode")]
     pub transcodes: Vec<TranscodeSection>,
     pub xds: Option<XdsSection>,
+    /// Caller authentication providers, referenced by name from routes' `auth`.
+    #[serde(default, rename = "auth")]
+    pub auth: Vec<AuthSection>,
+}
+
+/// A caller authentication provider: exactly one of `jwt`, `api_keys` or `mtls`. Reloadable
+/// (keys files, JWKS files and secrets are re-read; a JWKS URL whose settings stay keeps its
+/// keys).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The name routes use in `auth = [...]`.
+    pub name: Spanned<String>,
+    pub jwt: Option<JwtSection>,
+    pub api_keys: Option<ApiKeysSection>,
+    pub mtls: Option<MtlsSection>,
+}
+
+/// Bearer JWTs: RS256/384/512, PS256/384/512, ES256/384 and EdDSA from a JWKS (file or HTTPS
+/// URL), or HS256 with `secret_file`. `exp`, `nbf`, `iss` and `aud` are checked.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// The `iss` every token must carry.
+    pub issuer: Spanned<String>,
+    /// A token's `aud` must name one of these (default: `aud` not checked).
+    pub audiences: Option<Vec<Spanned<String>>>,
+    /// A JWKS document (JSON) holding the verification keys; one of `jwks_file`, `jwks_url`,
+    /// `secret_file`.
+    pub jwks_file: Option<Spanned<String>>,
+    /// An https:// URL the JWKS is fetched from at start and refreshed from.
+    pub jwks_url: Option<Spanned<String>>,
+    /// CA bundle (PEM) the `jwks_url` server's certificate must chain to (default: the
+    /// system's roots).
+    pub jwks_ca: Option<Spanned<String>>,
+    /// Refetch interval when the response has no Cache-Control max-age (default 10m, 30s to
+    /// 24h).
+    pub jwks_refresh: Option<Spanned<ConfigDuration>>,
+    /// Time allowed for one fetch (default 5s, at most 1m).
+    pub jwks_timeout: Option<Spanned<ConfigDuration>>,
+    /// A file holding an HS256 secret (HMAC tokens are accepted only this way).
+    pub secret_file: Option<Spanned<String>>,
+    /// Allowed clock difference for `exp` and `nbf` (default 30s, at most 5m).
+    pub clock_skew: Option<Spanned<ConfigDuration>>,
+    /// The metadata key holding the token (default "authorization", as `Bearer TOKEN`).
+    pub from_header: Option<Spanned<String>>,
+    /// Claims copied into request headers sent upstream, like `{ sub = "x-user-id" }`; the
+    /// caller's own values of these headers are always removed.
+    pub claim_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// Longest token accepted, in bytes (default 8192, 256 to 65536).
+    pub max_token_bytes: Option<Spanned<i64>>,
+    /// Send the token upstream as well (default false: removed once verified).
+    pub forward: Option<bool>,
+}
+
+/// Named API keys, stored as SHA-256 hashes.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysSection {
+    /// One `NAME SHA256-HEX` line per key (`#` comments); the name is the principal.
+    pub keys_file: Spanned<String>,
+    /// The metadata key holding the key (default "x-api-key").
+    pub from_header: Option<Spanned<String>>,
+    /// Send the key upstream as well (default false).
+    pub forward: Option<bool>,
+}
+
+/// The listener's verified client certificate (a TLS listener with `client_ca`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSection {
+    /// URI or DNS SANs allowed, exact or ending in `*` (default: any certificate the listener
+    /// accepts).
+    pub allowed_sans: Option<Vec<Spanned<String>>>,
+    /// Send Envoy's `x-forwarded-client-cert` upstream (default false).
+    pub forward_client_cert: Option<bool>,
 }
 
 /// The xDS server: publishes upstreams (endpoints, region priority, health) to gRPC clients that
@@ -114,6 +190,9 @@ pub struct AdminSection {
     /// Distinct gRPC service/method pairs with their own call series, per listener (default
     /// 1000, 1 to 100000); calls of further pairs count under method "other".
     pub max_methods: Option<Spanned<i64>>,
+    /// A file holding the bearer token every admin endpoint but /healthz and /readyz requires
+    /// (`Authorization: Bearer TOKEN`); its content is re-read on reload.
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// Where discovery reads instances from.
@@ -293,6 +372,12 @@ pub struct RouteSection {
     pub hedge: Option<Spanned<HedgeSection>>,
     /// Deadline for calls that carry no grpc-timeout.
     pub timeout: Option<Spanned<ConfigDuration>>,
+    /// `[[auth]]` providers, by name: a caller must be accepted by one of them (default: the
+    /// route is open).
+    pub auth: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Claims the accepted caller must hold, like `{ scope = "cart:write" }`: equal, in an
+    /// array, or a word of a space-separated string.
+    pub require_claims: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// One side of a weighted split.

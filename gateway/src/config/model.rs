@@ -26,6 +26,61 @@ pub struct Config {
     pub transcodes: Vec<TranscodeConfig>,
     /// The xDS server for proxyless gRPC clients; none without `[xds]`.
     pub xds: Option<XdsConfig>,
+    /// Caller authentication providers (`[[auth]]`), with their keys read.
+    pub auth: Vec<AuthConfig>,
+    /// The admin API's bearer token (`[admin] token_file`, read): reloadable, unlike the rest
+    /// of `[admin]`.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// One `[[auth]]` provider.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub name: String,
+    pub kind: AuthKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthKind {
+    Jwt {
+        settings: crate::auth::JwtSettings,
+        keys: JwtKeys,
+    },
+    ApiKeys {
+        keys: std::sync::Arc<crate::auth::ApiKeyTable>,
+        header: http::HeaderName,
+        forward: bool,
+    },
+    Mtls {
+        allowed_sans: Vec<crate::auth::SanPattern>,
+        forward_client_cert: bool,
+    },
+}
+
+/// Where a jwt provider's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    /// A JWKS file or an HS256 secret, read at load.
+    Fixed(std::sync::Arc<crate::auth::KeySet>),
+    /// Fetched from a URL in the background.
+    Remote(crate::auth::JwksSpec),
+}
+
+/// A route's `auth` and `require_claims`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuthConfig {
+    pub providers: Vec<String>,
+    pub require_claims: crate::auth::RequiredClaims,
+}
+
+/// The admin API's bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +165,9 @@ pub struct AdminConfig {
     pub endpoint_labels: bool,
     /// Service/method pairs with their own series, per listener.
     pub max_methods: u32,
+    /// Every endpoint but /healthz and /readyz requires `[admin] token_file`'s token (the
+    /// token itself is `Config::admin_token`, reloadable).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -317,6 +375,8 @@ pub struct RouteConfig {
     pub hedge: Option<HedgeConfig>,
     /// Deadline applied when the caller sends no `grpc-timeout`.
     pub timeout: Option<Duration>,
+    /// Who may call (none: the route is open).
+    pub auth: Option<RouteAuthConfig>,
 }
 
 impl RouteConfig {

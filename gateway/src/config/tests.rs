@@ -1880,3 +1880,188 @@ fn hedges_need_idempotent_routes_and_exclude_retries() {
     ))
     .is_empty());
 }
+
+/// A directory with an auth provider's files: a JWKS with one EC key, a keys file, a token.
+fn auth_files() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "strait-config-auth-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1",
+        "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+    std::fs::write(dir.join("jwks.json"), jwks).unwrap();
+    std::fs::write(dir.join("garbage.json"), "{\"keys\": 7}").unwrap();
+    let hash = "a".repeat(64);
+    std::fs::write(dir.join("keys.txt"), format!("ci {hash}\n")).unwrap();
+    std::fs::write(dir.join("bad-keys.txt"), "ci not-a-hash\n").unwrap();
+    std::fs::write(dir.join("token"), "  s3cret\n").unwrap();
+    std::fs::write(dir.join("empty"), " \n").unwrap();
+    dir
+}
+
+fn with_route_auth(route: &str, tail: &str) -> String {
+    text("", "", "", tail).replace(
+        "upstream = \"echo\"\n\n[[upstream]]",
+        &format!("upstream = \"echo\"\n{route}\n\n[[upstream]]"),
+    )
+}
+
+#[test]
+fn auth_providers_are_read_and_routes_name_them() {
+    let dir = auth_files();
+    let tail = "[[auth]]\nname = \"users\"\n[auth.jwt]\nissuer = \"https://id.example.com\"\n\
+                audiences = [\"strait\"]\njwks_file = \"jwks.json\"\n\
+                claim_headers = { sub = \"x-user-id\" }\n\n\
+                [[auth]]\nname = \"keys\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n\n\
+                [admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"token\"\n";
+    let source = with_route_auth(
+        "auth = [\"users\", \"keys\"]\nrequire_claims = { scope = \"cart:write\" }",
+        tail,
+    );
+    let config = parse_in(&source, &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.auth.len(), 2);
+    let AuthKind::Jwt { settings, keys } = &config.auth[0].kind else {
+        panic!("{:?}", config.auth[0]);
+    };
+    assert_eq!(settings.clock_skew, Duration::from_secs(30));
+    assert_eq!(settings.from_header, "authorization");
+    assert_eq!(settings.max_token_bytes, 8192);
+    assert!(!settings.forward);
+    assert!(matches!(keys, JwtKeys::Fixed(set) if set.len() == 1));
+    let AuthKind::ApiKeys {
+        header, forward, ..
+    } = &config.auth[1].kind
+    else {
+        panic!("{:?}", config.auth[1]);
+    };
+    assert_eq!((header.as_str(), *forward), ("x-api-key", false));
+    let route = config.routes[0].auth.as_ref().unwrap();
+    assert_eq!(route.providers, ["users", "keys"]);
+    assert_eq!(
+        route.require_claims.claims,
+        [("scope".to_string(), "cart:write".to_string())]
+    );
+    assert_eq!(
+        config.admin_token.as_ref().map(|t| t.0.to_vec()),
+        Some(b"s3cret".to_vec())
+    );
+}
+
+#[test]
+fn auth_mistakes_are_refused_at_their_key() {
+    let dir = auth_files();
+    let check = |route: &str, tail: &str, key: &str, needle: &str| {
+        let source = with_route_auth(route, tail);
+        let found = match parse_in(&source, &dir) {
+            Ok(_) => panic!("accepted:\n{source}"),
+            Err(e) => e.problems,
+        };
+        assert!(
+            found
+                .iter()
+                .any(|p| p.key_path == key && p.message.contains(needle)),
+            "no problem at {key} containing {needle:?} in {found:#?}"
+        );
+    };
+    let jwt = |keys: &str| {
+        format!(
+            "[[auth]]\nname = \"users\"\n[auth.jwt]\nissuer = \"https://id.example.com\"\n{keys}\n"
+        )
+    };
+    check(
+        "auth = [\"nobody\"]",
+        "",
+        "route[0].auth[0]",
+        "no [[auth]] named",
+    );
+    check("auth = []", "", "route[0].auth", "lists no provider");
+    check(
+        "require_claims = { scope = \"x\" }",
+        "",
+        "route[0].require_claims",
+        "needs `auth`",
+    );
+    check("", "[[auth]]\nname = \"x\"\n", "auth[0]", "exactly one of");
+    check("", &jwt(""), "auth[0].jwt", "exactly one of jwks_file");
+    check(
+        "",
+        &jwt("jwks_file = \"jwks.json\"\nsecret_file = \"token\""),
+        "auth[0].jwt",
+        "exactly one of",
+    );
+    check(
+        "",
+        &jwt("jwks_file = \"garbage.json\""),
+        "auth[0].jwt.jwks_file",
+        "not a JWKS",
+    );
+    check(
+        "",
+        &jwt("jwks_file = \"missing.json\""),
+        "auth[0].jwt.jwks_file",
+        "cannot read",
+    );
+    check(
+        "",
+        &jwt("jwks_url = \"http://id.example.com/jwks\""),
+        "auth[0].jwt.jwks_url",
+        "https://",
+    );
+    check(
+        "",
+        &jwt("jwks_url = \"https://id.example.com/jwks\"\njwks_refresh = \"1s\""),
+        "auth[0].jwt.jwks_refresh",
+        "at least 30s",
+    );
+    check(
+        "",
+        &jwt("jwks_file = \"jwks.json\"\njwks_ca = \"ca.pem\""),
+        "auth[0].jwt.jwks_ca",
+        "only with jwks_url",
+    );
+    check(
+        "",
+        &jwt("secret_file = \"empty\""),
+        "auth[0].jwt.secret_file",
+        "empty",
+    );
+    check(
+        "",
+        &jwt("jwks_file = \"jwks.json\"\nclaim_headers = { sub = \"grpc-status\" }"),
+        "auth[0].jwt.claim_headers.sub",
+        "not a header the gateway may set",
+    );
+    check(
+        "",
+        &jwt("jwks_file = \"jwks.json\"\nmax_token_bytes = 100"),
+        "auth[0].jwt.max_token_bytes",
+        "between 256 and 65536",
+    );
+    check(
+        "",
+        "[[auth]]\nname = \"k\"\n[auth.api_keys]\nkeys_file = \"bad-keys.txt\"\n",
+        "auth[0].api_keys.keys_file",
+        "64 hex digits",
+    );
+    check(
+        "auth = [\"mesh\"]",
+        "[[auth]]\nname = \"mesh\"\n[auth.mtls]\n",
+        "route[0].auth[0]",
+        "asks no client certificate",
+    );
+    check(
+        "",
+        "[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"empty\"\n",
+        "admin.token_file",
+        "empty",
+    );
+    check(
+        "",
+        "[xds]\nlisten = \"0.0.0.0:18000\"\n",
+        "xds.listen",
+        "not authenticated",
+    );
+}

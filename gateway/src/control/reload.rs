@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::ControlPlane;
@@ -79,7 +79,15 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.etcd != new.etcd {
         changed.push("[etcd]");
     }
-    if old.admin != new.admin {
+    // The token file's content is reloadable; where the admin listener is and what it shows
+    // are not.
+    let without_token = |c: &Config| {
+        c.admin.clone().map(|mut a| {
+            a.token_file = None;
+            a
+        })
+    };
+    if without_token(old) != without_token(new) {
         changed.push("[admin]");
     }
     if old.xds != new.xds {
@@ -154,12 +162,24 @@ fn replace_if_changed(plan: &mut DnsPlan, next: DnsPlan) -> bool {
 
 type Reply = oneshot::Sender<Result<String, String>>;
 
+/// Reload requests wait here; the control task answers all that are waiting with one reload,
+/// so requests arriving during a reload share the next one (at most one reload waits).
+#[derive(Debug, Default)]
+struct Waiting {
+    replies: parking_lot::Mutex<Vec<Reply>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Requests beyond this many waiting are refused at once: a client looping on `POST /reload`
+/// cannot queue memory without bound.
+pub const MAX_WAITING_RELOADS: usize = 64;
+
 /// The control task: reloads on SIGHUP and on request, one at a time, and reopens the access log
 /// on SIGUSR1. `installed` hears once both handlers are in place (each start installs its own):
 /// before that, either signal would end the process.
 async fn serve(
     control: Arc<ControlPlane>,
-    incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Reply>>>,
+    waiting: Arc<Waiting>,
     installed: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -176,34 +196,25 @@ async fn serve(
             return;
         }
     };
-    let mut incoming = incoming.lock().await;
     loop {
-        let reply = tokio::select! {
+        tokio::select! {
             Some(()) = reopens.recv() => {
                 info!("SIGUSR1: reopening the access log");
                 control.observers.access_log.reopen();
                 continue;
             }
-            Some(()) = hangups.recv() => {
-                info!("SIGHUP: reloading the config");
-                None
-            }
-            request = incoming.recv() => match request {
-                Some(reply) => Some(reply),
-                // Every handle is gone: nothing will ask again, but SIGHUP still may.
-                None => {
-                    hangups.recv().await;
-                    None
-                }
-            },
-        };
+            Some(()) = hangups.recv() => info!("SIGHUP: reloading the config"),
+            () = waiting.wake.notified() => {}
+        }
+        // Everyone waiting now is answered by this one reload.
+        let replies = std::mem::take(&mut *waiting.replies.lock());
         let outcome = control
             .reload()
             .await
             .map(|r| r.to_string())
             .map_err(|e| e.to_string());
-        if let Some(reply) = reply {
-            let _ = reply.send(outcome);
+        for reply in replies {
+            let _ = reply.send(outcome.clone());
         }
     }
 }
@@ -211,36 +222,45 @@ async fn serve(
 /// Asks the control thread for a reload; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ReloadHandle {
-    requests: mpsc::UnboundedSender<Reply>,
+    waiting: Arc<Waiting>,
 }
 
 impl ReloadHandle {
     /// Runs the control thread: reloads on SIGHUP and on request, one at a time. Returns once
     /// the SIGHUP handler is in place (before it, SIGHUP would end the process).
     pub fn spawn(supervisor: &Supervisor, control: Arc<ControlPlane>) -> std::io::Result<Self> {
-        let (requests, incoming) = mpsc::unbounded_channel::<Reply>();
-        // The queue outlives a failed control task: its restart serves what is still waiting.
-        let incoming = Arc::new(tokio::sync::Mutex::new(incoming));
+        // The waiting requests outlive a failed control task: its restart serves them.
+        let waiting = Arc::new(Waiting::default());
         let (installed, handler_ready) = std::sync::mpsc::channel();
-        supervisor.spawn(
-            crate::background::CONTROL,
-            "strait-control",
-            || {},
-            move || serve(control.clone(), incoming.clone(), installed.clone()),
-        );
+        {
+            let waiting = waiting.clone();
+            supervisor.spawn(
+                crate::background::CONTROL,
+                "strait-control",
+                || {},
+                move || serve(control.clone(), waiting.clone(), installed.clone()),
+            );
+        }
         handler_ready
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("control thread ended")))?;
-        Ok(Self { requests })
+        Ok(Self { waiting })
     }
 
     /// Reloads and says what happened (`Err` holds the reason the running config stayed).
     pub async fn reload(&self) -> Result<String, String> {
         let (reply, answer) = oneshot::channel();
-        if self.requests.send(reply).is_err() {
-            warn!("reload requested but the control thread is gone");
-            return Err("the control thread is not running".into());
+        {
+            let mut replies = self.waiting.replies.lock();
+            if replies.len() >= MAX_WAITING_RELOADS {
+                warn!("reload refused: {MAX_WAITING_RELOADS} requests are already waiting");
+                return Err(format!(
+                    "{MAX_WAITING_RELOADS} reload requests are already waiting; try again"
+                ));
+            }
+            replies.push(reply);
         }
+        self.waiting.wake.notify_one();
         answer
             .await
             .unwrap_or_else(|_| Err("the reload was interrupted".into()))

@@ -90,6 +90,20 @@ pub struct Metrics {
     shed: IntCounterVec,
     region_spill: prometheus::GaugeVec,
     pub(crate) xds: XdsMetrics,
+    auth: AuthMetrics,
+}
+
+/// Caller authentication's instruments (auth/).
+#[derive(Clone, Debug)]
+pub struct AuthMetrics {
+    /// Calls refused by a route's `auth`, by listener, route and reason.
+    pub denied: IntCounterVec,
+    /// JWKS fetches by provider and result (`ok`, `unchanged`, `error`).
+    pub jwks_fetches: IntCounterVec,
+    /// Keys held from each provider's JWKS URL (0 before the first good fetch).
+    pub jwks_keys: IntGaugeVec,
+    /// Unix time of each provider's last good JWKS fetch.
+    pub jwks_last_success: prometheus::GaugeVec,
 }
 
 /// The xDS server's instruments (xds/).
@@ -121,6 +135,10 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 impl Metrics {
     pub fn xds(&self) -> &XdsMetrics {
         &self.xds
+    }
+
+    pub fn auth(&self) -> &AuthMetrics {
+        &self.auth
     }
 
     /// `max_methods`: distinct service/method pairs with their own series, per listener.
@@ -375,6 +393,40 @@ impl Metrics {
                     "xDS requests, streams or connections the server refused, by reason (unknown_type, stream_error, delta, max_connections).",
                     &["reason"],
                 ),
+            },
+            auth: AuthMetrics {
+                denied: counter(
+                    &registry,
+                    "strait_auth_denied_total",
+                    "Calls refused by their route's auth before reaching a backend, by reason (missing, invalid, expired, forbidden, keys_unavailable).",
+                    &["listener", "route", "reason"],
+                ),
+                jwks_fetches: counter(
+                    &registry,
+                    "strait_jwks_fetches_total",
+                    "Fetches of a jwt provider's jwks_url, by result (ok: new keys, unchanged, error).",
+                    &["provider", "result"],
+                ),
+                jwks_keys: gauge(
+                    &registry,
+                    "strait_jwks_keys",
+                    "Verification keys held from a jwt provider's jwks_url (the last good set is kept when a fetch fails).",
+                    &["provider"],
+                ),
+                jwks_last_success: {
+                    let g = prometheus::GaugeVec::new(
+                        Opts::new(
+                            "strait_jwks_last_success_timestamp_seconds",
+                            "Unix time of the last good fetch of a jwt provider's jwks_url.",
+                        ),
+                        &["provider"],
+                    )
+                    .expect("valid gauge");
+                    registry
+                        .register(Box::new(g.clone()))
+                        .expect("registered once");
+                    g
+                },
             },
             region_spill: {
                 let g = prometheus::GaugeVec::new(

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::JwksRegistry;
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::policy::PolicyState;
@@ -15,13 +16,18 @@ pub struct Lasting {
     pub endpoints: EndpointRegistry,
     /// Buckets, counts and budgets, keyed by route and upstream.
     pub policy: PolicyState,
+    /// Remote JWKS of `[[auth]]` providers, with the keys fetched so far.
+    pub jwks: Arc<JwksRegistry>,
 }
 
 impl Lasting {
     pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
         Self {
-            endpoints: EndpointRegistry::with_metrics(metrics),
+            endpoints: EndpointRegistry::with_metrics(metrics.clone()),
             policy: PolicyState::default(),
+            jwks: Arc::new(JwksRegistry::with_metrics(
+                metrics.as_ref().map(|m| m.auth().clone()),
+            )),
         }
     }
 

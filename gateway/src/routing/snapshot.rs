@@ -5,9 +5,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::Lasting;
+use crate::auth::{
+    ApiKeyProvider, JwtProvider, KeySource, MtlsProvider, Provider, Providers, RouteAuth,
+};
 use crate::balancer::{Balancer, Candidate, Claimable, SpillReport};
 use crate::config::{
-    Config, Destination as RouteDestination, ListenerKind, RouteConfig, ServiceMatch,
+    AuthKind, Config, Destination as RouteDestination, JwtKeys, ListenerKind, RouteConfig,
+    ServiceMatch,
 };
 use crate::discovery::{endpoints_for, EndpointSpec, Endpoints, Views};
 use crate::endpoint::EndpointState;
@@ -240,6 +244,8 @@ pub struct RouteTarget {
     pub retry: Option<Arc<RetryPolicy>>,
     /// The route's `hedge`: its calls are carried by the proxy's hedging relay.
     pub hedge: Option<Arc<HedgePolicy>>,
+    /// Who may call (none: the route is open).
+    pub auth: Option<Arc<RouteAuth>>,
 }
 
 impl Admits for RouteTarget {
@@ -323,6 +329,9 @@ pub struct RoutingSnapshot {
     upstreams: HashMap<String, Arc<UpstreamSet>>,
     /// The REST routes of listeners with `[[transcode]]` (read when the config loaded).
     transcoders: HashMap<String, Arc<crate::transcode::TranscodeTable>>,
+    /// The `[[auth]]` providers, built when the config loaded (shared by the rebuilds of
+    /// discovery changes, so their token caches and fetched keys stay).
+    pub auth: Arc<Providers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +340,11 @@ pub enum SnapshotError {
     Peer {
         upstream: String,
         source: PeerTemplateError,
+    },
+    #[error("auth provider {provider:?}: {source}")]
+    Auth {
+        provider: String,
+        source: crate::auth::JwksError,
     },
 }
 
@@ -347,6 +361,10 @@ impl RoutingSnapshot {
         previous: Option<&RoutingSnapshot>,
     ) -> Result<Self, SnapshotError> {
         lasting.endpoints.prune();
+        let auth = match previous {
+            Some(previous) => previous.auth.clone(),
+            None => Arc::new(build_providers(config, lasting)?),
+        };
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let found = endpoints_for(upstream, views);
@@ -435,7 +453,7 @@ impl RoutingSnapshot {
                 continue; // validation already refused dangling references
             };
             let gateways = views.gateways.unwrap_or(1);
-            if let Some(policy) = route_policy(route, &upstreams, lasting, gateways) {
+            if let Some(policy) = route_policy(route, &upstreams, lasting, gateways, &auth) {
                 table.insert(route, policy);
             }
         }
@@ -454,6 +472,7 @@ impl RoutingSnapshot {
             tcp,
             upstreams,
             transcoders,
+            auth,
         })
     }
 
@@ -515,8 +534,19 @@ fn route_policy(
     upstreams: &HashMap<String, Arc<UpstreamSet>>,
     lasting: &Lasting,
     gateways: u32,
+    providers: &Providers,
 ) -> Option<Route> {
     let label: Arc<str> = route_label(route).into();
+    let auth = route.auth.as_ref().map(|config| {
+        Arc::new(RouteAuth {
+            providers: config
+                .providers
+                .iter()
+                .filter_map(|name| providers.get(name).cloned())
+                .collect(),
+            require: config.require_claims.clone(),
+        })
+    });
     let retry = route
         .retry
         .as_ref()
@@ -536,6 +566,7 @@ fn route_policy(
                 .map(|m| m.route(&route.listener, &label, upstream_name)),
             retry: retry.clone(),
             hedge: hedge.clone(),
+            auth: auth.clone(),
         })
     };
     let destination = match &route.destination {
@@ -560,6 +591,54 @@ fn route_policy(
         destination,
         rate_limit,
     })
+}
+
+/// The config's `[[auth]]` providers; a `jwks_url` provider gets its source from the registry in
+/// `Lasting`, so a reload that keeps its settings keeps its keys.
+fn build_providers(config: &Config, lasting: &Lasting) -> Result<Providers, SnapshotError> {
+    let mut providers = Vec::with_capacity(config.auth.len());
+    for auth in &config.auth {
+        let provider = match &auth.kind {
+            AuthKind::Jwt { settings, keys } => {
+                let keys = match keys {
+                    JwtKeys::Fixed(set) => KeySource::Fixed(set.clone()),
+                    JwtKeys::Remote(spec) => {
+                        KeySource::Remote(lasting.jwks.source_for(spec).map_err(|source| {
+                            SnapshotError::Auth {
+                                provider: auth.name.clone(),
+                                source,
+                            }
+                        })?)
+                    }
+                };
+                Provider::Jwt(Box::new(JwtProvider::new(
+                    &auth.name,
+                    settings.clone(),
+                    keys,
+                )))
+            }
+            AuthKind::ApiKeys {
+                keys,
+                header,
+                forward,
+            } => Provider::ApiKeys(ApiKeyProvider::new(
+                &auth.name,
+                keys.clone(),
+                header.clone(),
+                *forward,
+            )),
+            AuthKind::Mtls {
+                allowed_sans,
+                forward_client_cert,
+            } => Provider::Mtls(MtlsProvider::new(
+                &auth.name,
+                allowed_sans.clone(),
+                *forward_client_cert,
+            )),
+        };
+        providers.push(provider);
+    }
+    Ok(Providers::new(providers))
 }
 
 /// The `route` metric label: what the route matches, as written in the config.

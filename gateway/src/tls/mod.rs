@@ -2,10 +2,12 @@
 //! and connection pools: new handshakes use the new files, existing connections are untouched.
 
 mod client_auth;
+mod peer_identity;
 mod pem;
 mod server_cert;
 
 pub use client_auth::ReloadingClientVerifier;
+pub use peer_identity::PeerIdentity;
 pub use pem::{load_certificates, load_certified_key, load_private_key, load_roots};
 pub use server_cert::ReloadingCert;
 
@@ -79,8 +81,13 @@ impl ListenerTlsState {
     /// offered too, only to be refused with a readable answer).
     pub fn pingora_settings(&self) -> TlsSettings {
         crate::tls::install_crypto_provider();
-        // Paths are unused once a resolver is set.
-        let mut settings = TlsSettings::intermediate("", "").expect("infallible constructor");
+        // Paths are unused once a resolver is set. With mutual TLS the caller's certificate names
+        // are read once per connection, for the routes that authenticate by them.
+        let mut settings = match &self.client_auth {
+            Some(_) => TlsSettings::with_callbacks(Box::new(peer_identity::IdentityCallback)),
+            None => TlsSettings::intermediate("", ""),
+        }
+        .expect("infallible constructor");
         settings.set_cert_resolver(self.cert.clone());
         if let Some(verifier) = &self.client_auth {
             settings.set_client_cert_verifier(verifier.clone());

@@ -9,6 +9,7 @@ use crate::config::model::*;
 use crate::config::spanned::Spanned;
 
 mod access_log;
+mod auth;
 mod dns;
 mod etcd;
 mod gateway;
@@ -66,7 +67,14 @@ pub fn validate(
     let listeners = validate_listeners(&file_config.listeners, base_dir, &mut diag);
     let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
     check_tcp_upstreams(&file_config.listeners, &upstreams, &mut diag);
-    let routes = validate_routes(&file_config.routes, &listeners, &upstreams, &mut diag);
+    let auth = auth::validate_auth(&file_config.auth, base_dir, &mut diag);
+    let routes = validate_routes(
+        &file_config.routes,
+        &listeners,
+        &upstreams,
+        &auth,
+        &mut diag,
+    );
     let etcd = file_config
         .etcd
         .as_ref()
@@ -94,7 +102,13 @@ pub fn validate(
             }
         }
     }
+    let mut admin_token = None;
     let admin = file_config.admin.as_ref().and_then(|section| {
+        let token_file = section.token_file.as_ref().map(|file| {
+            let (path, token) = auth::read_admin_token(file, base_dir, &mut diag);
+            admin_token = token;
+            path
+        });
         match section.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) => {
                 if let Some(l) = listeners.iter().find(|l| l.listen == listen) {
@@ -114,6 +128,7 @@ pub fn validate(
                         "admin.max_methods".into(),
                         &mut diag,
                     ),
+                    token_file,
                 })
             }
             Err(_) => {
@@ -149,6 +164,8 @@ pub fn validate(
             tracing,
             transcodes,
             xds,
+            auth,
+            admin_token,
         })
     } else {
         Err(diag.into_error(file))

@@ -13,6 +13,7 @@ pub(super) fn validate_routes(
     sections: &[RouteSection],
     listeners: &[ListenerConfig],
     upstreams: &[UpstreamConfig],
+    providers: &[crate::config::model::AuthConfig],
     diag: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
     let listener_kinds: HashMap<&str, &ListenerKind> = listeners
@@ -47,6 +48,13 @@ pub(super) fn validate_routes(
         let rate_limit = super::policy::validate_rate_limit(section, &path, diag);
         let retry = super::policy::validate_retry(section, &path, diag);
         let hedge = super::policy::validate_hedge(section, &path, diag);
+        let auth = super::auth::validate_route_auth(
+            section,
+            &path,
+            providers,
+            listeners.iter().find(|l| &l.name == listener),
+            diag,
+        );
         let service_text = section.service.get_ref();
         let service = if service_text == "*" {
             ServiceMatch::Any
@@ -112,6 +120,7 @@ pub(super) fn validate_routes(
                 .as_ref()
                 .map(|d| d.get_ref().0)
                 .filter(|d| !d.is_zero()),
+            auth,
         });
     }
     routes

@@ -87,6 +87,19 @@ pub(super) fn validate_xds(
             diag,
         )
     });
+    // Every published upstream's endpoints go to whoever connects: beyond loopback, only to
+    // clients holding a certificate the operator's CA signed.
+    let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !listen.ip().is_loopback() && !mutual {
+        diag.at(
+            Some(section.listen.span()),
+            "xds.listen",
+            format!(
+                "{listen} is reachable beyond this host, and xDS clients are not authenticated: \
+                 set [xds] tls with client_ca (mutual TLS), or listen on 127.0.0.1"
+            ),
+        );
+    }
     Some(XdsConfig {
         listen,
         upstreams: published,

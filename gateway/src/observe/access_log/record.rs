@@ -40,6 +40,10 @@ pub struct CallRecord {
     pub trace_id: Option<String>,
     /// How the call arrived: `grpc`, `grpc-web` or `json`; `tcp` for tcp connections.
     pub protocol: &'static str,
+    /// Who the route's `auth` accepted, as `provider:subject` (never the credential).
+    pub principal: Option<String>,
+    /// Why the route's `auth` refused the call (`missing`, `invalid`, `expired`, ...).
+    pub denied: Option<&'static str>,
 }
 
 fn rfc3339_micros<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +92,12 @@ impl CallRecord {
         }
         if let Some(trace) = &self.trace_id {
             let _ = write!(line, " trace_id={trace}");
+        }
+        if let Some(principal) = &self.principal {
+            let _ = write!(line, " principal={}", quoted(principal));
+        }
+        if let Some(denied) = self.denied {
+            let _ = write!(line, " denied={denied}");
         }
         if let Some(message) = &self.message {
             let _ = write!(line, " message={}", quoted(message));
@@ -141,6 +151,8 @@ pub(super) fn example() -> CallRecord {
             user_agent: Some("grpc-rust \"x\"\nforged".into()),
             trace_id: None,
             protocol: "grpc",
+            principal: None,
+            denied: None,
         }
     }
 }
@@ -178,10 +190,12 @@ mod tests {
             "user_agent",
             "trace_id",
             "protocol",
+            "principal",
+            "denied",
         ] {
             assert!(object.contains_key(key), "{key} missing");
         }
-        assert_eq!(object.len(), 20);
+        assert_eq!(object.len(), 22);
         assert_eq!(value["ts"], "2025-12-03T09:46:40.123456Z");
         assert!(value["message"].is_null() && value["trace_id"].is_null());
         assert_eq!(value["code"], 0);

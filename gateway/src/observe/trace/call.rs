@@ -221,6 +221,10 @@ fn call_attributes(call: &CallRecord, server: Option<(&str, Option<u16>)>) -> Ve
     attrs.extend(string("strait.endpoint", &call.endpoint));
     attrs.push(KeyValue::new("strait.attempts", i64::from(call.attempts)));
     attrs.extend(string("strait.region", &call.region));
+    // The accepted caller's subject (never its credential).
+    if let Some((_, subject)) = call.principal.as_deref().and_then(|p| p.split_once(':')) {
+        attrs.push(KeyValue::new("enduser.id", subject.to_string()));
+    }
     attrs
 }
 

@@ -5,11 +5,13 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::auth::Credentials;
 use crate::grpc::{parse_grpc_timeout, Code, LocalStatus};
 use crate::policy::CallFacts;
 use crate::routing::{parse_grpc_path, RoutingSnapshot};
+use crate::tls::PeerIdentity;
 
-use super::answers::refusal_status;
+use super::answers::{denial_status, refusal_status};
 use super::CallCtx;
 
 /// Settings every gRPC listener shares.
@@ -41,6 +43,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub peer: Option<IpAddr>,
+    /// The verified client certificate of the connection (mutual TLS).
+    pub peer_identity: Option<&'a PeerIdentity>,
 }
 
 impl CallCtx {
@@ -100,6 +104,28 @@ impl CallCtx {
                 .for_call(path, grpc_path.service, grpc_path.method)
         });
         self.target = Some(target.clone());
+        // Identity headers a caller sent are never believed: removed whatever the route.
+        let owned = snapshot.auth.owned_headers();
+        self.identity.remove.extend(owned.iter().cloned());
+        // Limits keyed by route, peer or header came first: they are cheaper than a
+        // signature check, so a flood of forged tokens is limited too.
+        if let Some(auth) = &target.auth {
+            let credentials = Credentials {
+                headers: req.headers,
+                peer: req.peer_identity,
+            };
+            match auth.check(credentials) {
+                Ok(accepted) => {
+                    self.identity.remove.extend(accepted.headers.remove);
+                    self.identity.set = accepted.headers.set;
+                    self.principal = Some(accepted.principal);
+                }
+                Err(denial) => {
+                    self.denied = Some(denial.reason);
+                    return Err(denial_status(&denial));
+                }
+            }
+        }
         Ok(())
     }
 }

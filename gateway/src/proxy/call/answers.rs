@@ -2,6 +2,7 @@
 //! driver takes them from here; how they are written (trailers-only, trailers, gRPC-Web,
 //! JSON) is `grpc::LocalStatus` and `proxy::web::WebCall`.
 
+use crate::auth::{Denial, DenyReason};
 use crate::grpc::{Code, FrameError, LocalStatus};
 use crate::policy::Refusal;
 
@@ -135,4 +136,16 @@ pub fn request_body_status(error: FrameError) -> LocalStatus {
             "the request body ended inside a gRPC message",
         ),
     }
+}
+
+/// A call the route's `auth` refused: UNAUTHENTICATED for its credential, PERMISSION_DENIED
+/// for who it is, UNAVAILABLE while the gateway holds no keys. The message says what kind of
+/// problem it is, never which key or secret.
+pub fn denial_status(denial: &Denial) -> LocalStatus {
+    let code = match denial.reason {
+        reason if reason.is_authentication() => Code::Unauthenticated,
+        DenyReason::KeysUnavailable => Code::Unavailable,
+        _ => Code::PermissionDenied,
+    };
+    LocalStatus::new(code, denial.message.clone())
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 
+use crate::auth::{DenyReason, IdentityHeaders, Principal};
 use crate::breaker::Outcome;
 use crate::endpoint::{DialTicket, EndpointState, InFlightGuard};
 use crate::grpc::{Code, FrameScanner, LocalStatus};
@@ -87,6 +88,13 @@ pub struct CallCtx {
     pub trace: Option<CallTrace>,
     /// A browser (gRPC-Web) or REST (JSON) call: how its request and answer are translated.
     pub web: Option<crate::proxy::web::WebCall>,
+    /// Who the route's `auth` accepted (none on an open route).
+    pub principal: Option<Arc<Principal>>,
+    /// Why the route's `auth` refused the call.
+    pub denied: Option<DenyReason>,
+    /// Headers the call's identity changes upstream: the credential removed, the claim and
+    /// client-certificate headers set, and every identity header the caller sent removed.
+    pub identity: IdentityHeaders,
 }
 
 impl CallCtx {
@@ -114,6 +122,9 @@ impl CallCtx {
             method_metrics: None,
             trace: None,
             web: None,
+            principal: None,
+            denied: None,
+            identity: IdentityHeaders::default(),
         }
     }
 
@@ -148,6 +159,11 @@ impl CallCtx {
             user_agent: user_agent.and_then(|v| v.to_str().ok()).map(str::to_string),
             trace_id: self.trace.as_ref().map(CallTrace::trace_id),
             protocol: self.protocol().as_str(),
+            principal: self
+                .principal
+                .as_ref()
+                .map(|p| format!("{}:{}", p.provider, p.subject)),
+            denied: self.denied.map(DenyReason::label),
         }
     }
 

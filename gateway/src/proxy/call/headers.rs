@@ -8,25 +8,40 @@ use crate::grpc::format_grpc_timeout;
 
 use super::CallCtx;
 
-/// The headers an attempt sets, and the one it removes.
+/// The headers an attempt sets, and the ones it removes.
 #[derive(Debug, Default)]
-pub struct AttemptHeaders {
+pub struct AttemptHeaders<'a> {
     /// `grpc-timeout`, `grpc-previous-rpc-attempts`, `traceparent`.
     pub set: [Option<(HeaderName, HeaderValue)>; 3],
     /// `tracestate`, when the gateway restarted the caller's trace.
     pub remove: Option<HeaderName>,
+    /// The call's identity headers (`CallCtx::identity`): removed first, then set.
+    pub identity: Option<&'a crate::auth::IdentityHeaders>,
 }
 
-impl AttemptHeaders {
-    pub fn to_set(self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
-        self.set.into_iter().flatten()
+impl<'a> AttemptHeaders<'a> {
+    pub fn to_set(self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + 'a {
+        let identity = self
+            .identity
+            .into_iter()
+            .flat_map(|i| i.set.iter().cloned());
+        self.set.into_iter().flatten().chain(identity)
+    }
+
+    /// Every header to remove before the ones to set are written.
+    pub fn to_remove(&self) -> impl Iterator<Item = &HeaderName> {
+        let identity = self.identity.into_iter().flat_map(|i| &i.remove);
+        self.remove.iter().chain(identity)
     }
 }
 
 impl CallCtx {
     /// The headers of the attempt most recently claimed (`tried` already counts it).
-    pub fn attempt_headers(&self) -> AttemptHeaders {
+    pub fn attempt_headers(&self) -> AttemptHeaders<'_> {
         let mut headers = AttemptHeaders::default();
+        if !self.identity.remove.is_empty() || !self.identity.set.is_empty() {
+            headers.identity = Some(&self.identity);
+        }
         if let Some(remaining) = self.remaining() {
             // The backend gets what is left of the budget, not the caller's original value.
             headers.set[0] = Some((

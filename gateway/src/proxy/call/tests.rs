@@ -118,6 +118,7 @@ fn admit_with(path: &str, headers: &HeaderMap) -> (CallCtx, Result<(), LocalStat
         path,
         headers,
         peer: None,
+        peer_identity: None,
     };
     let admitted = ctx.admit(&snapshot, &settings(), request);
     (ctx, admitted)
@@ -740,6 +741,7 @@ fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
         path: "/flaky.F/M",
         headers: &HeaderMap::new(),
         peer: None,
+        peer_identity: None,
     };
     ctx.admit(&snapshot, &settings(), request).unwrap();
     let claimed = claim_current(&mut ctx, Resend::First);
@@ -774,6 +776,7 @@ fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
             path: "/flaky.F/M",
             headers: &HeaderMap::new(),
             peer: None,
+            peer_identity: None,
         };
         ctx.admit(&snapshot, &settings(), request).unwrap();
         ctx
@@ -821,6 +824,7 @@ fn an_attempt_from_before_the_breaker_opened_frees_no_trial_slot() {
             path: "/flaky.F/M",
             headers: &HeaderMap::new(),
             peer: None,
+            peer_identity: None,
         };
         ctx.admit(&snapshot, &settings(), request).unwrap();
         ctx

@@ -10,6 +10,7 @@ use super::arrive::{self, Arrived};
 use super::upstream::web_request_headers;
 use super::{relay, GrpcProxy};
 use crate::proxy::call::{self, CallCtx};
+use crate::tls::PeerIdentity;
 
 impl GrpcProxy {
     /// `request_filter`: `true` when the call was answered here or by the relay.
@@ -46,12 +47,18 @@ impl GrpcProxy {
         let admitted = {
             // The snapshot is held for admission only, never across an await.
             let snapshot = self.routing.load();
+            // The caller's certificate names, read once per connection at the handshake.
+            let peer_identity = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|tls| tls.extension.get::<PeerIdentity>());
             let req = session.req_header();
             let request = call::Request {
                 listener: &self.listener,
                 path: req.uri.path(),
                 headers: &req.headers,
                 peer,
+                peer_identity,
             };
             ctx.admit(&snapshot, &self.settings, request)
         };

@@ -74,6 +74,9 @@ pub struct GrpcProxy {
     relay_connector: Arc<pingora::connectors::http::Connector>,
     /// gRPC-Web and CORS (`proxy/web`).
     web: WebSettings,
+    /// Auth denials are logged at most once a second (a flood of forged tokens must not
+    /// become a flood of log lines).
+    denial_log: report::DenialLog,
 }
 
 impl GrpcProxy {
@@ -102,6 +105,7 @@ impl GrpcProxy {
             observers,
             relay_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
             web,
+            denial_log: Default::default(),
         }
     }
 }

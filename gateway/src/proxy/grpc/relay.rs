@@ -387,7 +387,7 @@ fn start<'a>(
     // (pingora's h2 client refuses a Host that differs from it).
     let host = header.remove_header(&http::header::HOST);
     let attempt_headers = ctx.attempt_headers();
-    if let Some(name) = &attempt_headers.remove {
+    for name in attempt_headers.to_remove() {
         header.remove_header(name);
     }
     for (name, value) in attempt_headers.to_set() {

@@ -2,6 +2,8 @@
 //! call the gateway answered, the per-method metrics, the status page's traffic, the trace's
 //! spans and the access log line.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use pingora::proxy::Session;
 use tracing::{debug, info};
 
@@ -14,7 +16,23 @@ impl GrpcProxy {
         let elapsed = ctx.started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         let path = session.req_header().uri.path();
-        if let Some(status) = ctx
+        if let Some(reason) = ctx.denied {
+            if let (Some(metrics), Some(target)) = (&self.metrics, &ctx.target) {
+                metrics
+                    .auth()
+                    .denied
+                    .with_label_values(&[self.listener.as_str(), &target.route, reason.label()])
+                    .inc();
+            }
+            if let Some(suppressed) = self.denial_log.take_turn() {
+                let message = ctx.local_status.as_ref().map(|s| s.message.as_str());
+                info!(
+                    listener = %self.listener, path, reason = reason.label(),
+                    message = message.unwrap_or_default(), denials_not_logged = suppressed,
+                    "call refused by the route's auth (one line a second at most)"
+                );
+            }
+        } else if let Some(status) = ctx
             .local_status
             .as_ref()
             .filter(|s| s.code != Code::Cancelled)
@@ -74,4 +92,32 @@ impl GrpcProxy {
 fn authority(req: &pingora::http::RequestHeader) -> Option<(&str, Option<u16>)> {
     let authority = req.uri.authority()?;
     Some((authority.host(), authority.port_u16()))
+}
+
+/// One log line a second at most; the lines not written are counted into the next one.
+#[derive(Debug, Default)]
+pub(super) struct DenialLog {
+    /// The Unix second of the last line written.
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl DenialLog {
+    /// `Some(lines not written since the last one)` when this one may be written.
+    pub(super) fn take_turn(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }

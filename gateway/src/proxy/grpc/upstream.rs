@@ -108,7 +108,7 @@ pub fn web_request_headers(ctx: &CallCtx, request: &mut RequestHeader) -> Result
 /// The core's headers for the attempt just claimed.
 pub fn write_attempt_headers(ctx: &CallCtx, request: &mut RequestHeader) -> Result<()> {
     let headers = ctx.attempt_headers();
-    if let Some(name) = &headers.remove {
+    for name in headers.to_remove() {
         request.remove_header(name);
     }
     for (name, value) in headers.to_set() {

@@ -98,6 +98,8 @@ impl TcpProxy {
             user_agent: None,
             trace_id: None,
             protocol: "tcp",
+            principal: None,
+            denied: None,
         });
     }
 }

@@ -199,7 +199,15 @@ impl WebCall {
         } else {
             HttpTask::Header(trailers_only_response(status), true)
         };
-        self.shape(task)
+        let mut tasks = self.shape(task);
+        if !started {
+            for task in &mut tasks {
+                if let HttpTask::Header(head, _) = task {
+                    refused_caller(head, status.code);
+                }
+            }
+        }
+        tasks
     }
 
     fn decorate(&self, resp: &mut ResponseHeader) {
@@ -208,6 +216,22 @@ impl WebCall {
         } else if self.vary_on_origin {
             let _ = resp.append_header(http::header::VARY, "Origin");
         }
+    }
+}
+
+/// A browser or REST caller refused by the route's `auth` gets HTTP's own refusal, 401 with
+/// `WWW-Authenticate: Bearer` or 403 (the gRPC status stays in the headers for gRPC-Web
+/// clients that read it).
+fn refused_caller(head: &mut ResponseHeader, code: crate::grpc::Code) {
+    use crate::grpc::Code;
+    let status = match code {
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        _ => return,
+    };
+    let _ = head.set_status(status);
+    if status == 401 {
+        let _ = head.insert_header(http::header::WWW_AUTHENTICATE, "Bearer");
     }
 }
 
