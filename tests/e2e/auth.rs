@@ -639,3 +639,223 @@ async fn the_admin_api_needs_its_token_and_reloads_reread_secrets() {
         "{reloads} reloads for 30 requests"
     );
 }
+
+/// A Rego policy and an ext_authz service on one route: the policy sees the principal and the
+/// metadata, the service (a real gRPC server of Envoy's API) is asked only about calls the
+/// policy allowed, its headers reach the backend, its denials and its silence deny; a service
+/// with `failure_mode_allow` that cannot be reached lets calls through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rego_policies_and_ext_authz_decide_who_may_call() {
+    use sha2::{Digest, Sha256};
+    use strait_tests::ext_authz::AuthzServer;
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let authz = AuthzServer::start().await;
+    let hash = |key: &str| -> String {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.rego"),
+        "package strait\n\nallow if {\n    input.principal.subject == \"ci\"\n    \
+         input.metadata[\"x-tenant\"] == \"t1\"\n    input.method == \"Unary\"\n}\n",
+    )
+    .unwrap();
+    let listen = free_addr();
+    let admin = free_addr();
+    let dead = strait_tests::net::dead_addr();
+    let text = format!(
+        r#"
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+method = "Unary"
+upstream = "echo"
+auth = ["keys"]
+policy = "policy.rego"
+ext_authz = "authz"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "echo"
+ext_authz = "gone"
+
+[[upstream]]
+name = "echo"
+endpoints = [{{ addr = "{}" }}]
+
+[[auth]]
+name = "keys"
+[auth.api_keys]
+keys_file = "keys.txt"
+
+[[ext_authz]]
+name = "authz"
+address = "{}"
+timeout = "300ms"
+
+[[ext_authz]]
+name = "gone"
+address = "{dead}"
+failure_mode_allow = true
+
+[admin]
+listen = "{admin}"
+"#,
+        backend.addr, authz.addr
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+    let mut c = client(listen).await;
+    let ok = call(
+        &mut c,
+        &[
+            ("x-api-key", "key-ci"),
+            ("x-tenant", "t1"),
+            ("x-authz", "allow"),
+            ("x-echo-authz", "forged"),
+        ],
+    )
+    .await
+    .expect("policy and service allow");
+    let authz_headers: Vec<_> = ok.get_all("x-echo-authz").iter().collect();
+    assert_eq!(
+        authz_headers,
+        ["checked:ci"],
+        "the service's header replaced the caller's"
+    );
+    let seen = authz.last();
+    assert_eq!(seen.path, "/bench.Echo/Unary");
+    assert_eq!(
+        seen.context.get("route").map(String::as_str),
+        Some("bench.Echo/Unary")
+    );
+    assert_eq!(
+        seen.context.get("principal_subject").map(String::as_str),
+        Some("ci")
+    );
+    assert!(
+        seen.header_names.contains(&"x-tenant".to_string()),
+        "{seen:?}"
+    );
+    let checks = authz.checks();
+
+    refused(
+        call(
+            &mut c,
+            &[
+                ("x-api-key", "key-ci"),
+                ("x-tenant", "t2"),
+                ("x-authz", "allow"),
+            ],
+        )
+        .await,
+        Code::PermissionDenied,
+        "policy does not allow",
+    );
+    refused(
+        call(
+            &mut c,
+            &[
+                ("x-api-key", "key-other"),
+                ("x-tenant", "t1"),
+                ("x-authz", "allow"),
+            ],
+        )
+        .await,
+        Code::PermissionDenied,
+        "policy does not allow",
+    );
+    assert_eq!(
+        authz.checks(),
+        checks,
+        "the service is not asked about calls the policy refused"
+    );
+    refused(
+        call(
+            &mut c,
+            &[
+                ("x-api-key", "key-ci"),
+                ("x-tenant", "t1"),
+                ("x-authz", "deny"),
+            ],
+        )
+        .await,
+        Code::PermissionDenied,
+        "does not allow",
+    );
+    refused(
+        call(
+            &mut c,
+            &[
+                ("x-api-key", "key-ci"),
+                ("x-tenant", "t1"),
+                ("x-authz", "unauthenticated"),
+            ],
+        )
+        .await,
+        Code::Unauthenticated,
+        "does not allow",
+    );
+    let started = Instant::now();
+    refused(
+        call(
+            &mut c,
+            &[
+                ("x-api-key", "key-ci"),
+                ("x-tenant", "t1"),
+                ("x-authz", "hang"),
+            ],
+        )
+        .await,
+        Code::PermissionDenied,
+        "could not be asked",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the check's timeout bounds it"
+    );
+    assert_eq!(
+        backend.calls(),
+        1,
+        "only the allowed call reached the backend"
+    );
+
+    // The rest of the service: its service is unreachable, but fails open by configuration.
+    let mut request = Request::new(strait_tests::pb::EchoRequest {
+        reply_count: 1,
+        ..req(b"s")
+    });
+    request
+        .metadata_mut()
+        .insert("x-authz", "deny".parse().unwrap());
+    let mut replies = c
+        .server_stream(request)
+        .await
+        .expect("failure_mode_allow lets the call through")
+        .into_inner();
+    assert!(replies.message().await.unwrap().is_some());
+
+    let text = tokio::task::block_in_place(|| http_get(admin, "/metrics").1);
+    let denied = |reason: &str| {
+        metric(
+            &text,
+            "strait_auth_denied_total",
+            &[("route", "bench.Echo/Unary"), ("reason", reason)],
+        )
+    };
+    assert_eq!(denied("policy"), Some(2.0));
+    assert_eq!(denied("ext_authz"), Some(2.0));
+    assert_eq!(denied("ext_authz_error"), Some(1.0));
+}

@@ -6,6 +6,7 @@ pub mod attack;
 pub mod dns;
 pub mod echo;
 pub mod etcd;
+pub mod ext_authz;
 pub mod gateway;
 pub mod h2_backend;
 pub mod jwt;

@@ -9,21 +9,28 @@
 mod api_keys;
 mod cache;
 mod claims;
+mod ext_authz;
 mod jwks;
 mod jwt;
 mod keys;
 mod mtls;
+mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use api_keys::{ApiKeyError, ApiKeyProvider, ApiKeyTable};
 pub use claims::RequiredClaims;
+pub use ext_authz::{
+    check_request, read_response, CheckFacts, ExtAuthz, Verdict,
+    DEFAULT_TIMEOUT as EXT_AUTHZ_TIMEOUT,
+};
 pub use jwks::{
     refresh_loop, JwksError, JwksRegistry, JwksSource, JwksSpec, JwksStatus, MIN_REFRESH,
 };
 pub use jwt::{JwtProvider, JwtSettings, KeySource, DEFAULT_MAX_TOKEN_BYTES};
 pub use keys::{HmacSecret, KeySet, KeySetError};
 pub use mtls::{MtlsProvider, SanPattern, XFCC};
+pub use policy::{PolicyError, PolicyInput, RegoPolicy};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +64,14 @@ pub enum DenyReason {
     Forbidden,
     /// The gateway holds no keys to check the token with yet (a JWKS never fetched).
     KeysUnavailable,
+    /// The route's Rego policy said no.
+    Policy,
+    /// The route's Rego policy failed (an error, the time limit): denied, fail closed.
+    PolicyError,
+    /// The route's ext_authz service said no.
+    ExtAuthz,
+    /// The route's ext_authz service did not answer (and `failure_mode_allow` is off).
+    ExtAuthzError,
 }
 
 impl DenyReason {
@@ -67,6 +82,10 @@ impl DenyReason {
             DenyReason::Expired => "expired",
             DenyReason::Forbidden => "forbidden",
             DenyReason::KeysUnavailable => "keys_unavailable",
+            DenyReason::Policy => "policy",
+            DenyReason::PolicyError => "policy_error",
+            DenyReason::ExtAuthz => "ext_authz",
+            DenyReason::ExtAuthzError => "ext_authz_error",
         }
     }
 
@@ -103,6 +122,16 @@ pub struct Credentials<'a> {
     pub headers: &'a HeaderMap,
     /// The verified client certificate's names (TLS listeners with `client_ca`).
     pub peer: Option<&'a PeerIdentity>,
+}
+
+/// Where a call is going and where it comes from, for a route's policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallFacts<'a> {
+    pub listener: &'a str,
+    pub route: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// One `[[auth]]` provider.
@@ -166,11 +195,13 @@ impl Provider {
     }
 }
 
-/// Every provider of a config, by name, and the identity headers any of them owns.
+/// Every provider and ext_authz service of a config, by name, and the identity headers any
+/// provider owns.
 #[derive(Debug, Default)]
 pub struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
     owned_headers: Arc<[HeaderName]>,
+    ext_authz: HashMap<String, Arc<ExtAuthz>>,
 }
 
 impl Providers {
@@ -184,7 +215,21 @@ impl Providers {
                 .map(|p| (p.name().to_string(), Arc::new(p)))
                 .collect(),
             owned_headers: owned.into(),
+            ext_authz: HashMap::new(),
         }
+    }
+
+    /// The config's `[[ext_authz]]` services.
+    pub fn with_ext_authz(mut self, services: Vec<ExtAuthz>) -> Self {
+        self.ext_authz = services
+            .into_iter()
+            .map(|s| (s.name.to_string(), Arc::new(s)))
+            .collect();
+        self
+    }
+
+    pub fn ext_authz(&self, name: &str) -> Option<&Arc<ExtAuthz>> {
+        self.ext_authz.get(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
@@ -208,12 +253,14 @@ pub struct IdentityHeaders {
     pub set: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// A route's `auth` and `require_claims`.
+/// A route's `auth`, `require_claims` and `policy`.
 #[derive(Debug)]
 pub struct RouteAuth {
     /// A caller must be accepted by one of these, tried in order.
     pub providers: Vec<Arc<Provider>>,
     pub require: RequiredClaims,
+    /// Asked last, about an accepted caller that holds the required claims.
+    pub policy: Option<Arc<RegoPolicy>>,
 }
 
 /// The caller accepted, and the headers its call carries upstream.
@@ -226,7 +273,7 @@ pub struct Accepted {
 impl RouteAuth {
     /// The first provider that accepts the caller decides; a caller with no credential any of
     /// them knows is `Missing`, otherwise the first provider's refusal is told.
-    pub fn check(&self, creds: Credentials<'_>) -> Result<Accepted, Denial> {
+    pub fn check(&self, creds: Credentials<'_>, call: CallFacts<'_>) -> Result<Accepted, Denial> {
         let mut refusal: Option<Denial> = None;
         for provider in &self.providers {
             match provider.authenticate(creds) {
@@ -236,6 +283,33 @@ impl RouteAuth {
                             DenyReason::Forbidden,
                             format!("the route requires the claim {missing:?}"),
                         ));
+                    }
+                    if let Some(policy) = &self.policy {
+                        let input = PolicyInput {
+                            listener: call.listener,
+                            route: call.route,
+                            service: call.service,
+                            method: call.method,
+                            principal: &principal,
+                            peer: call.peer,
+                            headers: creds.headers,
+                        };
+                        match policy.allows(&input) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                return Err(Denial::new(
+                                    DenyReason::Policy,
+                                    "the route's policy does not allow this call",
+                                ))
+                            }
+                            Err(error) => {
+                                tracing::debug!(route = call.route, %error, "route policy failed; the call is denied");
+                                return Err(Denial::new(
+                                    DenyReason::PolicyError,
+                                    "the route's policy could not decide; denied",
+                                ));
+                            }
+                        }
                     }
                     let headers = IdentityHeaders {
                         remove: provider.consumed_header().cloned().into_iter().collect(),

@@ -560,14 +560,18 @@ fn a_route_takes_the_first_provider_that_accepts() {
         require: RequiredClaims {
             claims: vec![("sub".into(), "ci".into())],
         },
+        policy: None,
     };
     let mut headers = HeaderMap::new();
     let creds = |h: &HeaderMap| {
         route
-            .check(Credentials {
-                headers: h,
-                peer: None,
-            })
+            .check(
+                Credentials {
+                    headers: h,
+                    peer: None,
+                },
+                CallFacts::default(),
+            )
             .map(|a| a.principal.subject.clone())
     };
     assert_eq!(creds(&headers).unwrap_err().reason, DenyReason::Missing);
@@ -590,10 +594,13 @@ fn a_route_takes_the_first_provider_that_accepts() {
         HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
     );
     let denial = route
-        .check(Credentials {
-            headers: &headers,
-            peer: None,
-        })
+        .check(
+            Credentials {
+                headers: &headers,
+                peer: None,
+            },
+            CallFacts::default(),
+        )
         .unwrap_err();
     assert_eq!(denial.reason, DenyReason::Forbidden);
     assert!(!denial.message.contains(&token));
@@ -623,4 +630,71 @@ fn cache_control_max_age_is_read() {
     );
     assert_eq!(super::jwks::max_age("no-store"), None);
     assert_eq!(super::jwks::max_age("max-age=abc"), None);
+}
+
+#[test]
+fn a_rego_policy_decides_about_an_accepted_caller_and_fails_closed() {
+    let policy = RegoPolicy::compile(
+        std::path::Path::new("cart.rego"),
+        r#"package strait
+
+allow if {
+    input.principal.subject == "alice"
+    input.method == "Unary"
+    input.metadata["x-tenant"] == "t1"
+    "cart:write" in split(input.claims.scope, " ")
+}
+"#,
+    )
+    .unwrap();
+    let p = principal(claims());
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("t1"));
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer secret"),
+    );
+    let input = |method: &'static str, headers: &HeaderMap| -> bool {
+        let facts = PolicyInput {
+            listener: "public",
+            route: "shop.Cart",
+            service: "shop.Cart",
+            method,
+            principal: &p,
+            peer: None,
+            headers,
+        };
+        policy.allows(&facts).unwrap()
+    };
+    assert!(input("Unary", &headers));
+    assert!(!input("Delete", &headers), "undefined is a denial");
+    headers.insert("x-tenant", HeaderValue::from_static("t2"));
+    assert!(!input("Unary", &headers));
+
+    let not_bool = RegoPolicy::compile(
+        std::path::Path::new("odd.rego"),
+        "package strait\n\nallow := \"yes\"\n",
+    )
+    .unwrap();
+    let facts = PolicyInput {
+        listener: "public",
+        route: "*",
+        service: "s",
+        method: "m",
+        principal: &p,
+        peer: None,
+        headers: &headers,
+    };
+    assert!(!not_bool.allows(&facts).unwrap(), "only `true` allows");
+
+    for (text, needle) in [
+        ("package other\n\nallow := true\n", "package strait"),
+        ("package strait\n\ndeny := true\n", "define `allow`"),
+        ("package strait\n\nallow if {\n", ""),
+    ] {
+        let error = RegoPolicy::compile(std::path::Path::new("bad.rego"), text)
+            .expect_err(text)
+            .to_string();
+        assert!(error.contains(needle), "{error}");
+    }
 }

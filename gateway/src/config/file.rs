@@ -39,6 +39,24 @@ pub struct FileConfig {
     /// Caller authentication providers, referenced by name from routes' `auth`.
     #[serde(default, rename = "auth")]
     pub auth: Vec<AuthSection>,
+    /// External authorization services (Envoy's ext_authz gRPC API), referenced by routes.
+    #[serde(default, rename = "ext_authz")]
+    pub ext_authz: Vec<ExtAuthzSection>,
+}
+
+/// An authorization service speaking `envoy.service.auth.v3.Authorization/Check` over h2c
+/// (OPA's Envoy plugin, or any other). Reloadable.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzSection {
+    /// The name routes use in `ext_authz = "..."`.
+    pub name: Spanned<String>,
+    /// "IP:port", "host:port" or "http://host:port".
+    pub address: Spanned<String>,
+    /// Time allowed for one check (default 200ms, at most 10s); then the call is denied.
+    pub timeout: Option<Spanned<ConfigDuration>>,
+    /// Allow calls when the service cannot answer (default false: deny them).
+    pub failure_mode_allow: Option<bool>,
 }
 
 /// A caller authentication provider: exactly one of `jwt`, `api_keys` or `mtls`. Reloadable
@@ -378,6 +396,11 @@ pub struct RouteSection {
     /// Claims the accepted caller must hold, like `{ scope = "cart:write" }`: equal, in an
     /// array, or a word of a space-separated string.
     pub require_claims: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// A Rego file (relative to this file) whose `data.strait.allow` must be true for an
+    /// accepted caller's call; compiled at load and reload, denies when it fails.
+    pub policy: Option<Spanned<String>>,
+    /// An `[[ext_authz]]` service asked about every call of the route (after `auth`).
+    pub ext_authz: Option<Spanned<String>>,
 }
 
 /// One side of a weighted split.

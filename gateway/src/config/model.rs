@@ -31,6 +31,17 @@ pub struct Config {
     /// The admin API's bearer token (`[admin] token_file`, read): reloadable, unlike the rest
     /// of `[admin]`.
     pub admin_token: Option<AdminToken>,
+    /// External authorization services (`[[ext_authz]]`).
+    pub ext_authz: Vec<ExtAuthzConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthzConfig {
+    pub name: String,
+    /// `http://host:port`.
+    pub uri: http::Uri,
+    pub timeout: Duration,
+    pub failure_mode_allow: bool,
 }
 
 /// One `[[auth]]` provider.
@@ -66,11 +77,13 @@ pub enum JwtKeys {
     Remote(crate::auth::JwksSpec),
 }
 
-/// A route's `auth` and `require_claims`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A route's `auth`, `require_claims` and `policy`.
+#[derive(Debug, Clone)]
 pub struct RouteAuthConfig {
     pub providers: Vec<String>,
     pub require_claims: crate::auth::RequiredClaims,
+    /// The route's Rego policy, compiled.
+    pub policy: Option<std::sync::Arc<crate::auth::RegoPolicy>>,
 }
 
 /// The admin API's bearer token; never printed.
@@ -377,6 +390,8 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     /// Who may call (none: the route is open).
     pub auth: Option<RouteAuthConfig>,
+    /// The `[[ext_authz]]` service asked about every call.
+    pub ext_authz: Option<String>,
 }
 
 impl RouteConfig {

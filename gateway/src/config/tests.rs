@@ -1899,6 +1899,12 @@ fn auth_files() -> std::path::PathBuf {
     std::fs::write(dir.join("bad-keys.txt"), "ci not-a-hash\n").unwrap();
     std::fs::write(dir.join("token"), "  s3cret\n").unwrap();
     std::fs::write(dir.join("empty"), " \n").unwrap();
+    std::fs::write(
+        dir.join("allow.rego"),
+        "package strait\n\nallow if input.method == \"Unary\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("other.rego"), "package other\n\nallow := true\n").unwrap();
     dir
 }
 
@@ -2064,4 +2070,59 @@ fn auth_mistakes_are_refused_at_their_key() {
         "xds.listen",
         "not authenticated",
     );
+    check(
+        "policy = \"allow.rego\"",
+        "",
+        "route[0].policy",
+        "needs `auth`",
+    );
+    let keys = "[[auth]]\nname = \"k\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n";
+    check(
+        "auth = [\"k\"]\npolicy = \"missing.rego\"",
+        keys,
+        "route[0].policy",
+        "cannot read",
+    );
+    check(
+        "auth = [\"k\"]\npolicy = \"other.rego\"",
+        keys,
+        "route[0].policy",
+        "package strait",
+    );
+    check(
+        "ext_authz = \"nobody\"",
+        "",
+        "route[0].ext_authz",
+        "no [[ext_authz]] named",
+    );
+    check(
+        "",
+        "[[ext_authz]]\nname = \"a\"\naddress = \"https://authz:9191\"\n",
+        "ext_authz[0].address",
+        "h2c gRPC service",
+    );
+    check(
+        "",
+        "[[ext_authz]]\nname = \"a\"\naddress = \"127.0.0.1:9191\"\ntimeout = \"1m\"\n",
+        "ext_authz[0].timeout",
+        "at most 10s",
+    );
+}
+
+#[test]
+fn policies_compile_and_ext_authz_services_are_read() {
+    let dir = auth_files();
+    let tail = "[[auth]]\nname = \"k\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n\n\
+                [[ext_authz]]\nname = \"opa\"\naddress = \"127.0.0.1:9191\"\n";
+    let source = with_route_auth(
+        "auth = [\"k\"]\npolicy = \"allow.rego\"\next_authz = \"opa\"",
+        tail,
+    );
+    let config = parse_in(&source, &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.routes[0].auth.as_ref().unwrap().policy.is_some());
+    assert_eq!(config.routes[0].ext_authz.as_deref(), Some("opa"));
+    let service = &config.ext_authz[0];
+    assert_eq!(service.uri.to_string(), "http://127.0.0.1:9191/");
+    assert_eq!(service.timeout, Duration::from_millis(200));
+    assert!(!service.failure_mode_allow);
 }

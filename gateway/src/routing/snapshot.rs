@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 
 use super::Lasting;
 use crate::auth::{
-    ApiKeyProvider, JwtProvider, KeySource, MtlsProvider, Provider, Providers, RouteAuth,
+    ApiKeyProvider, ExtAuthz, JwtProvider, KeySource, MtlsProvider, Provider, Providers, RouteAuth,
 };
 use crate::balancer::{Balancer, Candidate, Claimable, SpillReport};
 use crate::config::{
@@ -246,6 +246,8 @@ pub struct RouteTarget {
     pub hedge: Option<Arc<HedgePolicy>>,
     /// Who may call (none: the route is open).
     pub auth: Option<Arc<RouteAuth>>,
+    /// The external authorization service asked about each call.
+    pub ext_authz: Option<Arc<ExtAuthz>>,
 }
 
 impl Admits for RouteTarget {
@@ -341,6 +343,8 @@ pub enum SnapshotError {
         upstream: String,
         source: PeerTemplateError,
     },
+    #[error("ext_authz {service:?}: {reason}")]
+    ExtAuthz { service: String, reason: String },
     #[error("auth provider {provider:?}: {source}")]
     Auth {
         provider: String,
@@ -545,8 +549,13 @@ fn route_policy(
                 .filter_map(|name| providers.get(name).cloned())
                 .collect(),
             require: config.require_claims.clone(),
+            policy: config.policy.clone(),
         })
     });
+    let ext_authz = route
+        .ext_authz
+        .as_ref()
+        .and_then(|name| providers.ext_authz(name).cloned());
     let retry = route
         .retry
         .as_ref()
@@ -567,6 +576,7 @@ fn route_policy(
             retry: retry.clone(),
             hedge: hedge.clone(),
             auth: auth.clone(),
+            ext_authz: ext_authz.clone(),
         })
     };
     let destination = match &route.destination {
@@ -638,7 +648,22 @@ fn build_providers(config: &Config, lasting: &Lasting) -> Result<Providers, Snap
         };
         providers.push(provider);
     }
-    Ok(Providers::new(providers))
+    let mut services = Vec::with_capacity(config.ext_authz.len());
+    for service in &config.ext_authz {
+        services.push(
+            ExtAuthz::new(
+                &service.name,
+                service.uri.clone(),
+                service.timeout,
+                service.failure_mode_allow,
+            )
+            .map_err(|e| SnapshotError::ExtAuthz {
+                service: service.name.clone(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    Ok(Providers::new(providers).with_ext_authz(services))
 }
 
 /// The `route` metric label: what the route matches, as written in the config.

@@ -10,12 +10,12 @@ use http::HeaderName;
 
 use super::{check_name, duration_up_to, int_in, resolve, span};
 use crate::auth::{
-    ApiKeyTable, HmacSecret, JwksSpec, JwtSettings, KeySet, RequiredClaims, SanPattern,
+    ApiKeyTable, HmacSecret, JwksSpec, JwtSettings, KeySet, RegoPolicy, RequiredClaims, SanPattern,
 };
 use crate::config::diagnostics::Diagnostics;
-use crate::config::file::{AuthSection, JwtSection, RouteSection};
+use crate::config::file::{AuthSection, ExtAuthzSection, JwtSection, RouteSection};
 use crate::config::model::{
-    AdminToken, AuthConfig, AuthKind, JwtKeys, ListenerConfig, RouteAuthConfig,
+    AdminToken, AuthConfig, AuthKind, ExtAuthzConfig, JwtKeys, ListenerConfig, RouteAuthConfig,
 };
 use crate::config::spanned::Spanned;
 
@@ -369,6 +369,7 @@ pub(super) fn validate_route_auth(
     path: &str,
     providers: &[AuthConfig],
     listener: Option<&ListenerConfig>,
+    base_dir: &Path,
     diag: &mut Diagnostics,
 ) -> Option<RouteAuthConfig> {
     let by_name: HashMap<&str, &AuthConfig> =
@@ -381,8 +382,28 @@ pub(super) fn validate_route_auth(
                 "needs `auth`: claims come from an accepted credential",
             );
         }
+        if let Some(policy) = &section.policy {
+            diag.at(
+                span(policy),
+                format!("{path}.policy"),
+                "needs `auth`: a policy decides about an accepted caller",
+            );
+        }
         return None;
     };
+    let policy = section.policy.as_ref().and_then(|file| {
+        let resolved = resolve(base_dir, file.get_ref());
+        let compiled = std::fs::read_to_string(&resolved)
+            .map_err(|e| format!("cannot read {}: {e}", resolved.display()))
+            .and_then(|text| RegoPolicy::compile(&resolved, &text).map_err(|e| e.to_string()));
+        match compiled {
+            Ok(policy) => Some(Arc::new(policy)),
+            Err(e) => {
+                diag.at(span(file), format!("{path}.policy"), e);
+                None
+            }
+        }
+    });
     if list.get_ref().is_empty() {
         diag.at(
             span(list),
@@ -436,6 +457,7 @@ pub(super) fn validate_route_auth(
     Some(RouteAuthConfig {
         providers: names,
         require_claims,
+        policy,
     })
 }
 
@@ -462,4 +484,94 @@ pub(super) fn read_admin_token(
         }
     };
     (resolved, token)
+}
+
+/// `[[ext_authz]]`: unique names, an address gRPC can dial, a bounded timeout.
+pub(super) fn validate_ext_authz(
+    sections: &[ExtAuthzSection],
+    diag: &mut Diagnostics,
+) -> Vec<ExtAuthzConfig> {
+    let mut seen = HashSet::new();
+    let mut services = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let path = format!("ext_authz[{i}]");
+        let name = section.name.get_ref();
+        check_name(name, span(&section.name), &format!("{path}.name"), diag);
+        if !seen.insert(name.clone()) {
+            diag.at(
+                span(&section.name),
+                format!("{path}.name"),
+                format!("another [[ext_authz]] is already named {name:?}"),
+            );
+        }
+        let text = section.address.get_ref();
+        let with_scheme = if text.contains("://") {
+            text.clone()
+        } else {
+            format!("http://{text}")
+        };
+        let uri = match with_scheme.parse::<http::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.port_u16().is_some()
+                    && uri.path() == "/"
+                    && uri.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                uri
+            }
+            _ => {
+                diag.at(
+                    span(&section.address),
+                    format!("{path}.address"),
+                    format!(
+                        "{text:?} is not an address of an h2c gRPC service (\"IP:port\", \"host:port\" or \"http://host:port\")"
+                    ),
+                );
+                continue;
+            }
+        };
+        let timeout = duration_up_to(
+            &section.timeout,
+            crate::auth::EXT_AUTHZ_TIMEOUT,
+            Duration::from_secs(10),
+            format!("{path}.timeout"),
+            diag,
+        );
+        if section
+            .timeout
+            .as_ref()
+            .is_some_and(|t| t.get_ref().0.is_zero())
+        {
+            diag.at(
+                section.timeout.as_ref().map(|t| t.span()),
+                format!("{path}.timeout"),
+                "must be more than 0s",
+            );
+        }
+        services.push(ExtAuthzConfig {
+            name: name.clone(),
+            uri,
+            timeout,
+            failure_mode_allow: section.failure_mode_allow.unwrap_or(false),
+        });
+    }
+    services
+}
+
+/// A route's `ext_authz` names a service.
+pub(super) fn validate_route_ext_authz(
+    section: &RouteSection,
+    path: &str,
+    services: &[ExtAuthzConfig],
+    diag: &mut Diagnostics,
+) -> Option<String> {
+    let name = section.ext_authz.as_ref()?;
+    if !services.iter().any(|s| &s.name == name.get_ref()) {
+        diag.at(
+            span(name),
+            format!("{path}.ext_authz"),
+            format!("no [[ext_authz]] named {:?}", name.get_ref()),
+        );
+    }
+    Some(name.get_ref().clone())
 }

@@ -68,11 +68,14 @@ pub fn validate(
     let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
     check_tcp_upstreams(&file_config.listeners, &upstreams, &mut diag);
     let auth = auth::validate_auth(&file_config.auth, base_dir, &mut diag);
+    let ext_authz = auth::validate_ext_authz(&file_config.ext_authz, &mut diag);
     let routes = validate_routes(
         &file_config.routes,
         &listeners,
         &upstreams,
         &auth,
+        &ext_authz,
+        base_dir,
         &mut diag,
     );
     let etcd = file_config
@@ -166,6 +169,7 @@ pub fn validate(
             xds,
             auth,
             admin_token,
+            ext_authz,
         })
     } else {
         Err(diag.into_error(file))

@@ -14,6 +14,8 @@ pub(super) fn validate_routes(
     listeners: &[ListenerConfig],
     upstreams: &[UpstreamConfig],
     providers: &[crate::config::model::AuthConfig],
+    ext_authz: &[crate::config::model::ExtAuthzConfig],
+    base_dir: &std::path::Path,
     diag: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
     let listener_kinds: HashMap<&str, &ListenerKind> = listeners
@@ -53,8 +55,10 @@ pub(super) fn validate_routes(
             &path,
             providers,
             listeners.iter().find(|l| &l.name == listener),
+            base_dir,
             diag,
         );
+        let ext_authz = super::auth::validate_route_ext_authz(section, &path, ext_authz, diag);
         let service_text = section.service.get_ref();
         let service = if service_text == "*" {
             ServiceMatch::Any
@@ -121,6 +125,7 @@ pub(super) fn validate_routes(
                 .map(|d| d.get_ref().0)
                 .filter(|d| !d.is_zero()),
             auth,
+            ext_authz,
         });
     }
     routes

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::auth::Credentials;
+use crate::auth::{CallFacts as AuthFacts, Credentials};
 use crate::grpc::{parse_grpc_timeout, Code, LocalStatus};
 use crate::policy::CallFacts;
 use crate::routing::{parse_grpc_path, RoutingSnapshot};
@@ -114,7 +114,14 @@ impl CallCtx {
                 headers: req.headers,
                 peer: req.peer_identity,
             };
-            match auth.check(credentials) {
+            let facts = AuthFacts {
+                listener: req.listener,
+                route: &target.route,
+                service: grpc_path.service,
+                method: grpc_path.method,
+                peer: req.peer,
+            };
+            match auth.check(credentials, facts) {
                 Ok(accepted) => {
                     self.identity.remove.extend(accepted.headers.remove);
                     self.identity.set = accepted.headers.set;

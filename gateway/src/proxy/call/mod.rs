@@ -9,11 +9,14 @@
 //!   (breaker verdict, counters, span), whether and when the call goes again.
 //! - `headers.rs`: what every attempt's request carries (budget, attempt number, span).
 //! - `answers.rs`: the statuses the gateway answers with itself.
+//! - `ext_authz.rs`: what a route's external authorization service is asked, and what its
+//!   answer means (the asking, an await, is the driver's).
 
 mod admission;
 mod answers;
 mod attempts;
 mod ctx;
+mod ext_authz;
 mod headers;
 #[cfg(test)]
 mod tests;
@@ -22,4 +25,5 @@ pub use admission::{CallSettings, Request};
 pub use answers::{refusal_status, request_body_status};
 pub use attempts::{AttemptFailure, Claimed, DialWait, Resend, StatusFacts, DEADLINE_SLACK};
 pub use ctx::{Attempt, CallCtx};
+pub use ext_authz::{CheckedCall, ExtAuthzCheck};
 pub use headers::AttemptHeaders;

@@ -13,6 +13,32 @@ use crate::proxy::call::{self, CallCtx};
 use crate::tls::PeerIdentity;
 
 impl GrpcProxy {
+    /// Asks the route's `ext_authz` service (if any) about the call; `Err` is the denial.
+    async fn ask_ext_authz(
+        &self,
+        session: &Session,
+        ctx: &mut CallCtx,
+    ) -> std::result::Result<(), crate::grpc::LocalStatus> {
+        let req = session.req_header();
+        let peer_identity = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|tls| tls.extension.get::<PeerIdentity>());
+        let check = ctx.ext_authz_check(call::CheckedCall {
+            listener: &self.listener,
+            path: req.uri.path(),
+            authority: req.uri.authority().map(|a| a.as_str()),
+            headers: &req.headers,
+            peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            peer_principal: peer_identity.and_then(PeerIdentity::principal),
+        });
+        let Some(check) = check else {
+            return Ok(());
+        };
+        let verdict = check.service.check(check.request).await;
+        ctx.ext_authz_verdict(&check.service, verdict)
+    }
+
     /// `request_filter`: `true` when the call was answered here or by the relay.
     pub(super) async fn begin_call(
         &self,
@@ -63,6 +89,12 @@ impl GrpcProxy {
             ctx.admit(&snapshot, &self.settings, request)
         };
         if let Err(status) = admitted {
+            write_local_status(session, ctx, &status).await?;
+            ctx.local_status = Some(status);
+            return Ok(true);
+        }
+        // The route's external authorization service, asked once the caller is admitted.
+        if let Err(status) = self.ask_ext_authz(session, ctx).await {
             write_local_status(session, ctx, &status).await?;
             ctx.local_status = Some(status);
             return Ok(true);
