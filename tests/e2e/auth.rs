@@ -859,3 +859,48 @@ listen = "{admin}"
     assert_eq!(denied("ext_authz"), Some(2.0));
     assert_eq!(denied("ext_authz_error"), Some(1.0));
 }
+
+/// `rate_limit.key = "principal"`: each accepted caller has its own bucket, counted after
+/// authentication (refused credentials spend nobody's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_keyed_by_principal_gives_each_caller_its_own_bucket() {
+    use sha2::{Digest, Sha256};
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let hash = |key: &str| -> String {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let keys = format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other"));
+    let (_gateway, listen, _admin) = tokio::task::block_in_place(|| {
+        start(
+            backend.addr,
+            "auth = [\"keys\"]\nrate_limit = { per_second = 1, burst = 2, key = \"principal\" }",
+            "[[auth]]\nname = \"keys\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n",
+            &[("keys.txt", keys.as_bytes())],
+        )
+    });
+    let mut c = client(listen).await;
+    for _ in 0..5 {
+        refused(
+            call(&mut c, &[("x-api-key", "forged")]).await,
+            Code::Unauthenticated,
+            "unknown API key",
+        );
+    }
+    call(&mut c, &[("x-api-key", "key-ci")])
+        .await
+        .expect("first");
+    call(&mut c, &[("x-api-key", "key-ci")])
+        .await
+        .expect("second (burst 2)");
+    refused(
+        call(&mut c, &[("x-api-key", "key-ci")]).await,
+        Code::ResourceExhausted,
+        "per caller",
+    );
+    call(&mut c, &[("x-api-key", "key-other")])
+        .await
+        .expect("another caller has its own bucket");
+}

@@ -511,6 +511,8 @@ pub enum RateLimitKey {
     Route,
     Peer,
     Header(HeaderName),
+    /// The caller the route's `auth` accepted (checked after authentication).
+    Principal,
 }
 
 #[derive(Debug, Clone)]

@@ -69,6 +69,28 @@ pub struct RouteLimit {
     pub refused: Option<prometheus::IntCounter>,
 }
 
+impl RouteLimit {
+    fn check(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        principal: Option<&str>,
+    ) -> Result<(), Refusal> {
+        match self.limit.check_keyed(headers, peer, principal) {
+            Ok(()) => Ok(()),
+            Err(Limited { retry_after }) => {
+                if let Some(counter) = &self.refused {
+                    counter.inc();
+                }
+                Err(Refusal::RateLimited {
+                    limit: self.limit.describe(),
+                    retry_after,
+                })
+            }
+        }
+    }
+}
+
 /// One `[[route]]` as the call path sees it.
 #[derive(Debug)]
 pub struct RoutePolicy<T> {
@@ -88,16 +110,12 @@ impl<T: Admits> RoutePolicy<T> {
     /// The rate limit first (a refused call must not take a slot), then the side of the
     /// split, then a slot on that side's upstream.
     pub fn admit(&self, call: CallFacts<'_>) -> Result<Admitted<'_, T>, Refusal> {
-        if let Some(route_limit) = &self.rate_limit {
-            if let Err(Limited { retry_after }) = route_limit.limit.check(call.headers, call.peer) {
-                if let Some(counter) = &route_limit.refused {
-                    counter.inc();
-                }
-                return Err(Refusal::RateLimited {
-                    limit: route_limit.limit.describe(),
-                    retry_after,
-                });
-            }
+        if let Some(route_limit) = self
+            .rate_limit
+            .as_ref()
+            .filter(|l| !l.limit.is_per_principal())
+        {
+            route_limit.check(call.headers, call.peer, None)?;
         }
         let target = match &self.destination {
             Destination::One(target) => target,
@@ -105,6 +123,18 @@ impl<T: Admits> RoutePolicy<T> {
         };
         let permit = target.enter()?;
         Ok(Admitted { target, permit })
+    }
+
+    /// A limit keyed by principal, once the route's `auth` accepted the caller.
+    pub fn limit_principal(&self, headers: &HeaderMap, principal: &str) -> Result<(), Refusal> {
+        match self
+            .rate_limit
+            .as_ref()
+            .filter(|l| l.limit.is_per_principal())
+        {
+            Some(route_limit) => route_limit.check(headers, None, Some(principal)),
+            None => Ok(()),
+        }
     }
 
     /// Every target the route can send to.

@@ -81,11 +81,13 @@ impl RateLimit {
         let clock = DefaultClock::default();
         let buckets = match config.key {
             RateLimitKey::Route => Buckets::Route(RateLimiter::direct_with_clock(quota, clock)),
-            RateLimitKey::Peer | RateLimitKey::Header(_) => Buckets::Keyed(RateLimiter::new(
-                quota,
-                BoundedKeys::new(MAX_TRACKED_KEYS),
-                clock,
-            )),
+            RateLimitKey::Peer | RateLimitKey::Header(_) | RateLimitKey::Principal => {
+                Buckets::Keyed(RateLimiter::new(
+                    quota,
+                    BoundedKeys::new(MAX_TRACKED_KEYS),
+                    clock,
+                ))
+            }
         };
         Self {
             config,
@@ -108,11 +110,27 @@ impl RateLimit {
     }
 
     /// Takes a token for this call, or says when one will be there.
+    /// Keyed by principal: checked once authentication named the caller
+    /// (`RoutePolicy::limit_principal`), not on arrival.
+    pub fn is_per_principal(&self) -> bool {
+        self.config.key == RateLimitKey::Principal
+    }
+
     pub fn check(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<(), Limited> {
+        self.check_keyed(headers, peer, None)
+    }
+
+    /// `check`, with the accepted caller for limits keyed by principal.
+    pub fn check_keyed(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        principal: Option<&str>,
+    ) -> Result<(), Limited> {
         let refused = match &self.buckets {
             Buckets::Route(limiter) => limiter.check().err().map(|n| (n, limiter.clock().now())),
             Buckets::Keyed(limiter) => {
-                let key = self.key_of(headers, peer);
+                let key = self.key_of(headers, peer, principal);
                 limiter
                     .check_key(&key)
                     .err()
@@ -129,7 +147,12 @@ impl RateLimit {
 
     /// The bucket a call belongs to. Calls without the header (or without a known peer) share
     /// one bucket: leaving the header out is no way around the limit.
-    fn key_of(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Vec<u8> {
+    fn key_of(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        principal: Option<&str>,
+    ) -> Vec<u8> {
         match &self.config.key {
             RateLimitKey::Route => Vec::new(),
             RateLimitKey::Peer => match peer {
@@ -141,6 +164,9 @@ impl RateLimit {
                 .get(name)
                 .map(|v| v.as_bytes()[..v.len().min(MAX_KEY_BYTES)].to_vec())
                 .unwrap_or_default(),
+            RateLimitKey::Principal => principal
+                .map(|p| p.as_bytes()[..p.len().min(MAX_KEY_BYTES)].to_vec())
+                .unwrap_or_default(),
         }
     }
 
@@ -150,6 +176,7 @@ impl RateLimit {
             RateLimitKey::Route => String::new(),
             RateLimitKey::Peer => " per client address".into(),
             RateLimitKey::Header(name) => format!(" per {name} value"),
+            RateLimitKey::Principal => " per caller".into(),
         };
         let shared = match self.config.scope {
             RateLimitScope::Gateway => String::new(),

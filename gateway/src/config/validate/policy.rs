@@ -228,6 +228,15 @@ pub(super) fn validate_rate_limit(
         Some(k) => match k.get_ref().as_str() {
             "route" => RateLimitKey::Route,
             "peer" => RateLimitKey::Peer,
+            "principal" if section.auth.is_none() => {
+                diag.at(
+                    Some(k.span()),
+                    format!("{key_path}.key"),
+                    "\"principal\" needs `auth` on the route: only an accepted caller has one",
+                );
+                RateLimitKey::Route
+            }
+            "principal" => RateLimitKey::Principal,
             other => match other.strip_prefix("header:") {
                 Some(name) => header_name(name, &format!("{key_path}.key"), k.span(), diag)
                     .map(RateLimitKey::Header)
@@ -237,7 +246,7 @@ pub(super) fn validate_rate_limit(
                         Some(k.span()),
                         format!("{key_path}.key"),
                         format!(
-                            "unknown key {other:?}; use \"route\", \"peer\" or \"header:NAME\""
+                            "unknown key {other:?}; use \"route\", \"peer\", \"principal\" or \"header:NAME\""
                         ),
                     );
                     RateLimitKey::Route
