@@ -63,6 +63,12 @@ struct Args {
     /// Label printed in the result line.
     #[arg(long, default_value = "run")]
     label: String,
+    /// Metadata sent with every call, as `name:value` (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// A file of bearer tokens, one per line: each call sends the next as `authorization`.
+    #[arg(long)]
+    tokens: Option<std::path::PathBuf>,
 }
 
 struct Outcome {
@@ -78,15 +84,24 @@ struct Caller {
     path: Arc<str>,
     body: Bytes,
     region: Option<String>,
+    headers: Arc<Vec<(String, String)>>,
+    tokens: Option<Arc<(Vec<String>, std::sync::atomic::AtomicUsize)>>,
 }
 
 impl Caller {
     async fn call(&self) -> Result<Outcome, h2::Error> {
         // A closed connection fails here; the worker loop reconnects.
+        let token = self.tokens.as_ref().map(|t| {
+            let (list, next) = &**t;
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("Bearer {}", list[i % list.len()])
+        });
         let region: Vec<(&str, &str)> = self
             .region
             .iter()
             .map(|r| ("x-strait-region", r.as_str()))
+            .chain(self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .chain(token.iter().map(|t| ("authorization", t.as_str())))
             .collect();
         let response = raw::send(
             self.send.clone(),
@@ -155,6 +170,26 @@ async fn connect(args: &Args) -> Vec<Caller> {
     let streaming = args.method == "ServerStream";
     let body = framed_request(args.payload, if streaming { args.replies } else { 0 });
     let path: Arc<str> = format!("/bench.Echo/{}", args.method).into();
+    let headers: Arc<Vec<(String, String)>> = Arc::new(
+        args.headers
+            .iter()
+            .filter_map(|h| h.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect(),
+    );
+    // Shared by every connection: each call takes the next token.
+    let tokens = args.tokens.as_ref().map(|file| {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| {
+            eprintln!("strait-loadgen: cannot read {}: {e}", file.display());
+            std::process::exit(2);
+        });
+        let list: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        Arc::new((list, std::sync::atomic::AtomicUsize::new(0)))
+    });
     let mut callers = Vec::new();
     for _ in 0..args.connections.max(1) {
         let send = match open_connection(args.target).await {
@@ -170,6 +205,8 @@ async fn connect(args: &Args) -> Vec<Caller> {
             path: path.clone(),
             body: body.clone(),
             region: args.region.clone(),
+            headers: headers.clone(),
+            tokens: tokens.clone(),
         });
     }
     callers

@@ -63,6 +63,9 @@ fn server_conf(config: &Config) -> ServerConf {
     conf
 }
 
+/// Connections the admin listener serves at once; more are closed at accept.
+const ADMIN_MAX_CONNECTIONS: u32 = 64;
+
 /// Runs the gateway until it is told to stop. `path` is the file reloads re-read. Returns only
 /// on a start-up error or after a shutdown that did not end the process itself.
 pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
@@ -187,6 +190,12 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             xds: xds_clients,
             control,
         };
+        // Its own connection cap: operators' tools need few connections.
+        let app = crate::server::with_connection_cap(
+            "admin",
+            pingora::apps::http_app::HttpServer::new_app(app),
+            ADMIN_MAX_CONNECTIONS,
+        );
         let mut service = Service::new("admin".to_string(), app);
         service.add_tcp(&admin.listen.to_string());
         service.threads = Some(1);

@@ -105,9 +105,12 @@ pub struct AuthzServer {
 
 impl AuthzServer {
     pub async fn start() -> AuthzServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::start_on("127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// `start`, on a given address.
+    pub async fn start_on(addr: SocketAddr) -> AuthzServer {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = Service::default();
         let served = service.clone();

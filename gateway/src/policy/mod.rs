@@ -125,6 +125,13 @@ impl<T: Admits> RoutePolicy<T> {
         Ok(Admitted { target, permit })
     }
 
+    /// The route's rate limit is keyed by principal (checked after authentication).
+    pub fn has_principal_limit(&self) -> bool {
+        self.rate_limit
+            .as_ref()
+            .is_some_and(|l| l.limit.is_per_principal())
+    }
+
     /// A limit keyed by principal, once the route's `auth` accepted the caller.
     pub fn limit_principal(&self, headers: &HeaderMap, principal: &str) -> Result<(), Refusal> {
         match self

@@ -124,13 +124,15 @@ impl CallCtx {
             match auth.check(credentials, facts) {
                 Ok(accepted) => {
                     // Limits keyed by principal come after authentication named the caller.
-                    let who = format!(
-                        "{}:{}",
-                        accepted.principal.provider, accepted.principal.subject
-                    );
-                    route
-                        .limit_principal(req.headers, &who)
-                        .map_err(|refusal| refusal_status(refusal, &target.route))?;
+                    if route.has_principal_limit() {
+                        let who = format!(
+                            "{}:{}",
+                            accepted.principal.provider, accepted.principal.subject
+                        );
+                        route
+                            .limit_principal(req.headers, &who)
+                            .map_err(|refusal| refusal_status(refusal, &target.route))?;
+                    }
                     self.identity.remove.extend(accepted.headers.remove);
                     self.identity.set = accepted.headers.set;
                     self.principal = Some(accepted.principal);
