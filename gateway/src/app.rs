@@ -39,6 +39,8 @@ pub enum StartError {
     Observe(#[from] crate::observe::ObserveError),
     #[error(transparent)]
     Xds(#[from] crate::xds::XdsError),
+    #[error("admin.tls: {0}")]
+    AdminTls(crate::tls::TlsError),
 }
 
 impl From<ListenerError> for StartError {
@@ -197,7 +199,19 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             ADMIN_MAX_CONNECTIONS,
         );
         let mut service = Service::new("admin".to_string(), app);
-        service.add_tcp(&admin.listen.to_string());
+        match &admin.tls {
+            // HTTPS, and with `client_ca` only operators' certificates get a handshake.
+            Some(tls) => {
+                let state = crate::tls::ListenerTlsState::load("admin", tls.files())
+                    .map_err(StartError::AdminTls)?;
+                service.add_tls_with_settings(
+                    &admin.listen.to_string(),
+                    None,
+                    state.pingora_settings(),
+                );
+            }
+            None => service.add_tcp(&admin.listen.to_string()),
+        }
         service.threads = Some(1);
         server.add_service(service);
         info!(addr = %admin.listen, "admin listener ready");

@@ -334,62 +334,147 @@ async fn a_jwks_url_is_fetched_over_https_and_follows_a_rotation() {
     );
 }
 
-/// A JWKS endpoint that starts answering garbage: the fetch fails, is counted, and the last
-/// good keys stay in use.
+/// A JWKS endpoint that starts answering garbage, or stops answering at all: the fetch fails
+/// (at `jwks_timeout` for the silent one), is counted, and the last good keys stay in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_good_keys_stay_when_the_jwks_endpoint_fails() {
     let backend = Backend::start(BackendOptions::named("a")).await;
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::generate(dir.path());
     let a = SigningKey::es256("a");
-    let server = JwksServer::start(&pki, JwksAnswer::Document(jwt::jwks(&[&a]))).await;
     let ca = std::fs::read(&pki.ca_cert).unwrap();
-    let (_gateway, listen, admin) = tokio::task::block_in_place(|| {
+    for failure in [JwksAnswer::Garbage, JwksAnswer::Hang] {
+        let server = JwksServer::start(&pki, JwksAnswer::Document(jwt::jwks(&[&a]))).await;
+        let (_gateway, listen, admin) = tokio::task::block_in_place(|| {
+            start(
+                backend.addr,
+                "auth = [\"users\"]",
+                &jwks_url_auth(&server),
+                &[("ca.crt", &ca)],
+            )
+        });
+        let mut c = client(listen).await;
+        let token = a.sign(&jwt::claims("alice", 600, json!({})));
+        let first = within(Duration::from_secs(10), || {
+            let mut c = c.clone();
+            let token = token.clone();
+            async move {
+                call(&mut c, &[("authorization", &bearer(&token))])
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        assert!(first.is_some(), "the first fetch gives the keys");
+
+        server.answer(failure.clone());
+        // An unknown kid asks for an early refresh: it fails.
+        let forged = a.sign_as("rotated", &jwt::claims("alice", 600, json!({})));
+        refused(
+            call(&mut c, &[("authorization", &bearer(&forged))]).await,
+            Code::Unauthenticated,
+            "no known key",
+        );
+        let failed = tokio::task::block_in_place(|| {
+            wait_metrics(admin, Duration::from_secs(10), |text| {
+                metric(
+                    text,
+                    "strait_jwks_fetches_total",
+                    &[("provider", "users"), ("result", "error")],
+                )
+                .is_some_and(|n| n >= 1.0)
+            })
+        });
+        assert!(
+            failed.is_some(),
+            "the failed fetch ({failure:?}) is counted"
+        );
+        call(&mut c, &[("authorization", &bearer(&token))])
+            .await
+            .expect("the last good keys stay");
+        let (status, body) = tokio::task::block_in_place(|| http_get(admin, "/readyz"));
+        assert_eq!(status, 200, "keys held: still ready ({body})");
+    }
+}
+
+/// A token far beyond any bound (512 KiB): refused before anything reads it, and the gateway
+/// serves the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_is_refused_and_harms_no_one() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let key = SigningKey::es256("k1");
+    let jwks = jwt::jwks(&[&key]);
+    let (_gateway, listen, _admin) = tokio::task::block_in_place(|| {
         start(
             backend.addr,
             "auth = [\"users\"]",
-            &jwks_url_auth(&server),
-            &[("ca.crt", &ca)],
+            &format!(
+                "[[auth]]\nname = \"users\"\n[auth.jwt]\nissuer = \"{}\"\njwks_file = \"jwks.json\"\n",
+                jwt::ISSUER
+            ),
+            &[("jwks.json", jwks.as_bytes())],
         )
     });
     let mut c = client(listen).await;
-    let token = a.sign(&jwt::claims("alice", 600, json!({})));
-    let first = within(Duration::from_secs(10), || {
-        let mut c = c.clone();
-        let token = token.clone();
-        async move {
-            call(&mut c, &[("authorization", &bearer(&token))])
-                .await
-                .ok()
-        }
-    })
-    .await;
-    assert!(first.is_some(), "the first fetch gives the keys");
-
-    server.answer(JwksAnswer::Garbage);
-    // An unknown kid asks for an early refresh: it fails.
-    let forged = a.sign_as("rotated", &jwt::claims("alice", 600, json!({})));
-    refused(
-        call(&mut c, &[("authorization", &bearer(&forged))]).await,
-        Code::Unauthenticated,
-        "no known key",
-    );
-    let failed = tokio::task::block_in_place(|| {
-        wait_metrics(admin, Duration::from_secs(10), |text| {
-            metric(
-                text,
-                "strait_jwks_fetches_total",
-                &[("provider", "users"), ("result", "error")],
-            )
-            .is_some_and(|n| n >= 1.0)
-        })
-    });
-    assert!(failed.is_some(), "the failed fetch is counted");
-    call(&mut c, &[("authorization", &bearer(&token))])
+    let huge = format!("Bearer {}", "a".repeat(512 * 1024));
+    assert!(call(&mut c, &[("authorization", &huge)]).await.is_err());
+    let good = key.sign(&jwt::claims("alice", 600, json!({})));
+    let mut fresh = client(listen).await;
+    call(&mut fresh, &[("authorization", &bearer(&good))])
         .await
-        .expect("the last good keys stay");
-    let (status, body) = tokio::task::block_in_place(|| http_get(admin, "/readyz"));
-    assert_eq!(status, 200, "keys held: still ready ({body})");
+        .expect("the next caller is served");
+    assert_eq!(backend.calls(), 1);
+}
+
+/// `[admin.tls]` with `client_ca`: only an operator's certificate gets a handshake, and the
+/// token is still asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_require_a_client_certificate() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::generate(dir.path());
+    let operator = pki.issue_client("operator", "ops", false);
+    std::fs::write(dir.path().join("admin-token"), "t0ken").unwrap();
+    let listen = free_addr();
+    let admin = free_addr();
+    let text = single_backend_config(listen, backend.addr)
+        + &format!(
+            "\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin-token\"\n\
+             tls = {{ cert = \"server.crt\", key = \"server.key\", client_ca = \"ca.crt\" }}\n"
+        );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+    let curl = |args: &[&str]| -> (bool, String) {
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["-s", "-S", "--max-time", "10", "--cacert"])
+            .arg(&pki.ca_cert)
+            .args(args)
+            .arg(format!("https://localhost:{}/metrics", admin.port()));
+        let out = strait_tests::net::run_bounded(command, Duration::from_secs(20))
+            .expect("curl ran (`bash .ci/install-deps` installs it)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let cert = operator.cert.display().to_string();
+    let key = operator.key.display().to_string();
+    let (ok, _) = curl(&["-H", "authorization: Bearer t0ken"]);
+    assert!(!ok, "no client certificate: no handshake");
+    let (ok, body) = curl(&["--cert", &cert, "--key", &key, "-w", "%{http_code}"]);
+    assert!(
+        ok && body.ends_with("401"),
+        "a certificate without the token: {body}"
+    );
+    let (ok, body) = curl(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-H",
+        "authorization: Bearer t0ken",
+    ]);
+    assert!(ok && body.contains("# HELP strait_"), "{body}");
 }
 
 /// `channel` to a TLS listener trusting `ca_pem`, presenting `identity`.

@@ -74,6 +74,8 @@ pub enum JwksAnswer {
     Document(String),
     Status(u16),
     Garbage,
+    /// Accepts the connection and the request, and never answers.
+    Hang,
 }
 
 /// An HTTPS server of one JWKS, on loopback, with a certificate for `localhost` from `pki`.
@@ -128,7 +130,11 @@ impl JwksServer {
                         }
                         requests.fetch_add(1, Ordering::SeqCst);
                         let current = answer.lock().unwrap().clone();
+                        if let JwksAnswer::Hang = current {
+                            std::future::pending::<()>().await;
+                        }
                         let (status, body) = match current {
+                            JwksAnswer::Hang => unreachable!("never answered"),
                             JwksAnswer::Document(doc) => (200, doc),
                             JwksAnswer::Status(code) => (code, "unavailable".to_string()),
                             JwksAnswer::Garbage => (200, "<html>not a jwks</html>".to_string()),

@@ -211,6 +211,9 @@ pub struct AdminSection {
     /// A file holding the bearer token every admin endpoint but /healthz and /readyz requires
     /// (`Authorization: Bearer TOKEN`); its content is re-read on reload.
     pub token_file: Option<Spanned<String>>,
+    /// HTTPS for the admin listener; with `client_ca`, only callers holding a certificate it
+    /// signed get in. Read at start: changing it needs a restart.
+    pub tls: Option<ListenerTlsSection>,
 }
 
 /// Where discovery reads instances from.

@@ -181,6 +181,8 @@ pub struct AdminConfig {
     /// Every endpoint but /healthz and /readyz requires `[admin] token_file`'s token (the
     /// token itself is `Config::admin_token`, reloadable).
     pub token_file: Option<PathBuf>,
+    /// HTTPS, and with `client_ca` mutual TLS, on the admin listener.
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

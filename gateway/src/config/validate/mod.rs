@@ -112,6 +112,14 @@ pub fn validate(
             admin_token = token;
             path
         });
+        let tls = section.tls.as_ref().map(|tls| {
+            validate_server_tls(
+                (&tls.cert, &tls.key, tls.client_ca.as_ref()),
+                base_dir,
+                "admin.tls",
+                &mut diag,
+            )
+        });
         match section.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) => {
                 if let Some(l) = listeners.iter().find(|l| l.listen == listen) {
@@ -132,6 +140,7 @@ pub fn validate(
                         &mut diag,
                     ),
                     token_file,
+                    tls,
                 })
             }
             Err(_) => {
