@@ -989,3 +989,80 @@ async fn a_rate_limit_keyed_by_principal_gives_each_caller_its_own_bucket() {
         .await
         .expect("another caller has its own bucket");
 }
+
+/// `match = { principal = ... }`: the caller a route's `auth` accepts picks the route (a VIP
+/// caller to its own upstream), everyone else takes the fallback, which checks them as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_on_the_principal_picks_the_route() {
+    use sha2::{Digest, Sha256};
+    let standard = Backend::start(BackendOptions::named("standard")).await;
+    let vip = Backend::start(BackendOptions::named("vip")).await;
+    let hash = |key: &str| -> String {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        format!("ci {}\nvip-acme {}\n", hash("key-ci"), hash("key-vip")),
+    )
+    .unwrap();
+    let listen = free_addr();
+    let text = format!(
+        r#"
+[[listener]]
+name = "public"
+listen = "{listen}"
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "vip"
+auth = ["keys"]
+match = {{ principal = "keys:vip-*" }}
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+upstream = "standard"
+auth = ["keys"]
+
+[[upstream]]
+name = "vip"
+endpoints = [{{ addr = "{}" }}]
+
+[[upstream]]
+name = "standard"
+endpoints = [{{ addr = "{}" }}]
+
+[[auth]]
+name = "keys"
+[auth.api_keys]
+keys_file = "keys.txt"
+"#,
+        vip.addr, standard.addr
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+    let c = client(listen).await;
+    let served_by = |key: Option<&'static str>| {
+        let mut c = c.clone();
+        async move {
+            let mut request = Request::new(req(b"who"));
+            if let Some(key) = key {
+                request
+                    .metadata_mut()
+                    .insert("x-api-key", key.parse().unwrap());
+            }
+            c.unary(request)
+                .await
+                .map(|r| r.into_inner().served_by)
+                .map_err(|s| s.code())
+        }
+    };
+    assert_eq!(served_by(Some("key-vip")).await, Ok("vip".to_string()));
+    assert_eq!(served_by(Some("key-ci")).await, Ok("standard".to_string()));
+    assert_eq!(served_by(None).await, Err(Code::Unauthenticated));
+    assert_eq!(served_by(Some("forged")).await, Err(Code::Unauthenticated));
+}

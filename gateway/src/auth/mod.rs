@@ -271,6 +271,14 @@ pub struct Accepted {
 }
 
 impl RouteAuth {
+    /// Who the route's providers accept, without the route's claims or policy (for a `match`
+    /// naming a caller: the chosen route then checks everything).
+    pub fn identify(&self, creds: Credentials<'_>, _call: CallFacts<'_>) -> Option<Arc<Principal>> {
+        self.providers
+            .iter()
+            .find_map(|provider| provider.authenticate(creds).ok())
+    }
+
     /// The first provider that accepts the caller decides; a caller with no credential any of
     /// them knows is `Missing`, otherwise the first provider's refusal is told.
     pub fn check(&self, creds: Credentials<'_>, call: CallFacts<'_>) -> Result<Accepted, Denial> {

@@ -422,6 +422,9 @@ pub struct MatchSection {
     /// Request headers that must all match: an exact value, or "*" for "present".
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, Spanned<String>>,
+    /// The caller the route's `auth` accepts, as `provider:subject`, exact or ending in `*`
+    /// (`"partners:*"`). Needs `auth` on the route.
+    pub principal: Option<Spanned<String>>,
 }
 
 /// A token bucket per key (GCRA): `per_second` tokens refill it, `burst` is its size.

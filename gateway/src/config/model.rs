@@ -382,6 +382,8 @@ pub struct RouteConfig {
     pub method: Option<String>,
     /// Only calls carrying these headers take the route (none: every call).
     pub match_headers: Vec<HeaderCondition>,
+    /// Only calls whose accepted caller (`provider:subject`) matches take the route.
+    pub match_principal: Option<String>,
     pub destination: Destination,
     pub rate_limit: Option<RateLimitConfig>,
     /// Retries of calls answered trailers-only with a listed status.

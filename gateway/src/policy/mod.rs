@@ -178,7 +178,18 @@ impl<T> RouteChoice<T> {
 
     /// The first route whose `match` holds for these headers.
     pub fn find(&self, headers: &HeaderMap) -> Option<&RoutePolicy<T>> {
-        self.routes.iter().find(|r| r.matcher.matches(headers))
+        self.find_with(headers, &mut |_| None)
+    }
+
+    /// `find`, where a `match` naming a caller asks `principal` who the route's `auth` accepts.
+    pub fn find_with(
+        &self,
+        headers: &HeaderMap,
+        principal: &mut dyn FnMut(&RoutePolicy<T>) -> Option<String>,
+    ) -> Option<&RoutePolicy<T>> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches_with(headers, || principal(r)))
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &RoutePolicy<T>> {

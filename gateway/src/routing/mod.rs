@@ -8,6 +8,6 @@ mod snapshot;
 pub use grpc_path::{parse_grpc_path, GrpcPath};
 pub use lasting::Lasting;
 pub use snapshot::{
-    Endpoint, RouteTable, RouteTarget, Routing, RoutingSnapshot, SnapshotError, TcpRoute,
+    Endpoint, Route, RouteTable, RouteTarget, Routing, RoutingSnapshot, SnapshotError, TcpRoute,
     UpstreamSet,
 };

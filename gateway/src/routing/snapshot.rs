@@ -290,12 +290,30 @@ impl RouteTable {
     }
 
     pub fn find(&self, service: &str, method: &str, headers: &http::HeaderMap) -> Option<&Route> {
+        self.find_with(service, method, headers, &mut |_| None)
+    }
+
+    /// `find`, where a route whose `match` names a caller asks `principal` who that route's
+    /// `auth` accepts (`provider:subject`).
+    pub fn find_with(
+        &self,
+        service: &str,
+        method: &str,
+        headers: &http::HeaderMap,
+        principal: &mut dyn FnMut(&Route) -> Option<String>,
+    ) -> Option<&Route> {
         let by_service = self.services.get(service);
-        by_service
+        if let Some(found) = by_service
             .and_then(|s| s.methods.get(method))
-            .and_then(|c| c.find(headers))
-            .or_else(|| by_service.and_then(|s| s.whole_service.find(headers)))
-            .or_else(|| self.any.find(headers))
+            .and_then(|c| c.find_with(headers, principal))
+        {
+            return Some(found);
+        }
+        if let Some(found) = by_service.and_then(|s| s.whole_service.find_with(headers, principal))
+        {
+            return Some(found);
+        }
+        self.any.find_with(headers, principal)
     }
 
     fn insert(&mut self, route: &RouteConfig, policy: Route) {
@@ -597,7 +615,8 @@ fn route_policy(
         }
     });
     Some(RoutePolicy {
-        matcher: HeaderMatch::new(route.match_headers.clone()),
+        matcher: HeaderMatch::new(route.match_headers.clone())
+            .with_principal(route.match_principal.clone()),
         destination,
         rate_limit,
     })

@@ -575,3 +575,28 @@ pub(super) fn validate_route_ext_authz(
     }
     Some(name.get_ref().clone())
 }
+
+/// `match.principal`: `provider:subject`, exact or ending in `*`; needs the route's `auth`.
+pub(super) fn validate_match_principal(
+    section: &RouteSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> Option<String> {
+    let pattern = section.match_on.as_ref()?.get_ref().principal.as_ref()?;
+    let text = pattern.get_ref();
+    let key = format!("{path}.match.principal");
+    if section.auth.is_none() {
+        diag.at(
+            span(pattern),
+            key,
+            "needs `auth`: only an accepted caller has a principal",
+        );
+    } else if text.is_empty() || !text.contains(':') || text[..text.len() - 1].contains('*') {
+        diag.at(
+            span(pattern),
+            key,
+            format!("{text:?} is not `provider:subject` (exact, or ending in `*`)"),
+        );
+    }
+    Some(text.clone())
+}

@@ -163,7 +163,8 @@ pub(super) fn validate_match(
     };
     let headers = &match_on.get_ref().headers;
     let key = format!("{path}.match.headers");
-    if headers.is_empty() || headers.len() > MAX_MATCH_HEADERS {
+    let names_caller = match_on.get_ref().principal.is_some();
+    if (headers.is_empty() && !names_caller) || headers.len() > MAX_MATCH_HEADERS {
         diag.at(
             Some(match_on.span()),
             &key,

@@ -47,6 +47,7 @@ pub(super) fn validate_routes(
         let destination =
             super::policy::validate_destination(section, &path, &upstream_names, diag);
         let match_headers = super::policy::validate_match(section, &path, diag);
+        let match_principal = super::auth::validate_match_principal(section, &path, diag);
         let rate_limit = super::policy::validate_rate_limit(section, &path, diag);
         let retry = super::policy::validate_retry(section, &path, diag);
         let hedge = super::policy::validate_hedge(section, &path, diag);
@@ -97,11 +98,12 @@ pub(super) fn validate_routes(
             service.clone(),
             method.clone(),
             match_headers.clone(),
+            match_principal.clone(),
         )) {
             diag.at(
                 span(&section.service),
                 path.clone(),
-                if match_headers.is_empty() {
+                if match_headers.is_empty() && match_principal.is_none() {
                     "another route on this listener already takes every call of this service and \
                      method (give this one a `match`, or remove it)"
                 } else {
@@ -115,6 +117,7 @@ pub(super) fn validate_routes(
             service,
             method,
             match_headers,
+            match_principal,
             destination,
             rate_limit,
             retry,

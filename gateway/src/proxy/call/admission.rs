@@ -62,7 +62,31 @@ impl CallCtx {
         })?;
         let route = snapshot
             .routes(req.listener)
-            .and_then(|table| table.find(grpc_path.service, grpc_path.method, req.headers))
+            .and_then(|table| {
+                // A `match` naming a caller: that route's `auth` says who the caller is.
+                let mut principal = |route: &crate::routing::Route| {
+                    let auth = route.targets().next()?.auth.as_ref()?;
+                    let credentials = Credentials {
+                        headers: req.headers,
+                        peer: req.peer_identity,
+                    };
+                    let facts = AuthFacts {
+                        listener: req.listener,
+                        service: grpc_path.service,
+                        method: grpc_path.method,
+                        peer: req.peer,
+                        ..Default::default()
+                    };
+                    let accepted = auth.identify(credentials, facts)?;
+                    Some(format!("{}:{}", accepted.provider, accepted.subject))
+                };
+                table.find_with(
+                    grpc_path.service,
+                    grpc_path.method,
+                    req.headers,
+                    &mut principal,
+                )
+            })
             .ok_or_else(|| {
                 LocalStatus::new(
                     Code::Unimplemented,
