@@ -499,7 +499,6 @@ async fn tls_client(listen: SocketAddr, ca_pem: &str, identity: &Issued) -> Echo
 /// the service takes API keys; the identity goes nowhere else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_and_api_keys_name_the_caller() {
-    use sha2::{Digest, Sha256};
     let backend = Backend::start(BackendOptions::named("a")).await;
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::generate(dir.path());
@@ -509,11 +508,11 @@ async fn client_certificates_and_api_keys_name_the_caller() {
         "spiffe://strait.test/ns/billing/sa/x",
         "billing.x",
     );
-    let hash: String = Sha256::digest(b"key-ci")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::write(dir.path().join("keys.txt"), format!("ci {hash}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        jwt::api_key_line("ci", "key-ci"),
+    )
+    .unwrap();
     let listen = free_addr();
     let backend_addr = backend.addr;
     let text = format!(
@@ -622,21 +621,14 @@ keys_file = "keys.txt"
 /// token file and the keys files; many reload requests at once share reloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_its_token_and_reloads_reread_secrets() {
-    use sha2::{Digest, Sha256};
     let backend = Backend::start(BackendOptions::named("a")).await;
-    let hash = |key: &str| -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let (gateway, listen, admin) = tokio::task::block_in_place(|| {
         start(
             backend.addr,
             "auth = [\"keys\"]",
             "[[auth]]\nname = \"keys\"\n[auth.api_keys]\nkeys_file = \"keys.txt\"\n",
             &[
-                ("keys.txt", format!("ci {}\n", hash("one")).as_bytes()),
+                ("keys.txt", jwt::api_key_line("ci", "one").as_bytes()),
                 ("admin-token", b"first-token\n"),
             ],
         )
@@ -684,7 +676,7 @@ async fn the_admin_api_needs_its_token_and_reloads_reread_secrets() {
         .expect("the first key");
     // New secrets on disk, then one reload: both follow.
     let dir = gateway.config_path.parent().unwrap().to_path_buf();
-    std::fs::write(dir.join("keys.txt"), format!("ci {}\n", hash("two"))).unwrap();
+    std::fs::write(dir.join("keys.txt"), jwt::api_key_line("ci", "two")).unwrap();
     std::fs::write(dir.join("admin-token"), "second-token").unwrap();
     let (status, body) = post("first-token");
     assert_eq!(status, 200, "{body}");
@@ -731,20 +723,13 @@ async fn the_admin_api_needs_its_token_and_reloads_reread_secrets() {
 /// with `failure_mode_allow` that cannot be reached lets calls through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rego_policies_and_ext_authz_decide_who_may_call() {
-    use sha2::{Digest, Sha256};
     use strait_tests::ext_authz::AuthzServer;
     let backend = Backend::start(BackendOptions::named("a")).await;
     let authz = AuthzServer::start().await;
-    let hash = |key: &str| -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("keys.txt"),
-        format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other")),
+        jwt::api_key_line("ci", "key-ci") + &jwt::api_key_line("other", "key-other"),
     )
     .unwrap();
     std::fs::write(
@@ -949,15 +934,8 @@ listen = "{admin}"
 /// authentication (refused credentials spend nobody's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_keyed_by_principal_gives_each_caller_its_own_bucket() {
-    use sha2::{Digest, Sha256};
     let backend = Backend::start(BackendOptions::named("a")).await;
-    let hash = |key: &str| -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let keys = format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other"));
+    let keys = jwt::api_key_line("ci", "key-ci") + &jwt::api_key_line("other", "key-other");
     let (_gateway, listen, _admin) = tokio::task::block_in_place(|| {
         start(
             backend.addr,
@@ -994,19 +972,12 @@ async fn a_rate_limit_keyed_by_principal_gives_each_caller_its_own_bucket() {
 /// caller to its own upstream), everyone else takes the fallback, which checks them as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_match_on_the_principal_picks_the_route() {
-    use sha2::{Digest, Sha256};
     let standard = Backend::start(BackendOptions::named("standard")).await;
     let vip = Backend::start(BackendOptions::named("vip")).await;
-    let hash = |key: &str| -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("keys.txt"),
-        format!("ci {}\nvip-acme {}\n", hash("key-ci"), hash("key-vip")),
+        jwt::api_key_line("ci", "key-ci") + &jwt::api_key_line("vip-acme", "key-vip"),
     )
     .unwrap();
     let listen = free_addr();

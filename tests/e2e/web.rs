@@ -1199,15 +1199,9 @@ async fn json_calls_are_retried_on_status_like_native_ones() {
 /// neither reaches the backend, and an accepted caller's key never does either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_refuses_grpc_web_and_json_callers_with_401_and_403() {
-    use sha2::{Digest, Sha256};
+    use strait_tests::jwt::api_key_line;
     let backend = Backend::start(BackendOptions::named("b1")).await;
-    let hash = |key: &str| -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let keys = format!("ci {}\nother {}\n", hash("key-ci"), hash("key-other"));
+    let keys = api_key_line("ci", "key-ci") + &api_key_line("other", "key-other");
     let web = tokio::task::block_in_place(|| {
         WebGateway::start_full(
             backend.addr,

@@ -49,6 +49,16 @@ impl SigningKey {
     }
 }
 
+/// A `keys_file` line of an `api_keys` provider: the key's name and the hex SHA-256 of the key.
+pub fn api_key_line(name: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{name} {hex}\n")
+}
+
 /// A JWKS document publishing `keys`.
 pub fn jwks(keys: &[&SigningKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
