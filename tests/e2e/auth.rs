@@ -397,10 +397,14 @@ async fn the_last_good_keys_stay_when_the_jwks_endpoint_fails() {
     }
 }
 
-/// A token far beyond any bound (512 KiB): refused before anything reads it, and the gateway
-/// serves the next caller.
+/// A token far beyond any bound: 1 MiB of `authorization` sent as raw HEADERS and CONTINUATION
+/// frames (a well-behaved client library refuses to send it). The gateway refuses it without
+/// buffering it whole or reaching the backend, and serves the next caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_token_is_refused_and_harms_no_one() {
+    use strait_tests::attack::{self, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, RST_STREAM};
+    use tokio::io::AsyncWriteExt;
+
     let backend = Backend::start(BackendOptions::named("a")).await;
     let key = SigningKey::es256("k1");
     let jwks = jwt::jwks(&[&key]);
@@ -415,15 +419,47 @@ async fn a_huge_token_is_refused_and_harms_no_one() {
             &[("jwks.json", jwks.as_bytes())],
         )
     });
-    let mut c = client(listen).await;
-    let huge = format!("Bearer {}", "a".repeat(512 * 1024));
-    assert!(call(&mut c, &[("authorization", &huge)]).await.is_err());
+    let huge = format!("Bearer {}", "a".repeat(1024 * 1024));
+    let block = attack::request_block("/bench.Echo/Unary", &[(b"authorization", huge.as_bytes())]);
+    let mut s = attack::open(listen).await.expect("connect");
+    let pieces: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    let last = pieces.len() - 1;
+    for (i, piece) in pieces.iter().enumerate() {
+        let (kind, flags) = match i {
+            0 => (HEADERS, END_STREAM),
+            _ => (CONTINUATION, 0),
+        };
+        let flags = if i == last {
+            flags | END_HEADERS
+        } else {
+            flags
+        };
+        // The gateway may close the connection part way through: that is a refusal too.
+        if s.write_all(&attack::frame(kind, flags, 1, piece))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (frames, closed) = attack::read_frames(&mut s, Duration::from_secs(5)).await;
+    let refused_stream = frames.iter().any(|f| f.0 == RST_STREAM && f.2 == 1)
+        || frames.iter().any(|f| f.0 == HEADERS && f.2 == 1);
+    assert!(
+        closed || refused_stream || attack::goaway_code(&frames).is_some(),
+        "the 1 MiB header block was answered: {:?}",
+        frames.iter().map(|f| (f.0, f.2)).collect::<Vec<_>>()
+    );
     let good = key.sign(&jwt::claims("alice", 600, json!({})));
     let mut fresh = client(listen).await;
     call(&mut fresh, &[("authorization", &bearer(&good))])
         .await
         .expect("the next caller is served");
-    assert_eq!(backend.calls(), 1);
+    assert_eq!(
+        backend.calls(),
+        1,
+        "the huge token never reached the backend"
+    );
 }
 
 /// `[admin.tls]` with `client_ca`: only an operator's certificate gets a handshake, and the
@@ -495,8 +531,8 @@ async fn tls_client(listen: SocketAddr, ca_pem: &str, identity: &Issued) -> Echo
 }
 
 /// On a TLS listener with `client_ca`: one method takes callers by their certificate's SPIFFE
-/// ID (and tells the backend who they are with XFCC, replacing any the caller sent), the rest of
-/// the service takes API keys; the identity goes nowhere else.
+/// ID (and tells the backend who they are with XFCC, replacing any the caller sent), one takes
+/// JWTs, the rest of the service takes API keys; the identity goes nowhere else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_and_api_keys_name_the_caller() {
     let backend = Backend::start(BackendOptions::named("a")).await;
@@ -513,6 +549,9 @@ async fn client_certificates_and_api_keys_name_the_caller() {
         jwt::api_key_line("ci", "key-ci"),
     )
     .unwrap();
+    let signer = SigningKey::es256("k1");
+    std::fs::write(dir.path().join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
+    let issuer = jwt::ISSUER;
     let listen = free_addr();
     let backend_addr = backend.addr;
     let text = format!(
@@ -528,6 +567,13 @@ service = "bench.Echo"
 method = "Unary"
 upstream = "echo"
 auth = ["mesh"]
+
+[[route]]
+listener = "public"
+service = "bench.Echo"
+method = "ClientStream"
+upstream = "echo"
+auth = ["users"]
 
 [[route]]
 listener = "public"
@@ -549,6 +595,13 @@ forward_client_cert = true
 name = "keys"
 [auth.api_keys]
 keys_file = "keys.txt"
+
+[[auth]]
+name = "users"
+[auth.jwt]
+issuer = "{issuer}"
+jwks_file = "jwks.json"
+claim_headers = {{ sub = "x-user-id" }}
 "#
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
@@ -611,10 +664,43 @@ keys_file = "keys.txt"
         Err(Code::Unauthenticated)
     );
     assert_eq!(
-        stream(as_cart, Some("key-other")).await,
+        stream(as_cart.clone(), Some("key-other")).await,
         Err(Code::Unauthenticated)
     );
-    assert_eq!(backend.calls(), 2, "refused calls reached no backend");
+
+    // A JWT over TLS: the token decides, whichever certificate carried it.
+    let upload = |mut c: EchoClient<Channel>, token: Option<String>| async move {
+        let mut request = Request::new(tokio_stream::iter(vec![req(b"u")]));
+        request
+            .metadata_mut()
+            .insert("x-echo-seen", "x-user-id".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-user-id", "forged".parse().unwrap());
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer(&token).parse().unwrap());
+        }
+        c.client_stream(request)
+            .await
+            .map(|r| r.metadata().get("x-seen-x-user-id").cloned())
+    };
+    let token = signer.sign(&jwt::claims("alice", 600, json!({})));
+    let seen = upload(as_billing.clone(), Some(token))
+        .await
+        .expect("a good token is accepted over TLS");
+    assert_eq!(
+        seen.unwrap(),
+        "alice",
+        "the claim header replaced the forged one"
+    );
+    refused(
+        upload(as_billing, None).await.map(|_| Default::default()),
+        Code::Unauthenticated,
+        "",
+    );
+    assert_eq!(backend.calls(), 3, "refused calls reached no backend");
 }
 
 /// `[admin] token_file`: every endpoint but the probes wants the token; a reload re-reads the

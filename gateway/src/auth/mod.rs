@@ -273,7 +273,7 @@ pub struct Accepted {
 impl RouteAuth {
     /// Who the route's providers accept, without the route's claims or policy (for a `match`
     /// naming a caller: the chosen route then checks everything).
-    pub fn identify(&self, creds: Credentials<'_>, _call: CallFacts<'_>) -> Option<Arc<Principal>> {
+    pub fn identify(&self, creds: Credentials<'_>) -> Option<Arc<Principal>> {
         self.providers
             .iter()
             .find_map(|provider| provider.authenticate(creds).ok())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::{check_name, duration_up_to, int_in, resolve, span};
+use super::{check_section_name, duration_up_to, int_in, resolve, span};
 use crate::auth::{
     ApiKeyTable, HmacSecret, JwksSpec, JwtSettings, KeySet, RegoPolicy, RequiredClaims, SanPattern,
 };
@@ -33,14 +33,7 @@ pub(super) fn validate_auth(
     for (i, section) in sections.iter().enumerate() {
         let path = format!("auth[{i}]");
         let name = section.name.get_ref();
-        check_name(name, span(&section.name), &format!("{path}.name"), diag);
-        if !seen.insert(name.clone()) {
-            diag.at(
-                span(&section.name),
-                format!("{path}.name"),
-                format!("another [[auth]] is already named {name:?}"),
-            );
-        }
+        check_section_name(&section.name, &mut seen, &path, "auth", diag);
         let kinds = [
             section.jwt.is_some(),
             section.api_keys.is_some(),
@@ -496,14 +489,7 @@ pub(super) fn validate_ext_authz(
     for (i, section) in sections.iter().enumerate() {
         let path = format!("ext_authz[{i}]");
         let name = section.name.get_ref();
-        check_name(name, span(&section.name), &format!("{path}.name"), diag);
-        if !seen.insert(name.clone()) {
-            diag.at(
-                span(&section.name),
-                format!("{path}.name"),
-                format!("another [[ext_authz]] is already named {name:?}"),
-            );
-        }
+        check_section_name(&section.name, &mut seen, &path, "ext_authz", diag);
         let text = section.address.get_ref();
         let with_scheme = if text.contains("://") {
             text.clone()

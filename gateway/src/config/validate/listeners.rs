@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{check_name, duration_up_to, int_in, span, validate_server_tls, ONE_HOUR};
+use super::{check_section_name, duration_up_to, int_in, span, validate_server_tls, ONE_HOUR};
 use crate::config::diagnostics::Diagnostics;
 use crate::config::file::ListenerSection;
 use crate::config::model::*;
@@ -27,14 +27,7 @@ pub(super) fn validate_listeners(
     for (i, section) in sections.iter().enumerate() {
         let path = format!("listener[{i}]");
         let name = section.name.get_ref();
-        check_name(name, span(&section.name), &format!("{path}.name"), diag);
-        if !names.insert(name.clone()) {
-            diag.at(
-                span(&section.name),
-                format!("{path}.name"),
-                format!("duplicate listener name {name:?}"),
-            );
-        }
+        check_section_name(&section.name, &mut names, &path, "listener", diag);
         let listen = match section.listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => {
                 if let Some(other) = addresses.insert(addr, name.clone()) {

@@ -139,6 +139,13 @@ pub fn validate(
                         "admin.max_methods".into(),
                         &mut diag,
                     ),
+                    endpoint_series_grace: duration_up_to(
+                        &section.endpoint_series_grace,
+                        DEFAULT_ENDPOINT_SERIES_GRACE,
+                        7 * 24 * ONE_HOUR,
+                        "admin.endpoint_series_grace".into(),
+                        &mut diag,
+                    ),
                     token_file,
                     tls,
                 })
@@ -244,6 +251,26 @@ pub(super) fn int_in(
             );
             default
         }
+    }
+}
+
+/// A section's `name`: plain (see `check_name`) and not taken by an earlier section of the same
+/// kind (`what`, as in "duplicate listener name").
+pub(super) fn check_section_name(
+    name: &Spanned<String>,
+    taken: &mut std::collections::HashSet<String>,
+    path: &str,
+    what: &str,
+    diag: &mut Diagnostics,
+) {
+    let text = name.get_ref();
+    check_name(text, span(name), &format!("{path}.name"), diag);
+    if !taken.insert(text.clone()) {
+        diag.at(
+            span(name),
+            format!("{path}.name"),
+            format!("duplicate {what} name {text:?}"),
+        );
     }
 }
 

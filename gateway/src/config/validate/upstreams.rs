@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{
-    check_cert_and_key, check_name, duration_up_to, int_in, resolve, span, tls_files, ONE_HOUR,
+    check_cert_and_key, check_section_name, duration_up_to, int_in, resolve, span, tls_files,
+    ONE_HOUR,
 };
 use crate::config::diagnostics::Diagnostics;
 use crate::config::file::UpstreamSection;
@@ -22,14 +23,7 @@ pub(super) fn validate_upstreams(
     for (i, section) in sections.iter().enumerate() {
         let path = format!("upstream[{i}]");
         let name = section.name.get_ref();
-        check_name(name, span(&section.name), &format!("{path}.name"), diag);
-        if !names.insert(name.clone()) {
-            diag.at(
-                span(&section.name),
-                format!("{path}.name"),
-                format!("duplicate upstream name {name:?}"),
-            );
-        }
+        check_section_name(&section.name, &mut names, &path, "upstream", diag);
         let discovery = match section.discovery.as_ref().map(|d| d.get_ref().as_str()) {
             None | Some("static") => {
                 if section.endpoints.is_empty() {

@@ -70,14 +70,7 @@ impl CallCtx {
                         headers: req.headers,
                         peer: req.peer_identity,
                     };
-                    let facts = AuthFacts {
-                        listener: req.listener,
-                        service: grpc_path.service,
-                        method: grpc_path.method,
-                        peer: req.peer,
-                        ..Default::default()
-                    };
-                    let accepted = auth.identify(credentials, facts)?;
+                    let accepted = auth.identify(credentials)?;
                     Some(format!("{}:{}", accepted.provider, accepted.subject))
                 };
                 table.find_with(
