@@ -80,10 +80,13 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             crate::xds::tls_config(tls)?;
         }
     }
-    let metrics = config
-        .admin
-        .as_ref()
-        .map(|a| Metrics::new(a.endpoint_labels, a.max_methods as usize));
+    let metrics = config.admin.as_ref().map(|a| {
+        Metrics::new(
+            a.endpoint_labels,
+            a.max_methods as usize,
+            a.endpoint_series_grace,
+        )
+    });
     if let Some(m) = &metrics {
         m.config_loaded(true);
     }

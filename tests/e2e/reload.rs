@@ -200,6 +200,62 @@ async fn reload_applies_routes_upstreams_and_listeners() {
     );
 }
 
+/// An endpoint that leaves (here by a reload) keeps its per-endpoint series for
+/// `endpoint_series_grace`, then they go; the endpoint that stays keeps its series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_endpoints_series_are_removed_after_the_grace() {
+    let a = Backend::start(BackendOptions::named("a")).await;
+    let b = Backend::start(BackendOptions::named("b")).await;
+    let (public, admin) = (free_addr(), free_addr());
+    let mut parts = Parts::one_route(public, admin, a.addr);
+    parts.upstreams = upstream("one", &[(a.addr, 100), (b.addr, 100)], "");
+    let grace =
+        |text: String| text.replace("[admin]\n", "[admin]\nendpoint_series_grace = \"5s\"\n");
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&grace(parts.render()), public));
+    for _ in 0..4 {
+        served_by(public).await;
+    }
+    let attempts = |text: &str, addr: SocketAddr| {
+        metric(
+            text,
+            "strait_upstream_attempts_total",
+            &[("endpoint", &addr.to_string()), ("outcome", "ok")],
+        )
+    };
+    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    assert_eq!(attempts(&text, b.addr), Some(2.0), "{text}");
+
+    parts.upstreams = upstream("one", &[(a.addr, 100)], "");
+    gateway.write_config(&grace(parts.render()));
+    let (code, output) = tokio::task::block_in_place(|| reload(admin));
+    assert_eq!(code, 0, "{output}");
+    let left = Instant::now();
+    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    assert_eq!(
+        attempts(&text, b.addr),
+        Some(2.0),
+        "kept within the grace so the last scrapes see the final count"
+    );
+    let deadline = left + Duration::from_secs(20);
+    let gone = loop {
+        let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+        if attempts(&text, b.addr).is_none() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "b's series never went: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        left.elapsed() >= Duration::from_secs(5),
+        "not before the grace ran out"
+    );
+    assert!(
+        !gone.contains(&format!("endpoint=\"{}\"", b.addr)),
+        "no series of b at all"
+    );
+    assert_eq!(attempts(&gone, a.addr), Some(2.0), "a keeps its series");
+}
+
 /// A reload that cannot be applied changes nothing: a file that does not parse, a change that
 /// needs a restart, a listener address that is taken. Each is reported, logged and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

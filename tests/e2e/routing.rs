@@ -126,7 +126,8 @@ async fn refused_endpoint_is_retried_elsewhere() {
     assert_eq!(live.calls(), 50);
 }
 
-/// Nothing can take the call: UNAVAILABLE, trailers-only, naming the upstream and the reason.
+/// Nothing can take the call: UNAVAILABLE, trailers-only, naming the upstream and the reason but
+/// no endpoint's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_down_gives_unavailable_with_reason() {
     let listen = free_addr();
@@ -164,6 +165,11 @@ async fn all_endpoints_down_gives_unavailable_with_reason() {
     assert!(
         status.message().contains("2 attempts"),
         "{}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("127.0.0.1"),
+        "no endpoint address reaches the caller: {}",
         status.message()
     );
 

@@ -129,6 +129,7 @@ impl AdminApp {
     /// Fills the gauges that describe state, right before a scrape.
     fn refresh_gauges(&self, view: &GatewayView) {
         let m = &self.metrics;
+        m.sweep_departed_endpoints(std::time::Instant::now());
         m.breaker_state.reset();
         m.endpoints.reset();
         m.staleness.reset();

@@ -208,6 +208,9 @@ pub struct AdminSection {
     /// Distinct gRPC service/method pairs with their own call series, per listener (default
     /// 1000, 1 to 100000); calls of further pairs count under method "other".
     pub max_methods: Option<Spanned<i64>>,
+    /// How long the series of an endpoint that left (discovery, reload) stay before they are
+    /// removed (default 10m, at most 7 days).
+    pub endpoint_series_grace: Option<Spanned<ConfigDuration>>,
     /// A file holding the bearer token every admin endpoint but /healthz and /readyz requires
     /// (`Authorization: Bearer TOKEN`); its content is re-read on reload.
     pub token_file: Option<Spanned<String>>,

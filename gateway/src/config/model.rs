@@ -178,6 +178,8 @@ pub struct AdminConfig {
     pub endpoint_labels: bool,
     /// Service/method pairs with their own series, per listener.
     pub max_methods: u32,
+    /// How long an endpoint's series stay after it left (then they are removed).
+    pub endpoint_series_grace: Duration,
     /// Every endpoint but /healthz and /readyz requires `[admin] token_file`'s token (the
     /// token itself is `Config::admin_token`, reloadable).
     pub token_file: Option<PathBuf>,
@@ -591,6 +593,9 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
 pub const DEFAULT_MEMBERS_PREFIX: &str = "/strait/gateways/";
 pub const DEFAULT_MAX_METHODS: u32 = 1000;
+/// Ten minutes: several scrape intervals at any usual setting, so the last scrapes see an
+/// endpoint's final counts; an endpoint back within it keeps its series.
+pub const DEFAULT_ENDPOINT_SERIES_GRACE: Duration = Duration::from_secs(600);
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 /// Re-resolving more often than this is refused, whatever the TTL says.

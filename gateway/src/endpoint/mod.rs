@@ -287,9 +287,13 @@ impl EndpointRegistry {
 
     /// Forgets endpoints that no snapshot holds any more, so the map does not grow forever.
     /// Called once per snapshot build (not per endpoint: that would be quadratic).
+    /// Also removes the metric series of endpoints gone long enough (see `metrics::departed`).
     pub fn prune(&self) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(m) = &self.metrics {
+            m.sweep_departed_endpoints(std::time::Instant::now());
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -4,17 +4,20 @@
 //! come only from configured names, endpoint addresses and gRPC codes: the sets are bounded.
 //! Gauges that describe state (breakers, endpoints, discovery) are filled at scrape time.
 
+mod departed;
 mod methods;
 pub mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use departed::{remove_endpoint_series, Departures};
 use methods::MethodFamilies;
 pub use methods::{MethodMetrics, RouteMethods, OTHER};
 use traffic::TrafficWindow;
@@ -91,6 +94,9 @@ pub struct Metrics {
     region_spill: prometheus::GaugeVec,
     pub(crate) xds: XdsMetrics,
     auth: AuthMetrics,
+    /// Endpoints whose series go once `endpoint_series_grace` has passed since they left.
+    departures: Arc<Departures>,
+    endpoint_series_grace: std::time::Duration,
 }
 
 /// Caller authentication's instruments (auth/).
@@ -142,7 +148,12 @@ impl Metrics {
     }
 
     /// `max_methods`: distinct service/method pairs with their own series, per listener.
-    pub fn new(endpoint_labels: bool, max_methods: usize) -> Arc<Metrics> {
+    /// `endpoint_series_grace`: how long an endpoint's series stay after it left.
+    pub fn new(
+        endpoint_labels: bool,
+        max_methods: usize,
+        endpoint_series_grace: std::time::Duration,
+    ) -> Arc<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
@@ -428,6 +439,8 @@ impl Metrics {
                     g
                 },
             },
+            departures: Arc::default(),
+            endpoint_series_grace,
             region_spill: {
                 let g = prometheus::GaugeVec::new(
                     Opts::new(
@@ -541,8 +554,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Removes the series of endpoints that left at least `endpoint_series_grace` before
+    /// `now`; returns how many endpoints' series went. Called at every scrape and snapshot
+    /// build.
+    pub fn sweep_departed_endpoints(&self, now: Instant) -> usize {
+        let due = self.departures.due(now, self.endpoint_series_grace);
+        for (upstream, endpoint) in &due {
+            remove_endpoint_series(&self.attempts, upstream, endpoint);
+            remove_endpoint_series(&self.probes, upstream, endpoint);
+            remove_endpoint_series(&self.breaker_transitions, upstream, endpoint);
+            remove_endpoint_series(&self.breaker_state, upstream, endpoint);
+        }
+        due.len()
+    }
+
     pub fn endpoint(&self, upstream: &str, addr: std::net::SocketAddr) -> EndpointMetrics {
         let endpoint = self.endpoint_label(addr);
+        self.departures.returned(upstream, &endpoint);
         EndpointMetrics {
             attempts: AttemptOutcome::ALL.map(|o| {
                 self.attempts
@@ -554,6 +582,8 @@ impl Metrics {
                 .with_label_values(&[upstream, &endpoint, "failed"]),
             transitions: self.breaker_transitions.clone(),
             upstream: upstream.to_string(),
+            // With per-endpoint labels off every endpoint shares "-": nothing to remove.
+            departures: self.endpoint_labels.then(|| self.departures.clone()),
             endpoint,
         }
     }
@@ -643,7 +673,8 @@ impl RouteMetrics {
     }
 }
 
-/// An endpoint's counters, resolved when its state is created.
+/// An endpoint's counters, resolved when its state is created. Dropped with the state (the
+/// endpoint left every snapshot and its last call ended), it marks the series for removal.
 #[derive(Debug)]
 pub struct EndpointMetrics {
     attempts: [IntCounter; 5],
@@ -652,6 +683,15 @@ pub struct EndpointMetrics {
     transitions: IntCounterVec,
     upstream: String,
     endpoint: String,
+    departures: Option<Arc<Departures>>,
+}
+
+impl Drop for EndpointMetrics {
+    fn drop(&mut self) {
+        if let Some(departures) = &self.departures {
+            departures.left(&self.upstream, &self.endpoint, Instant::now());
+        }
+    }
 }
 
 impl EndpointMetrics {

@@ -32,7 +32,7 @@ use crate::proxy::tcp::TcpProxy;
 use crate::proxy::web::{cors::CorsPolicy, WebSettings};
 use crate::proxy::InFlightCalls;
 use crate::routing::Routing;
-use crate::tls::{ListenerTlsState, TlsError};
+use crate::tls::{ListenerTlsState, TlsError, TlsMaterial};
 
 /// Per-stream receive window: large enough that a 4 MiB message does not crawl in 64 KiB steps.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -69,7 +69,8 @@ pub struct ListenerPlan {
     to_open: Vec<ListenerConfig>,
     to_restart: Vec<ListenerConfig>,
     to_stop: Vec<(String, SocketAddr)>,
-    tls_reloads: Vec<(String, ListenerTlsState, crate::config::ListenerTls)>,
+    /// Certificates read in `prepare`, installed in `commit` without reading anything again.
+    tls_reloads: Vec<(String, ListenerTlsState, TlsMaterial)>,
     prepared: Vec<Prepared>,
 }
 
@@ -222,15 +223,17 @@ impl ListenerSet {
                 Some(r) if !same_listener(r, config) => plan.to_restart.push(config.clone()),
                 Some(r) => {
                     if let (Some(state), Some(tls)) = (&r.tls, &config.tls) {
-                        // Read now so a bad file refuses the reload; swapped in `commit`.
-                        ListenerTlsState::load(&config.name, tls.files()).map_err(|source| {
-                            ListenerError::Tls {
-                                listener: config.name.clone(),
-                                source,
-                            }
-                        })?;
+                        // Read now so a bad file refuses the reload; installed in `commit`
+                        // as read here (a file changing in between cannot half-apply it).
+                        let material =
+                            state
+                                .read(tls.files())
+                                .map_err(|source| ListenerError::Tls {
+                                    listener: config.name.clone(),
+                                    source,
+                                })?;
                         plan.tls_reloads
-                            .push((config.name.clone(), state.clone(), tls.clone()));
+                            .push((config.name.clone(), state.clone(), material));
                     }
                 }
             }
@@ -265,18 +268,14 @@ impl ListenerSet {
         Ok(plan)
     }
 
-    /// Second half: re-keys certificates, stops removed or changed listeners (their open
-    /// connections drain), opens the new ones.
+    /// Second half: installs the certificates `prepare` read, stops removed or changed
+    /// listeners (their open connections drain), opens the new ones. Nothing here reads a file:
+    /// the only failure left is a shutdown that began meanwhile.
     pub async fn commit(&self, plan: ListenerPlan) -> Result<ListenerChanges, ListenerError> {
         let mut changes = ListenerChanges::default();
-        for (name, state, tls) in &plan.tls_reloads {
-            state
-                .reload(tls.files())
-                .map_err(|source| ListenerError::Tls {
-                    listener: name.clone(),
-                    source,
-                })?;
-            changes.tls_reloaded.push(name.clone());
+        for (name, state, material) in plan.tls_reloads {
+            state.install(material);
+            changes.tls_reloaded.push(name);
         }
         let stopped: Vec<Running> = {
             let mut running = self.lock();

@@ -41,6 +41,12 @@ pub enum TlsError {
     },
 }
 
+/// A listener's certificate and client verifier as read from its files, not yet in use.
+pub struct TlsMaterial {
+    key: Arc<rustls::sign::CertifiedKey>,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
 /// A TLS listener's certificate and (with mutual TLS) client verifier, reloadable in place.
 #[derive(Debug, Clone)]
 pub struct ListenerTlsState {
@@ -63,18 +69,24 @@ impl ListenerTlsState {
         Ok(Self { cert, client_auth })
     }
 
-    /// Re-reads every file first and swaps only when all of them are good.
-    pub fn reload(&self, files: ListenerTlsFiles<'_>) -> Result<(), TlsError> {
+    /// Reads every file of a reload without changing anything: a bad file refuses the reload
+    /// here, before any other part of the gateway has changed.
+    pub fn read(&self, files: ListenerTlsFiles<'_>) -> Result<TlsMaterial, TlsError> {
         let key = load_certified_key(files.cert, files.key)?;
         let verifier = match (&self.client_auth, files.client_ca) {
             (Some(_), Some(ca)) => Some(client_auth::verifier(ca)?),
             _ => None,
         };
-        self.cert.replace(key);
-        if let (Some(current), Some(fresh)) = (&self.client_auth, verifier) {
+        Ok(TlsMaterial { key, verifier })
+    }
+
+    /// Swaps in material `read` earlier; cannot fail, so a reload that got this far applies
+    /// whole.
+    pub fn install(&self, material: TlsMaterial) {
+        self.cert.replace(material.key);
+        if let (Some(current), Some(fresh)) = (&self.client_auth, material.verifier) {
             current.replace(fresh);
         }
-        Ok(())
     }
 
     /// pingora settings for the listener: certificate from the resolver, ALPN h2 (HTTP/1.1 is
@@ -100,4 +112,59 @@ impl ListenerTlsState {
 /// rustls needs one process-wide crypto provider; pingora uses ring.
 pub fn install_crypto_provider() {
     pingora::tls::install_default_crypto_provider();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `name`, written as `name.crt` and `name.key` in `dir`;
+    /// returns its DER.
+    fn write_identity(dir: &Path, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn files<'a>(cert: &'a Path, key: &'a Path) -> ListenerTlsFiles<'a> {
+        ListenerTlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        }
+    }
+
+    /// A reload reads first and installs later; what it installs is what it read, even when the
+    /// files change or vanish in between (the reload does not half-apply).
+    #[test]
+    fn material_read_for_a_reload_is_what_gets_installed() {
+        let dir = std::env::temp_dir().join(format!("strait-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old_der = write_identity(&dir, "old");
+        let new_der = write_identity(&dir, "new");
+        let (old_crt, old_key) = (dir.join("old.crt"), dir.join("old.key"));
+        let (new_crt, new_key) = (dir.join("new.crt"), dir.join("new.key"));
+        let state = ListenerTlsState::load("public", files(&old_crt, &old_key)).unwrap();
+        let serving = |state: &ListenerTlsState| state.cert.current().cert[0].to_vec();
+        assert_eq!(serving(&state), old_der);
+
+        let material = state.read(files(&new_crt, &new_key)).unwrap();
+        assert_eq!(serving(&state), old_der, "reading changes nothing");
+        std::fs::write(&new_crt, "garbage").unwrap();
+        std::fs::remove_file(&new_key).unwrap();
+        state.install(material);
+        assert_eq!(serving(&state), new_der);
+
+        assert!(
+            state.read(files(&new_crt, &new_key)).is_err(),
+            "a bad file refuses at read time"
+        );
+        assert_eq!(serving(&state), new_der);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

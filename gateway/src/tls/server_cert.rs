@@ -22,10 +22,15 @@ impl ReloadingCert {
     pub fn replace(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
 }
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current())
     }
 }

@@ -2,7 +2,6 @@
 //! the dial gate), how its end is judged (the breaker's verdict, the attempt counters), and
 //! whether and when the call is sent again.
 
-use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -172,10 +171,10 @@ impl CallCtx {
     /// Ends the current attempt after a failure without an answer, remembers why for the
     /// caller's message and tells the breaker, unless the caller (cancelling, or its own
     /// deadline running out) is why it ended.
-    pub fn attempt_failed(&mut self, endpoint: impl Display, failure: &AttemptFailure) {
+    pub fn attempt_failed(&mut self, failure: &AttemptFailure) {
         let verdict = self.failure_verdict(failure);
         self.finish_attempt(verdict.map(|_| Outcome::Failure), verdict);
-        self.note_failure(endpoint, failure);
+        self.note_failure(failure);
     }
 
     /// How a failed attempt is counted; `None` when the caller, not the endpoint, ended it.
@@ -192,9 +191,11 @@ impl CallCtx {
         }
     }
 
-    /// Remembers an attempt's failure for the caller's message.
-    pub fn note_failure(&mut self, endpoint: impl Display, failure: &AttemptFailure) {
-        self.last_failure = Some(format!("{endpoint}: {}", failure.reason));
+    /// Remembers an attempt's failure for the caller's message: what happened, never the
+    /// endpoint's address (callers learn upstream and route names only; the access log and
+    /// `/upstreams` have the addresses).
+    pub fn note_failure(&mut self, failure: &AttemptFailure) {
+        self.last_failure = Some(failure.reason.clone());
     }
 
     /// Whether a failed attempt is followed by another: the backend certainly did not process
@@ -281,9 +282,7 @@ impl CallCtx {
         // Answered, so counted as answered even when the caller's deadline excuses it.
         let counted = counted_as(outcome).unwrap_or(AttemptOutcome::Ok);
         self.finish_attempt(outcome, Some(counted));
-        if let Some(addr) = self.endpoint {
-            self.last_failure = Some(format!("{addr}: answered {code}"));
-        }
+        self.last_failure = Some(format!("an endpoint answered {code}"));
         self.upstream_status = None;
         self.pending_retry = Some(wait);
     }

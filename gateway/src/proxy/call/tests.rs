@@ -381,12 +381,13 @@ fn failures_are_judged_by_whose_doing_they_were() {
 fn a_failed_attempt_is_ended_and_remembered() {
     let mut ctx = admitted("/plain.P/M");
     let claimed = claim_current(&mut ctx, Resend::First);
-    ctx.attempt_failed(claimed.endpoint().addr, &failure(true, false));
+    ctx.attempt_failed(&failure(true, false));
     assert!(ctx.attempt.is_none());
     assert_eq!(claimed.endpoint().state.in_flight(), 0);
     assert_eq!(
         ctx.last_failure.as_deref(),
-        Some(format!("{}: connection refused", claimed.endpoint().addr).as_str())
+        Some("connection refused"),
+        "the caller learns what happened, not the endpoint's address"
     );
 }
 
@@ -546,7 +547,7 @@ fn a_held_back_status_ends_the_attempt_quietly() {
     assert_eq!(ctx.pending_retry, Some(Duration::from_millis(3)));
     assert_eq!(
         ctx.last_failure,
-        Some(format!("{}: answered UNAVAILABLE", claimed.endpoint().addr))
+        Some("an endpoint answered UNAVAILABLE".to_string())
     );
 }
 
@@ -596,11 +597,11 @@ fn no_endpoint_messages_say_what_an_operator_can_act_on() {
 
     let mut ctx = admitted("/plain.P/M");
     ctx.tried = vec![0];
-    ctx.last_failure = Some("127.0.0.1:10001: connection refused".into());
+    ctx.last_failure = Some("connection refused".into());
     assert_eq!(
         ctx.no_endpoint_status().message,
         "upstream \"three\": no endpoint could take the call after 1 attempt; \
-         last error: 127.0.0.1:10001: connection refused"
+         last error: connection refused"
     );
     ctx.tried = vec![0, 1];
     assert!(ctx
@@ -732,7 +733,7 @@ fn the_final_code_is_the_gateways_own_else_the_backends() {
 
 #[test]
 fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
-    let metrics = crate::metrics::Metrics::new(true, 16);
+    let metrics = crate::metrics::Metrics::new(true, 16, std::time::Duration::from_secs(600));
     let lasting = crate::routing::Lasting::with_metrics(Some(metrics.clone()));
     let snapshot = snapshot_with(&lasting);
     let mut ctx = CallCtx::new();

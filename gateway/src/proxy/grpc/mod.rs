@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use tracing::debug;
 
@@ -189,7 +189,7 @@ impl ProxyHttp for GrpcProxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        peer: &HttpPeer,
+        _peer: &HttpPeer,
         ctx: &mut CallCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
@@ -197,7 +197,7 @@ impl ProxyHttp for GrpcProxy {
             attempt.endpoint.dial.connect_failed();
         }
         let failure = failure::read(&e, true);
-        ctx.attempt_failed(peer.address(), &failure);
+        ctx.attempt_failed(&failure);
         // Nothing reached the backend: another endpoint may take the call.
         e.set_retry(ctx.resend_after(&failure, true));
         e
@@ -218,7 +218,7 @@ impl ProxyHttp for GrpcProxy {
             return e;
         }
         let failure = failure::read(&e, false);
-        ctx.attempt_failed(peer.address(), &failure);
+        ctx.attempt_failed(&failure);
         let body_kept = !session.as_ref().retry_buffer_truncated();
         e.set_retry(ctx.resend_after(&failure, body_kept));
         e

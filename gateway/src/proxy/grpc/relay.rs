@@ -136,10 +136,9 @@ pub(super) async fn relay(
                         if connecting {
                             attempt.endpoint.dial.connect_failed();
                         }
-                        let addr = attempt.endpoint.addr;
                         let verdict = ctx.failure_verdict(&failure);
                         ctx.end_attempt(attempt, verdict.map(|_| Outcome::Failure), verdict);
-                        ctx.note_failure(addr, &failure);
+                        ctx.note_failure(&failure);
                     }
                     // Without a hedge, another attempt only after a failure the backend never
                     // saw (the whole request is at hand).
