@@ -184,10 +184,11 @@ max_attempts = 1
     every_metric_is_documented_and_dashboarded_names_exist(&text);
 }
 
-/// `max_methods = 2`: the first two service/method pairs get their own series, every further
-/// pair counts under service and method "other".
+/// `max_methods = 2`: a caller flooding made-up method names (the backend answers
+/// UNIMPLEMENTED) first takes no slot: they all count under service and method "other". Real
+/// methods answered by the backend then get the two series; a third real one is beyond the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_method_bound_holds() {
+async fn the_method_bound_holds_and_made_up_names_take_no_slot() {
     let live = Backend::start(BackendOptions::named("live")).await;
     let (listen, admin) = (free_addr(), free_addr());
     let text = format!(
@@ -212,16 +213,29 @@ max_methods = 2
         live.addr
     );
     let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
-    let mut c = client(listen).await;
-    c.unary(req(b"")).await.unwrap();
-    c.unary(req(b"")).await.unwrap();
     // Routed by "*" to the echo backend, which does not know these services.
-    for path in ["/a.A/M", "/b.B/M", "/c.C/M", "/b.B/M"] {
-        let response = raw::call(listen, path, &[], raw::grpc_frame(b""))
+    for i in 0..20 {
+        let path = format!("/made.Up{i}/M");
+        let response = raw::call(listen, &path, &[], raw::grpc_frame(b""))
             .await
             .unwrap();
         assert_eq!(response.grpc_status().as_deref(), Some("12"), "{path}");
     }
+    let mut c = client(listen).await;
+    c.unary(req(b"")).await.unwrap();
+    c.unary(req(b"")).await.unwrap();
+    c.client_stream(tokio_stream::iter(vec![req(b"")]))
+        .await
+        .unwrap();
+    let mut replies = c
+        .server_stream(strait_tests::pb::EchoRequest {
+            reply_count: 1,
+            ..req(b"")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while replies.message().await.unwrap().is_some() {}
     let calls = |m: &str, service: &str, method: &str, code: &str| {
         metric(
             m,
@@ -236,12 +250,24 @@ max_methods = 2
     };
     let text = tokio::task::block_in_place(|| {
         wait_metrics(admin, Duration::from_secs(10), |m| {
-            calls(m, "other", "other", "UNIMPLEMENTED") == Some(3.0)
+            calls(m, "other", "other", "OK") == Some(1.0)
         })
     })
-    .expect("three calls beyond the bound counted under other");
+    .unwrap_or_else(|| {
+        let (_, text) = http_get(admin, "/metrics");
+        let calls: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("strait_calls_total{"))
+            .collect();
+        panic!("the third real method counted under other: {calls:#?}")
+    });
+    assert_eq!(
+        calls(&text, "other", "other", "UNIMPLEMENTED"),
+        Some(20.0),
+        "every made-up name under other"
+    );
     assert_eq!(calls(&text, "bench.Echo", "Unary", "OK"), Some(2.0));
-    assert_eq!(calls(&text, "a.A", "M", "UNIMPLEMENTED"), Some(1.0));
+    assert_eq!(calls(&text, "bench.Echo", "ClientStream", "OK"), Some(1.0));
     let pairs: std::collections::HashSet<String> = text
         .lines()
         .filter(|l| l.starts_with("strait_calls_total{"))
@@ -251,12 +277,13 @@ max_methods = 2
             Some(format!("{service}/{method}"))
         })
         .collect();
-    let expected: std::collections::HashSet<String> = ["bench.Echo/Unary", "a.A/M", "other/other"]
-        .map(String::from)
-        .into();
+    let expected: std::collections::HashSet<String> =
+        ["bench.Echo/Unary", "bench.Echo/ClientStream", "other/other"]
+            .map(String::from)
+            .into();
     assert_eq!(
         pairs, expected,
-        "two pairs and other, nothing beyond the bound"
+        "two real pairs and other, nothing made up, nothing beyond the bound"
     );
 }
 

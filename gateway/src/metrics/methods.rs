@@ -1,8 +1,10 @@
 //! Per-method call metrics: `strait_calls_total` and `strait_call_duration_seconds` by gRPC service
-//! and method, and `strait_messages_total` for streams. A method's handles are created on its
-//! first call and kept in a copy-on-write table per route, so later calls only look a path up
-//! in an immutable map and increment atomics. The series are bounded: at most `max_methods`
-//! distinct service/method pairs per listener; calls of any further pair are counted under
+//! and method, and `strait_messages_total` for streams. A method's handles are created at the
+//! end of its first call that shows the method is real (a backend answered it with something
+//! other than UNIMPLEMENTED, or the config names it) and kept in a copy-on-write table per
+//! route, so later calls only look a path up in an immutable map and increment atomics. The
+//! series are bounded: at most `max_methods` distinct service/method pairs per listener; calls
+//! of any further pair, and of methods nothing vouched for yet, are counted under
 //! `service="other", method="other"`.
 
 use std::collections::{HashMap, HashSet};
@@ -152,17 +154,37 @@ impl RouteMethods {
         }
     }
 
-    /// The handles for a call of `service`/`method` (its `:path` is `path`).
-    pub fn for_call(&self, path: &str, service: &str, method: &str) -> Arc<MethodMetrics> {
-        if let Some(found) = self.table.load().get(path) {
-            return found.clone();
+    /// The handles of a method that has its own series (`:path` `path`), looked up without a
+    /// lock.
+    pub fn known(&self, path: &str) -> Option<Arc<MethodMetrics>> {
+        self.table.load().get(path).cloned()
+    }
+
+    /// The handles for a finished call of `service`/`method` (its `:path` is `path`) whose
+    /// method was not `known` when it began. It gets series of its own only when the call
+    /// `vouched` for it (a backend answered it, or the config names it) and the listener's
+    /// `max_methods` allows one more; otherwise it counts as `other`.
+    pub fn for_finished_call(
+        &self,
+        path: &str,
+        service: &str,
+        method: &str,
+        vouched: bool,
+    ) -> Arc<MethodMetrics> {
+        if let Some(found) = self.known(path) {
+            return found;
+        }
+        if !vouched {
+            if let Some(other) = self.known(OTHER) {
+                return other;
+            }
         }
         let _serial = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = self.table.load().get(path) {
             return found.clone();
         }
         let pair = format!("{service}/{method}");
-        let (key, handles) = if self.families.admit(&self.listener, &pair) {
+        let (key, handles) = if vouched && self.families.admit(&self.listener, &pair) {
             (path, self.handles(service, method))
         } else {
             // Not cached under its own path: a flood of distinct paths must not grow the
@@ -213,8 +235,8 @@ mod tests {
     fn a_method_gets_its_handles_once_and_counts() {
         let f = families(10);
         let route = RouteMethods::new(f.clone(), "l", "a.A", "up");
-        let first = route.for_call("/a.A/M", "a.A", "M");
-        let again = route.for_call("/a.A/M", "a.A", "M");
+        let first = route.for_finished_call("/a.A/M", "a.A", "M", true);
+        let again = route.for_finished_call("/a.A/M", "a.A", "M", true);
         assert!(Arc::ptr_eq(&first, &again));
         first.call_finished(Code::Ok, Protocol::Grpc, 0.01, 3, 2);
         again.call_finished(Code::NotFound, Protocol::Grpc, 0.02, 1, 0);
@@ -253,20 +275,26 @@ mod tests {
         let one = RouteMethods::new(f.clone(), "l", "*", "up");
         let two = RouteMethods::new(f.clone(), "l", "b.B", "up");
         let elsewhere = RouteMethods::new(f.clone(), "l2", "*", "up");
-        let a = one.for_call("/a.A/M", "a.A", "M");
-        let _b = two.for_call("/b.B/M", "b.B", "M");
-        let c = one.for_call("/c.C/M", "c.C", "M");
-        let d = one.for_call("/d.D/M", "d.D", "M");
+        let a = one.for_finished_call("/a.A/M", "a.A", "M", true);
+        let _b = two.for_finished_call("/b.B/M", "b.B", "M", true);
+        let c = one.for_finished_call("/c.C/M", "c.C", "M", true);
+        let d = one.for_finished_call("/d.D/M", "d.D", "M", true);
         assert!(
             Arc::ptr_eq(&c, &d),
             "both beyond the bound: the shared `other`"
         );
         assert!(!Arc::ptr_eq(&a, &c));
-        assert!(Arc::ptr_eq(&one.for_call("/a.A/M", "a.A", "M"), &a));
+        assert!(Arc::ptr_eq(
+            &one.for_finished_call("/a.A/M", "a.A", "M", true),
+            &a
+        ));
         // Already admitted on this listener: its own series on another route too.
-        let b_again = one.for_call("/b.B/M", "b.B", "M");
+        let b_again = one.for_finished_call("/b.B/M", "b.B", "M", true);
         assert!(!Arc::ptr_eq(&b_again, &c));
-        assert!(!Arc::ptr_eq(&elsewhere.for_call("/c.C/M", "c.C", "M"), &c));
+        assert!(!Arc::ptr_eq(
+            &elsewhere.for_finished_call("/c.C/M", "c.C", "M", true),
+            &c
+        ));
         c.call_finished(Code::Ok, Protocol::Grpc, 0.0, 0, 0);
         d.call_finished(Code::Ok, Protocol::Grpc, 0.0, 0, 0);
         assert_eq!(
@@ -280,5 +308,35 @@ mod tests {
             3,
             "a.A/M, b.B/M and other; no c or d"
         );
+    }
+
+    #[test]
+    fn made_up_methods_count_as_other_and_take_no_slot() {
+        let f = families(2);
+        let route = RouteMethods::new(f.clone(), "l", "*", "up");
+        // A flood of names no backend knows: all `other`, no slot taken, nothing remembered.
+        let made_up: Vec<_> = (0..50)
+            .map(|i| {
+                let path = format!("/x.X/M{i}");
+                route.for_finished_call(&path, "x.X", &format!("M{i}"), false)
+            })
+            .collect();
+        assert!(made_up.iter().all(|m| Arc::ptr_eq(m, &made_up[0])));
+        assert!(route.known("/x.X/M0").is_none());
+        assert_eq!(route.table.load().len(), 1, "only `other`");
+        // Real methods answered by a backend still get their own series afterwards.
+        let real = route.for_finished_call("/a.A/M", "a.A", "M", true);
+        assert!(!Arc::ptr_eq(&real, &made_up[0]));
+        assert!(Arc::ptr_eq(&route.known("/a.A/M").unwrap(), &real));
+        let second = route.for_finished_call("/b.B/M", "b.B", "M", true);
+        assert!(
+            !Arc::ptr_eq(&second, &made_up[0]),
+            "the bound of 2 was kept for them"
+        );
+        // A known method's unvouched call (say, refused by auth) still counts as itself.
+        assert!(Arc::ptr_eq(
+            &route.for_finished_call("/a.A/M", "a.A", "M", false),
+            &real
+        ));
     }
 }

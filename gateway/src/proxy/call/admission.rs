@@ -116,10 +116,14 @@ impl CallCtx {
         self.deadline = budget.and_then(|b| self.started.checked_add(b));
         self.caller_deadline = caller_timeout.is_some();
         self.region = settings.preferred_region(req.headers);
-        self.method_metrics = target.metrics.as_ref().map(|m| {
-            m.methods
-                .for_call(path, grpc_path.service, grpc_path.method)
-        });
+        // Known methods are resolved now (a lock-free lookup); whether an unknown one gets
+        // series of its own waits for the call's answer.
+        if let Some(m) = &target.metrics {
+            self.method_metrics = m.methods.known(path);
+            if self.method_metrics.is_none() {
+                self.unlisted_method = Some(path.into());
+            }
+        }
         self.target = Some(target.clone());
         // Identity headers a caller sent are never believed: removed whatever the route.
         let owned = snapshot.auth.owned_headers();

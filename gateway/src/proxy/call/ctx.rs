@@ -81,8 +81,12 @@ pub struct CallCtx {
     pub resp_frames: FrameScanner,
     /// The endpoint of the latest attempt: the one that answered, if any did.
     pub endpoint: Option<SocketAddr>,
-    /// This call's per-method counters (none without `[admin]`, or before routing).
+    /// This call's per-method counters (none without `[admin]`, or before routing, or for a
+    /// method without its own series yet: see `unlisted_method`).
     pub method_metrics: Option<Arc<crate::metrics::MethodMetrics>>,
+    /// The gRPC path of a routed call whose method has no series of its own yet: whether it
+    /// gets one is decided when the call ends (`finished_method_metrics`).
+    pub unlisted_method: Option<Box<str>>,
     /// The call's trace when tracing is on (sampled or not: the upstream gets a `traceparent`
     /// either way).
     pub trace: Option<CallTrace>,
@@ -120,6 +124,7 @@ impl CallCtx {
             resp_frames: Default::default(),
             endpoint: None,
             method_metrics: None,
+            unlisted_method: None,
             trace: None,
             web: None,
             principal: None,
@@ -168,6 +173,34 @@ impl CallCtx {
     }
 
     /// How the call arrived: native gRPC, gRPC-Web or JSON.
+    /// Whether this call shows its method is real, so it may get series of its own: a backend
+    /// answered it with something other than UNIMPLEMENTED, or the config names it (a route
+    /// for that exact method, or a transcoding descriptor, through which every JSON call
+    /// came). Made-up names a caller sends fail all three and count as `other`, so they cannot
+    /// take the `max_methods` slots from real ones.
+    pub fn vouches_for_its_method(&self) -> bool {
+        let answered = self.response_started && self.upstream_status != Some(Code::Unimplemented);
+        let named_by_route = self.target.as_ref().is_some_and(|t| t.route.contains('/'));
+        answered || named_by_route || self.protocol() == crate::proxy::web::Protocol::Json
+    }
+
+    /// The per-method counters a finished call is recorded in: its method's own, or `other`
+    /// (the method is not known yet and this call does not vouch for it).
+    pub fn finished_method_metrics(&mut self) -> Option<Arc<crate::metrics::MethodMetrics>> {
+        if let Some(known) = &self.method_metrics {
+            return Some(known.clone());
+        }
+        let path = self.unlisted_method.take()?;
+        let route = self.target.as_ref()?.metrics.as_ref()?;
+        let grpc = crate::routing::parse_grpc_path(&path)?;
+        let vouched = self.vouches_for_its_method();
+        Some(
+            route
+                .methods
+                .for_finished_call(&path, grpc.service, grpc.method, vouched),
+        )
+    }
+
     pub fn protocol(&self) -> crate::proxy::web::Protocol {
         self.web
             .as_ref()

@@ -52,6 +52,12 @@ upstream = "one"
 
 [[route]]
 listener = "l"
+service = "named.N"
+method = "Exact"
+upstream = "one"
+
+[[route]]
+listener = "l"
 service = "empty.E"
 upstream = "none"
 
@@ -858,4 +864,50 @@ fn an_attempt_from_before_the_breaker_opened_frees_no_trial_slot() {
         call().claim(Resend::First).is_err(),
         "the one trial slot is still the trial's"
     );
+}
+
+#[test]
+fn a_method_gets_its_own_series_only_once_something_vouches_for_it() {
+    let metrics = crate::metrics::Metrics::new(true, 16, std::time::Duration::from_secs(600));
+    let lasting = crate::routing::Lasting::with_metrics(Some(metrics.clone()));
+    let snapshot = snapshot_with(&lasting);
+    let call = |path: &'static str| {
+        let mut ctx = CallCtx::new();
+        let request = Request {
+            listener: "l",
+            path,
+            headers: &HeaderMap::new(),
+            peer: None,
+            peer_identity: None,
+        };
+        ctx.admit(&snapshot, &settings(), request).unwrap();
+        ctx
+    };
+    let mut ctx = call("/plain.P/MadeUp");
+    assert!(ctx.method_metrics.is_none(), "unknown when the call begins");
+    assert!(!ctx.vouches_for_its_method(), "no answer yet");
+    ctx.response_started = true;
+    ctx.upstream_status = Some(Code::Unimplemented);
+    assert!(
+        !ctx.vouches_for_its_method(),
+        "UNIMPLEMENTED vouches for nothing"
+    );
+    let other = ctx.finished_method_metrics().unwrap();
+
+    let mut ctx = call("/plain.P/Real");
+    ctx.response_started = true;
+    ctx.upstream_status = Some(Code::NotFound);
+    assert!(ctx.vouches_for_its_method(), "any other answer does");
+    let real = ctx.finished_method_metrics().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&real, &other));
+    let ctx = call("/plain.P/Real");
+    assert!(
+        ctx.method_metrics
+            .as_ref()
+            .is_some_and(|m| std::sync::Arc::ptr_eq(m, &real)),
+        "known from then on, resolved when the call begins"
+    );
+    // A route naming the exact method vouches for it whatever the answer.
+    let ctx = call("/named.N/Exact");
+    assert!(ctx.vouches_for_its_method());
 }

@@ -57,7 +57,7 @@ impl GrpcProxy {
             route.traffic.record(code == Code::Ok, elapsed);
             route.upstream_traffic.record(code == Code::Ok, elapsed);
         }
-        match (&ctx.method_metrics, &self.metrics) {
+        match (&ctx.finished_method_metrics(), &self.metrics) {
             (Some(method), _) => method.call_finished(
                 code,
                 ctx.protocol(),
