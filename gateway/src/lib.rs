@@ -10,6 +10,7 @@
 pub mod grpc;
 mod backoff;
 pub mod memory;
+pub mod address_policy;
 pub mod tls;
 pub mod transcode;
 pub mod breaker;

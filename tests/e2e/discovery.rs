@@ -680,3 +680,119 @@ async fn etcd_over_tls_works() {
     })
     .await;
 }
+
+/// Registrations that must never be routed, whoever wrote them into etcd: a cloud metadata
+/// address (link-local), the gateway's own listener and admin addresses, `0.0.0.0`, and with
+/// `allowed_networks` anything outside it. Each is logged and counted once; the real backend
+/// serves every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_addresses_the_upstream_does_not_allow_are_never_routed() {
+    let admin = free_addr();
+    let w = World::start(
+        1,
+        1,
+        &format!("allowed_networks = [\"127.0.0.1/32\", \"169.254.0.0/16\"]\n\n[admin]\nlisten = \"{admin}\"\n"),
+    )
+    .await;
+    let mut etcd = w.etcd_client().await;
+    register(&mut etcd, "b0", w.addr(0), 100).await;
+    let mut c = client(w.listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    let refused = [
+        ("self", w.listen, "own_address"),
+        ("admin", admin, "own_address"),
+        (
+            "zero",
+            format!("0.0.0.0:{}", free_port()).parse().unwrap(),
+            "unspecified",
+        ),
+        (
+            "outside",
+            format!("127.0.0.2:{}", free_port()).parse().unwrap(),
+            "not_allowed",
+        ),
+    ];
+    for (id, addr, _) in &refused {
+        register(&mut etcd, id, *addr, 100).await;
+    }
+    let counted = |m: &str, reason: &str| {
+        metric(
+            m,
+            "strait_discovery_refused_total",
+            &[("upstream", "echo"), ("reason", reason)],
+        )
+    };
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, PROPAGATION, |m| {
+            counted(m, "own_address") == Some(2.0)
+                && counted(m, "unspecified") == Some(1.0)
+                && counted(m, "not_allowed") == Some(1.0)
+        })
+    })
+    .expect("each refusal counted once");
+    let names = served_by(&mut c, 40).await;
+    assert_eq!(count(&names, "b0"), 40, "{names:?}");
+    // A later change elsewhere rebuilds the upstream: the refusals are not counted again.
+    register(&mut etcd, "b0", w.addr(0), 50).await;
+    call_until(&mut c, PROPAGATION, "b0 still serves", |b| b == "b0").await;
+    let (_, again) = tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/metrics"));
+    for reason in ["own_address", "unspecified", "not_allowed"] {
+        assert_eq!(counted(&again, reason), counted(&text, reason), "{reason}");
+    }
+    for (_, addr, _) in &refused {
+        assert!(
+            !again.contains(&format!("endpoint=\"{addr}\"")),
+            "{addr} was never an endpoint: no attempt, breaker or probe series"
+        );
+    }
+    let logs = w.gateway.logs().join("\n");
+    for (_, addr, reason) in &refused {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("discovered address refused")
+                    && l.contains(&addr.to_string())
+                    && l.contains(reason)),
+            "no log line for {addr}:\n{logs}"
+        );
+    }
+}
+
+/// Without `allowed_networks`: link-local addresses (where cloud metadata services answer) are
+/// refused, everything else discovered is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_local_registrations_are_refused_by_default() {
+    let admin = free_addr();
+    let w = World::start(1, 1, &format!("\n[admin]\nlisten = \"{admin}\"\n")).await;
+    let mut etcd = w.etcd_client().await;
+    register(
+        &mut etcd,
+        "metadata",
+        "169.254.169.254:80".parse().unwrap(),
+        100,
+    )
+    .await;
+    register(&mut etcd, "b0", w.addr(0), 1).await;
+    let mut c = client(w.listen).await;
+    call_until(&mut c, PROPAGATION, "b0 serves", |b| b == "b0").await;
+    tokio::task::block_in_place(|| {
+        wait_metrics(admin, PROPAGATION, |m| {
+            metric(
+                m,
+                "strait_discovery_refused_total",
+                &[("upstream", "echo"), ("reason", "link_local")],
+            ) == Some(1.0)
+        })
+    })
+    .expect("the metadata address counted as refused");
+    // Weight 100 against 1 would send it nearly every call: none goes anywhere but b0.
+    let names = served_by(&mut c, 20).await;
+    assert_eq!(count(&names, "b0"), 20, "{names:?}");
+    let (_, text) = tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/metrics"));
+    assert!(
+        !text.contains("endpoint=\"169.254.169.254:80\""),
+        "never an endpoint, never dialled"
+    );
+    let (_, upstreams) =
+        tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/upstreams"));
+    assert!(!upstreams.contains("169.254.169.254"), "{upstreams}");
+}

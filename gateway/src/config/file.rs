@@ -509,6 +509,9 @@ pub struct UpstreamSection {
     /// etcd discovery: instances are the keys under `{prefix}{service}/`.
     pub service: Option<Spanned<String>>,
     pub select: Option<Spanned<SelectSection>>,
+    /// etcd and dns discovery: CIDRs discovered addresses must fall in (default: any address
+    /// but link-local ones); the gateway's own listening addresses are refused either way.
+    pub allowed_networks: Option<Spanned<Vec<Spanned<String>>>>,
     pub health: Option<HealthSection>,
     pub breaker: Option<BreakerSection>,
     /// Time allowed to open a connection to one endpoint (default 1s).

@@ -540,6 +540,9 @@ pub struct UpstreamConfig {
     pub health: Option<HealthSettings>,
     /// Always on; `[upstream.breaker]` only changes the defaults.
     pub breaker: crate::breaker::BreakerSettings,
+    /// Which discovered addresses may be endpoints (`allowed_networks`, the gateway's own
+    /// addresses); static endpoints are not checked.
+    pub address_policy: crate::address_policy::AddressPolicy,
 }
 
 /// Active probing with grpc.health.v1.Health.

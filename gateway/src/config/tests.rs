@@ -2126,3 +2126,45 @@ fn policies_compile_and_ext_authz_services_are_read() {
     assert_eq!(service.timeout, Duration::from_millis(200));
     assert!(!service.failure_mode_allow);
 }
+
+#[test]
+fn allowed_networks_apply_to_discovered_upstreams() {
+    let config = accepted(&etcd_upstream(
+        "service = \"echo\"\nallowed_networks = [\"10.0.0.0/8\", \"fd00::1/8\", \"192.168.1.7\"]",
+        &format!("{ETCD}\n[admin]\nlisten = \"127.0.0.1:9901\"\n"),
+    ));
+    let policy = &config.upstreams[0].address_policy;
+    let allowed: Vec<String> = policy
+        .allowed
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(allowed, ["10.0.0.0/8", "fd00::/8", "192.168.1.7/32"]);
+    let own: Vec<String> = policy.own.iter().map(|a| a.to_string()).collect();
+    assert_eq!(own, [LISTEN, "127.0.0.1:9901"], "listeners and admin");
+    // Without the key: any address but the default refusals.
+    let config = accepted(&etcd_upstream("service = \"echo\"", ETCD));
+    assert!(config.upstreams[0].address_policy.allowed.is_none());
+
+    let key = "upstream[0].allowed_networks";
+    refused(
+        &etcd_upstream(
+            "service = \"echo\"\nallowed_networks = [\"10.0.0.0/33\"]",
+            ETCD,
+        ),
+        &format!("{key}[0]"),
+        "is not a network",
+    );
+    refused(
+        &etcd_upstream("service = \"echo\"\nallowed_networks = []", ETCD),
+        key,
+        "would refuse every discovered address",
+    );
+    refused(
+        &text("", "", "allowed_networks = [\"10.0.0.0/8\"]", ""),
+        key,
+        "belongs to etcd and dns upstreams",
+    );
+}

@@ -6,9 +6,13 @@ pub mod dns;
 pub mod etcd;
 pub mod instance;
 pub mod members;
+mod refusals;
+
+pub use refusals::RefusedAddresses;
 
 use std::net::SocketAddr;
 
+use crate::address_policy::{AddressPolicy, AddressRefusal};
 use crate::config::{Discovery, UpstreamConfig};
 use dns::DnsView;
 use etcd::EtcdView;
@@ -58,10 +62,42 @@ pub struct Endpoints {
     /// has resolved): the set is unknown, not empty. The xDS server publishes nothing for it, so
     /// clients keep the endpoints they had.
     pub awaiting_discovery: bool,
+    /// Discovered addresses the upstream's `AddressPolicy` refused, and why.
+    pub refused: Vec<(SocketAddr, AddressRefusal)>,
 }
 
-/// The endpoints of `upstream`, given the latest views of discovery.
+/// The endpoints of `upstream`, given the latest views of discovery. Discovered addresses
+/// pass the upstream's `AddressPolicy` first.
 pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
+    let mut found = discovered(upstream, views);
+    if !matches!(upstream.discovery, Discovery::Static) {
+        admit(&upstream.address_policy, &mut found);
+    }
+    found
+}
+
+/// Moves the addresses `policy` refuses from `found.specs` to `found.refused`.
+fn admit(policy: &AddressPolicy, found: &mut Endpoints) {
+    let before = found.specs.len();
+    found.specs.retain(|spec| match policy.check(spec.addr) {
+        Ok(()) => true,
+        Err(why) => {
+            found.refused.push((spec.addr, why));
+            false
+        }
+    });
+    if before > 0 && found.specs.is_empty() {
+        let mut reasons: Vec<&str> = found.refused.iter().map(|(_, why)| why.as_str()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        found.empty_reason = Some(format!(
+            "all {before} discovered addresses were refused ({}); see allowed_networks",
+            reasons.join(", ")
+        ));
+    }
+}
+
+fn discovered(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
     match &upstream.discovery {
         Discovery::Dns { hosts, .. } => dns::endpoints(hosts, views.dns),
         Discovery::Static => Endpoints {
@@ -79,6 +115,7 @@ pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
                 .collect(),
             empty_reason: None,
             awaiting_discovery: false,
+            refused: Vec::new(),
         },
         Discovery::Etcd { service, select } => {
             let Some(view) = views.etcd else {
@@ -86,6 +123,7 @@ pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
                     specs: Vec::new(),
                     empty_reason: Some("waiting for the first sync from etcd".into()),
                     awaiting_discovery: true,
+                    refused: Vec::new(),
                 };
             };
             let mut specs: Vec<EndpointSpec> = Vec::new();
@@ -126,7 +164,57 @@ pub fn endpoints_for(upstream: &UpstreamConfig, views: Views<'_>) -> Endpoints {
                 specs,
                 empty_reason,
                 awaiting_discovery: false,
+                refused: Vec::new(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_addresses_leave_the_set_and_an_emptied_set_says_why() {
+        let mut view = DnsView::default();
+        view.record(
+            "api.test",
+            Ok(vec![
+                "169.254.169.254".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+            ]),
+        );
+        let host = crate::config::DnsHost {
+            name: "api.test".into(),
+            port: 80,
+            weight: 100,
+            region: None,
+        };
+        let mut found = dns::endpoints(std::slice::from_ref(&host), Some(&view));
+        admit(&AddressPolicy::default(), &mut found);
+        let kept: Vec<String> = found.specs.iter().map(|s| s.addr.to_string()).collect();
+        assert_eq!(kept, ["10.0.0.1:80"]);
+        assert_eq!(
+            found.refused,
+            [(
+                "169.254.169.254:80".parse().unwrap(),
+                AddressRefusal::LinkLocal
+            )]
+        );
+        assert_eq!(found.empty_reason, None);
+
+        let mut found = dns::endpoints(&[host], Some(&view));
+        let only_elsewhere = AddressPolicy {
+            allowed: Some(vec!["192.168.0.0/16".parse().unwrap()]),
+            own: Vec::new(),
+        };
+        admit(&only_elsewhere, &mut found);
+        assert!(found.specs.is_empty());
+        assert_eq!(
+            found.empty_reason.as_deref(),
+            Some(
+                "all 2 discovered addresses were refused (not_allowed); see allowed_networks"
+            )
+        );
     }
 }

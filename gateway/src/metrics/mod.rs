@@ -74,6 +74,7 @@ pub struct Metrics {
     pub(crate) endpoints: IntGaugeVec,
     pub(crate) discovery_events: IntCounterVec,
     pub(crate) discovery_rejected: IntCounterVec,
+    discovery_refused: IntCounterVec,
     pub(crate) etcd_connected: IntGauge,
     pub(crate) staleness: prometheus::GaugeVec,
     pub(crate) dns_resolutions: IntCounterVec,
@@ -265,6 +266,12 @@ impl Metrics {
                 "strait_discovery_events_total",
                 "etcd events applied and rejected.",
                 &["result"],
+            ),
+            discovery_refused: counter(
+                &registry,
+                "strait_discovery_refused_total",
+                "Discovered addresses an upstream refused to route to (allowed_networks, link-local, the gateway's own address), counted when each appears.",
+                &["upstream", "reason"],
             ),
             discovery_rejected: counter(
                 &registry,
@@ -467,6 +474,12 @@ impl Metrics {
     /// Retries refused by an upstream's retry budget.
     pub fn retry_budget_exhausted(&self, upstream: &str) -> IntCounter {
         self.retry_budget_exhausted.with_label_values(&[upstream])
+    }
+
+    /// Discovered addresses `upstream` refused, by reason.
+    pub fn discovery_refused(&self, upstream: &str, reason: &str) -> IntCounter {
+        self.discovery_refused
+            .with_label_values(&[upstream, reason])
     }
 
     /// Calls shed by an upstream's max_in_flight.

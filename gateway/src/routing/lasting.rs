@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::auth::JwksRegistry;
+use crate::discovery::RefusedAddresses;
 use crate::endpoint::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::policy::PolicyState;
@@ -18,6 +19,8 @@ pub struct Lasting {
     pub policy: PolicyState,
     /// Remote JWKS of `[[auth]]` providers, with the keys fetched so far.
     pub jwks: Arc<JwksRegistry>,
+    /// Discovered addresses upstreams refuse, so each is logged and counted once.
+    pub refused: RefusedAddresses,
 }
 
 impl Lasting {
@@ -28,6 +31,7 @@ impl Lasting {
             jwks: Arc::new(JwksRegistry::with_metrics(
                 metrics.as_ref().map(|m| m.auth().clone()),
             )),
+            refused: RefusedAddresses::with_metrics(metrics.clone()),
         }
     }
 

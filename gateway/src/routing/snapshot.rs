@@ -390,6 +390,7 @@ impl RoutingSnapshot {
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let found = endpoints_for(upstream, views);
+            lasting.refused.note(&upstream.name, &found.refused);
             if let Some(unchanged) = previous
                 .and_then(|p| p.upstreams.get(&upstream.name))
                 .filter(|prev| prev.same_endpoints(&found))

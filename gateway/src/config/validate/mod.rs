@@ -65,7 +65,7 @@ pub fn validate(
     let mut diag = Diagnostics::new(source);
     let gateway = validate_gateway(&file_config, &mut diag);
     let listeners = validate_listeners(&file_config.listeners, base_dir, &mut diag);
-    let upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
+    let mut upstreams = validate_upstreams(&file_config.upstreams, base_dir, &mut diag);
     check_tcp_upstreams(&file_config.listeners, &upstreams, &mut diag);
     let auth = auth::validate_auth(&file_config.auth, base_dir, &mut diag);
     let ext_authz = auth::validate_ext_authz(&file_config.ext_authz, &mut diag);
@@ -170,6 +170,16 @@ pub fn validate(
             &mut diag,
         )
     });
+    // Discovered addresses are never one of the gateway's own: calls would loop into it.
+    let own: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.listen)
+        .chain(admin.as_ref().map(|a| a.listen))
+        .chain(xds.as_ref().map(|x| x.listen))
+        .collect();
+    for upstream in &mut upstreams {
+        upstream.address_policy.own = own.clone();
+    }
     if diag.is_empty() {
         Ok(Config {
             gateway,

@@ -169,7 +169,13 @@ pub(super) fn validate_upstreams(
             .as_ref()
             .map(|b| validate_breaker(b, &path, diag))
             .unwrap_or_default();
+        let address_policy = crate::address_policy::AddressPolicy {
+            allowed: allowed_networks(section, &path, diag),
+            // Filled in once the admin and xDS addresses are known (`own_addresses`).
+            own: Vec::new(),
+        };
         upstreams.push(UpstreamConfig {
+            address_policy,
             name: name.clone(),
             discovery,
             endpoints,
@@ -347,6 +353,42 @@ pub(super) fn validate_breaker(
 
 /// Keys that belong to another kind of discovery than `kind`: each one is a mistake worth naming
 /// (an etcd upstream with `endpoints` would otherwise silently ignore them).
+/// `allowed_networks`: CIDRs (`10.0.0.0/8`, `fd00::/8`); a bare address is one host.
+fn allowed_networks(
+    section: &UpstreamSection,
+    path: &str,
+    diag: &mut Diagnostics,
+) -> Option<Vec<ipnet::IpNet>> {
+    let list = section.allowed_networks.as_ref()?;
+    if list.get_ref().is_empty() {
+        diag.at(
+            span(list),
+            format!("{path}.allowed_networks"),
+            "an empty list would refuse every discovered address; leave the key out for the default",
+        );
+    }
+    let mut networks = Vec::new();
+    for (k, text) in list.get_ref().iter().enumerate() {
+        let parsed = text.get_ref().parse::<ipnet::IpNet>().or_else(|_| {
+            text.get_ref()
+                .parse::<std::net::IpAddr>()
+                .map(ipnet::IpNet::from)
+        });
+        match parsed {
+            Ok(net) => networks.push(net.trunc()),
+            Err(_) => diag.at(
+                span(text),
+                format!("{path}.allowed_networks[{k}]"),
+                format!(
+                    "{:?} is not a network like \"10.0.0.0/8\" or \"fd00::/8\"",
+                    text.get_ref()
+                ),
+            ),
+        }
+    }
+    Some(networks)
+}
+
 pub(super) fn keys_of_other_discoveries(
     section: &UpstreamSection,
     kind: &str,
@@ -367,6 +409,16 @@ pub(super) fn keys_of_other_discoveries(
         ("select", "etcd", section.select.as_ref().map(|s| s.span())),
         ("hosts", "dns", section.hosts.first().map(|h| h.span())),
         ("refresh", "dns", section.refresh.as_ref().map(|r| r.span())),
+        (
+            "allowed_networks",
+            // Discovered addresses only: the operator wrote the static ones.
+            if kind == "static" {
+                "etcd and dns"
+            } else {
+                kind
+            },
+            section.allowed_networks.as_ref().map(|a| a.span()),
+        ),
     ];
     for (key, owner, at) in keys {
         if owner != kind && at.is_some() {

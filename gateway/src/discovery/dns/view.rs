@@ -94,6 +94,7 @@ pub fn endpoints(hosts: &[DnsHost], view: Option<&DnsView>) -> Endpoints {
         awaiting_discovery: specs.is_empty(),
         specs,
         empty_reason,
+        refused: Vec::new(),
     }
 }
 
