@@ -138,15 +138,18 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     });
     // Every gateway with [etcd] registers itself, so that a reload may add a cluster-wide
     // limit and find the fleet already counted.
-    if let Some(etcd_config) = config.etcd.clone() {
+    let membership = config.etcd.clone().map(|etcd_config| {
         let control = control.clone();
+        let status = Arc::new(crate::discovery::members::MembershipStatus::default());
         crate::discovery::members::spawn(
             &supervisor,
             etcd_config,
             crate::discovery::members::member_id(),
+            status.clone(),
             move |gateways| control.gateways_changed(gateways),
         );
-    }
+        status
+    });
     // Always running, idle without dns upstreams: a reload may add some.
     let dns_status = Arc::new(dns::DnsStatus::default());
     {
@@ -187,6 +190,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             metrics: metrics.clone(),
             routing: routing.clone(),
             discovery,
+            membership,
             dns: dns_status,
             running: running.clone(),
             draining: draining.clone(),

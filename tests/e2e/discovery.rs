@@ -622,14 +622,20 @@ async fn etcd_authentication_works() {
     let password_file = dir.path().join("etcd-pass");
     std::fs::write(&password_file, "s3cret\n").unwrap();
     let listen = free_addr();
-    let text = etcd_config(listen, &[member.url()], "").replace(
+    let admin_addr = free_addr();
+    let text = etcd_config(
+        listen,
+        &[member.url()],
+        &format!("\n[admin]\nlisten = \"{admin_addr}\"\n"),
+    )
+    .replace(
         "dial_timeout = \"1s\"",
         &format!(
             "dial_timeout = \"1s\"\nusername = \"strait\"\npassword_file = \"{}\"",
             password_file.display()
         ),
     );
-    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
     let mut c = client(listen).await;
     call_until(
         &mut c,
@@ -638,6 +644,89 @@ async fn etcd_authentication_works() {
         |b| b == "b0",
     )
     .await;
+    // The read-only role cannot register under members_prefix: cluster-wide limits would count
+    // this gateway alone. It keeps serving, and says so in /readyz, a metric and the log.
+    let metrics = tokio::task::block_in_place(|| {
+        wait_metrics(admin_addr, PROPAGATION, |m| {
+            metric(m, "strait_cluster_registered", &[]) == Some(0.0)
+        })
+    })
+    .expect("strait_cluster_registered 0");
+    assert_eq!(metric(&metrics, "strait_cluster_gateways", &[]), Some(0.0));
+    let (status, body) =
+        tokio::task::block_in_place(|| strait_tests::net::http_get(admin_addr, "/readyz"));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready\n")
+            && body.contains("warning: not registered under members_prefix \"/strait/gateways/\"")
+            && body.contains("readwrite"),
+        "{body}"
+    );
+    let line = tokio::task::block_in_place(|| {
+        gateway.wait_for_log(&["cannot register this gateway"], PROPAGATION)
+    });
+    assert!(
+        line.is_some_and(|l| l.contains("ERROR") && l.contains("permission denied")),
+        "{}",
+        gateway.logs().join("\n")
+    );
+}
+
+/// Two fleets (different `[etcd] prefix`) registered under one `members_prefix`: the other
+/// fleet's gateways are not counted, and the overlap is said in /readyz, a metric and the log.
+/// Gateways that register no prefix (older versions) are counted as this fleet's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_prefix_shared_with_another_fleet_is_detected() {
+    let admin = free_addr();
+    let w = World::start(1, 1, &format!("\n[admin]\nlisten = \"{admin}\"\n")).await;
+    let mut etcd = w.etcd_client().await;
+    let gateways = |m: &str| metric(m, "strait_cluster_gateways", &[]);
+    tokio::task::block_in_place(|| {
+        wait_metrics(admin, PROPAGATION, |m| {
+            gateways(m) == Some(1.0) && metric(m, "strait_cluster_registered", &[]) == Some(1.0)
+        })
+    })
+    .expect("registered, alone");
+    etcd.put(
+        "/strait/gateways/staging-1",
+        r#"{"id":"staging-1","prefix":"/staging/services/"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    etcd.put("/strait/gateways/old-1", r#"{"id":"old-1","pid":7}"#, None)
+        .await
+        .unwrap();
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, PROPAGATION, |m| {
+            metric(m, "strait_cluster_foreign_gateways", &[]) == Some(1.0)
+                && gateways(m) == Some(2.0)
+        })
+    })
+    .expect("one foreign gateway, two of this fleet");
+    assert_eq!(metric(&text, "strait_cluster_registered", &[]), Some(1.0));
+    let (status, body) =
+        tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/readyz"));
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("shared with 1 gateway(s) of another fleet (prefix /staging/services/)"),
+        "{body}"
+    );
+    assert!(tokio::task::block_in_place(|| w
+        .gateway
+        .wait_for_log(&["shared with gateways of another fleet"], PROPAGATION))
+    .is_some());
+    etcd.delete("/strait/gateways/staging-1", None)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_metrics(admin, PROPAGATION, |m| {
+            metric(m, "strait_cluster_foreign_gateways", &[]) == Some(0.0)
+        })
+    })
+    .expect("the overlap is gone");
+    let (_, body) = tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/readyz"));
+    assert_eq!(body, "ready\n");
 }
 
 /// etcd's client port over TLS: the gateway verifies it with the configured CA.

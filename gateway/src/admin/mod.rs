@@ -23,6 +23,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
     pub discovery: Option<Arc<DiscoveryStatus>>,
+    /// This gateway's registration under `[etcd] members_prefix`, with `[etcd]`.
+    pub membership: Option<Arc<crate::discovery::members::MembershipStatus>>,
     pub dns: Arc<crate::discovery::dns::DnsStatus>,
     /// Set once pingora runs its services (listeners bound).
     pub running: Arc<AtomicBool>,
@@ -65,6 +67,19 @@ impl AdminApp {
             )),
             _ => None,
         }
+    }
+
+    /// `ready`, plus a `warning:` line for each thing that is wrong without stopping the
+    /// gateway from serving (a cluster membership that cannot divide limits as meant).
+    fn ready_text(&self) -> String {
+        let mut text = String::from("ready\n");
+        let config = self.control.config();
+        if let (Some(status), Some(etcd)) = (&self.membership, &config.etcd) {
+            for warning in status.warnings(&etcd.members_prefix) {
+                text.push_str(&format!("warning: {warning}\n"));
+            }
+        }
+        text
     }
 
     /// A `jwks_url` provider that has no keys yet: its routes refuse every caller.
@@ -169,6 +184,10 @@ impl AdminApp {
                     .with_label_values(&[&name, outcome.as_str()]);
                 c.inc_by(status.count(outcome).saturating_sub(c.get()));
             }
+        }
+        if let Some(status) = &self.membership {
+            m.cluster_registered.set(i64::from(status.registered()));
+            m.cluster_foreign.set(i64::from(status.foreign()));
         }
         if let Some(status) = &self.discovery {
             m.etcd_connected.set(i64::from(status.connected()));
@@ -284,7 +303,7 @@ impl ServeHttp for AdminApp {
                 None => respond(
                     StatusCode::OK,
                     "text/plain; charset=utf-8",
-                    b"ready\n".to_vec(),
+                    self.ready_text().into_bytes(),
                 ),
                 Some(reason) => respond(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -212,9 +212,7 @@ mod tests {
         assert!(found.specs.is_empty());
         assert_eq!(
             found.empty_reason.as_deref(),
-            Some(
-                "all 2 discovered addresses were refused (not_allowed); see allowed_networks"
-            )
+            Some("all 2 discovered addresses were refused (not_allowed); see allowed_networks")
         );
     }
 }

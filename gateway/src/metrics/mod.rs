@@ -91,6 +91,8 @@ pub struct Metrics {
     pub(crate) trace_spans: IntCounterVec,
     rate_limited: IntCounterVec,
     pub(crate) cluster_gateways: prometheus::IntGauge,
+    pub(crate) cluster_registered: prometheus::IntGauge,
+    pub(crate) cluster_foreign: prometheus::IntGauge,
     shed: IntCounterVec,
     region_spill: prometheus::GaugeVec,
     pub(crate) xds: XdsMetrics,
@@ -129,6 +131,14 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -369,6 +379,16 @@ impl Metrics {
                     .expect("registered once");
                 g
             },
+            cluster_registered: plain_gauge(
+                &registry,
+                "strait_cluster_registered",
+                "1 while this gateway's key is under [etcd] members_prefix; 0 when it cannot register (cluster-wide rate limits then count it alone).",
+            ),
+            cluster_foreign: plain_gauge(
+                &registry,
+                "strait_cluster_foreign_gateways",
+                "Gateways of another fleet (another [etcd] prefix) registered under the same members_prefix; not counted.",
+            ),
             rate_limited: counter(
                 &registry,
                 "strait_rate_limited_total",
