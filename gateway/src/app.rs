@@ -70,7 +70,11 @@ const ADMIN_MAX_CONNECTIONS: u32 = 64;
 
 /// Runs the gateway until it is told to stop. `path` is the file reloads re-read. Returns only
 /// on a start-up error or after a shutdown that did not end the process itself.
-pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
+pub fn run(
+    config: Config,
+    path: PathBuf,
+    log_drops: crate::logging::LogDrops,
+) -> Result<(), StartError> {
     if let Some(admin) = &config.admin {
         crate::server::check_bindable("admin", admin.listen)?;
     }
@@ -191,6 +195,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             routing: routing.clone(),
             discovery,
             membership,
+            log_drops,
             dns: dns_status,
             running: running.clone(),
             draining: draining.clone(),

@@ -8,6 +8,7 @@
 
 // Shared vocabulary and plumbing.
 pub mod grpc;
+pub mod logging;
 mod backoff;
 pub mod memory;
 pub mod address_policy;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// Exit status for an invalid configuration (distinct from a runtime failure).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -88,14 +87,8 @@ fn admin_command(admin: SocketAddr, method: &str, path: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("STRAIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Held to the end of `main`: dropping it flushes the queued lines.
+    let logging = strait::logging::init();
     match cli.command {
         Command::Reload { admin } => admin_command(admin, "POST", "/reload"),
         Command::Healthcheck { admin } => admin_command(admin, "GET", "/healthz"),
@@ -171,7 +164,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match strait::app::run(loaded, config) {
+            match strait::app::run(loaded, config, logging.dropped()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -777,3 +777,77 @@ async fn idle_connections_cost_bounded_memory() {
     println!("1000 idle HTTP/2 connections: {before} -> {after} KiB, {per:.1} KiB each");
     assert!(per < 20.0, "{per:.1} KiB per idle connection");
 }
+
+/// A log collector that stops reading (stderr a full pipe) must not stall the gateway: with
+/// `STRAIT_LOG=debug` every call writes lines, the pipe fills within a few hundred calls, and
+/// the gateway drops (and counts) lines instead of blocking its workers. Once the pipe is
+/// read again, logging resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_stderr_stalls_nothing() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "[gateway]\nthreads = 2\n\n[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n\n\
+         [[route]]\nlistener = \"public\"\nservice = \"*\"\nupstream = \"echo\"\n\n\
+         [[upstream]]\nname = \"echo\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+         [admin]\nlisten = \"{admin}\"\n",
+        backend.addr
+    );
+    let gateway = tokio::task::block_in_place(|| {
+        Gateway::start_logging(tempfile::tempdir().unwrap(), &text, admin, "debug")
+    });
+    gateway.pause_logs();
+    let bystander = Bystander::start(listen).await;
+    // Busy callers, each call a few debug lines: far more than a pipe holds.
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = crate::fixture::client(listen).await;
+                let mut ok = 0;
+                for _ in 0..300 {
+                    let call = c.unary(crate::fixture::req(b"log me"));
+                    match tokio::time::timeout(attack::STALL, call).await {
+                        Ok(Ok(_)) => ok += 1,
+                        // A stalled gateway: stop here rather than wait out every call.
+                        Err(_) => break,
+                        Ok(Err(_)) => {}
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for caller in callers {
+        served += caller.await.unwrap();
+    }
+    assert_eq!(
+        served,
+        8 * 300,
+        "every call served while stderr was blocked"
+    );
+    let dropped = |m: &str| metric(m, "strait_log_lines_dropped_total", &[]);
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(20), |m| {
+            dropped(m).is_some_and(|n| n > 0.0)
+        })
+    })
+    .expect("lines were dropped and counted");
+    let dropped = dropped(&text);
+    let report = bystander.finish().await;
+    assert_undisturbed(&report);
+    println!("log lines dropped while stderr was blocked: {dropped:?}");
+    gateway.resume_logs();
+    crate::fixture::client(listen)
+        .await
+        .unary(crate::fixture::req(b"after"))
+        .await
+        .expect("served after the pipe drains");
+    let resumed = tokio::task::block_in_place(|| {
+        gateway.wait_for_log(&["call finished"], Duration::from_secs(20))
+    });
+    assert!(
+        resumed.is_some(),
+        "logging resumes once stderr is read again"
+    );
+}

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::net::wait_for_port;
@@ -111,6 +111,9 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While true the readers leave stdout and stderr unread, so the pipes fill up and a
+    /// gateway writing its log synchronously would block (see `pause_logs`).
+    paused: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Gateway {
@@ -122,16 +125,24 @@ impl Gateway {
 
     /// Like `start`, in a directory prepared by the caller (certificates, etc.).
     pub fn start_in(dir: tempfile::TempDir, config: &str, wait_addr: SocketAddr) -> Gateway {
+        let log = std::env::var("STRAIT_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(dir, config, wait_addr, &log)
+    }
+
+    /// Like `start_in`, with `STRAIT_LOG=log`.
+    pub fn start_logging(
+        dir: tempfile::TempDir,
+        config: &str,
+        wait_addr: SocketAddr,
+        log: &str,
+    ) -> Gateway {
         let config_path = dir.path().join("strait.toml");
         std::fs::write(&config_path, config).expect("writing config");
         let mut child = Command::new(strait_bin())
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env(
-                "STRAIT_LOG",
-                std::env::var("STRAIT_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("STRAIT_LOG", log)
             // Lets tests make a background task panic (`POST /test/panic?task=NAME`).
             .env("STRAIT_TEST_HOOKS", "1")
             .stdout(Stdio::piped())
@@ -139,6 +150,7 @@ impl Gateway {
             .spawn()
             .expect("spawning strait");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
         for pipe in [
             child
                 .stdout
@@ -153,8 +165,15 @@ impl Gateway {
         .flatten()
         {
             let logs = logs.clone();
+            let paused = paused.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let (flag, wake) = &*paused;
+                    let mut held = flag.lock().unwrap();
+                    while *held {
+                        held = wake.wait(held).unwrap();
+                    }
+                    drop(held);
                     if std::env::var_os("STRAIT_TEST_ECHO_LOGS").is_some() {
                         eprintln!("[strait] {line}");
                     }
@@ -167,6 +186,7 @@ impl Gateway {
             dir,
             config_path,
             logs,
+            paused,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -232,6 +252,18 @@ impl Gateway {
         self.logs().iter().filter(|l| l.contains(needle)).count()
     }
 
+    /// Stops reading the gateway's stdout and stderr: the pipes fill up, as when a log
+    /// collector hangs.
+    pub fn pause_logs(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    /// Reads the pipes again.
+    pub fn resume_logs(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -274,6 +306,8 @@ impl Drop for Gateway {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Let the readers drain to the end of the pipes and finish.
+        self.resume_logs();
     }
 }
 

@@ -23,6 +23,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
     pub discovery: Option<Arc<DiscoveryStatus>>,
+    /// Log lines dropped because stderr did not keep up.
+    pub log_drops: crate::logging::LogDrops,
     /// This gateway's registration under `[etcd] members_prefix`, with `[etcd]`.
     pub membership: Option<Arc<crate::discovery::members::MembershipStatus>>,
     pub dns: Arc<crate::discovery::dns::DnsStatus>,
@@ -185,6 +187,9 @@ impl AdminApp {
                 c.inc_by(status.count(outcome).saturating_sub(c.get()));
             }
         }
+        let dropped = self.log_drops.count();
+        m.log_lines_dropped
+            .inc_by(dropped.saturating_sub(m.log_lines_dropped.get()));
         if let Some(status) = &self.membership {
             m.cluster_registered.set(i64::from(status.registered()));
             m.cluster_foreign.set(i64::from(status.foreign()));

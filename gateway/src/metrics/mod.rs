@@ -88,6 +88,7 @@ pub struct Metrics {
     listener_rejected: IntCounterVec,
     background_restarts: IntCounterVec,
     pub(crate) access_log_dropped: IntCounter,
+    pub(crate) log_lines_dropped: IntCounter,
     pub(crate) trace_spans: IntCounterVec,
     rate_limited: IntCounterVec,
     pub(crate) cluster_gateways: prometheus::IntGauge,
@@ -319,6 +320,17 @@ impl Metrics {
                 let c = IntCounter::new(
                     "strait_access_log_dropped_total",
                     "Access log lines dropped because the writer's queue was full (the disk is slower than the calls).",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
+            log_lines_dropped: {
+                let c = IntCounter::new(
+                    "strait_log_lines_dropped_total",
+                    "Log lines dropped because stderr did not keep up (the queue to it was full); the workers never wait for it.",
                 )
                 .expect("valid counter");
                 registry

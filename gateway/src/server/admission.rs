@@ -48,6 +48,10 @@ pub struct Admission<A> {
     /// take, before it is disconnected.
     frame_rules: Option<FrameRules>,
     metrics: Option<ListenerMetrics>,
+    /// Failed handshakes and closed connections are the callers' doing: logged one a second
+    /// at most each (counted in the metrics every time).
+    handshake_log: crate::logging::LogThrottle,
+    violation_log: Arc<crate::logging::LogThrottle>,
 }
 
 impl<A> Admission<A> {
@@ -66,6 +70,8 @@ impl<A> Admission<A> {
             handshake,
             frame_rules,
             metrics,
+            handshake_log: Default::default(),
+            violation_log: Default::default(),
         }
     }
 
@@ -78,18 +84,24 @@ impl<A> Admission<A> {
         let listener = self.listener.clone();
         let metrics = self.metrics.clone();
         let peer = peer_of(&stream);
+        let log = self.violation_log.clone();
         let on_violation = Box::new(move |violation| {
+            let turn = log.take_turn();
             let reason = match violation {
                 Violation::RapidReset => {
-                    tracing::warn!(listener = %listener, peer, resets = rules.resets.resets,
-                                   window_ms = rules.resets.window.as_millis() as u64,
-                                   "closing a connection that resets streams too fast (rapid reset)");
+                    if let Some(not_logged) = turn {
+                        tracing::warn!(listener = %listener, peer, resets = rules.resets.resets,
+                                       window_ms = rules.resets.window.as_millis() as u64, not_logged,
+                                       "closing a connection that resets streams too fast (rapid reset; a few lines a second at most)");
+                    }
                     Rejection::RapidReset
                 }
                 Violation::HeaderTimeout => {
-                    tracing::info!(listener = %listener, peer,
-                                   timeout_ms = rules.header_timeout.as_millis() as u64,
-                                   "closing a connection that left a frame or header block incomplete (request_header_timeout)");
+                    if let Some(not_logged) = turn {
+                        tracing::info!(listener = %listener, peer,
+                                       timeout_ms = rules.header_timeout.as_millis() as u64, not_logged,
+                                       "closing a connection that left a frame or header block incomplete (request_header_timeout; a few lines a second at most)");
+                    }
                     Rejection::HeaderTimeout
                 }
             };
@@ -178,9 +190,12 @@ impl<A> Admission<A> {
                         }
                     }
                     Ok(Err(e)) => {
-                        // Worth a log line at info: a client with a bad certificate wants to know.
-                        tracing::info!(listener = %self.listener, peer, error = %e,
-                                       "TLS handshake failed");
+                        // Worth a log line at info (a client with a bad certificate wants to
+                        // know), but callers decide how many: a few a second at most.
+                        if let Some(not_logged) = self.handshake_log.take_turn() {
+                            tracing::info!(listener = %self.listener, peer, error = %e, not_logged,
+                                           "TLS handshake failed (a few lines a second at most)");
+                        }
                         if let Some(m) = &self.metrics {
                             m.rejected(Rejection::HandshakeError);
                         }

@@ -30,6 +30,8 @@ pub fn verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
 pub struct ReloadingClientVerifier {
     listener: String,
     current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    /// Refusals are the callers' doing: a few log lines a second at most.
+    refusal_log: crate::logging::LogThrottle,
 }
 
 impl ReloadingClientVerifier {
@@ -37,6 +39,7 @@ impl ReloadingClientVerifier {
         Self {
             listener: listener.to_string(),
             current: ArcSwap::from_pointee(verifier),
+            refusal_log: Default::default(),
         }
     }
 
@@ -67,7 +70,10 @@ impl ClientCertVerifier for ReloadingClientVerifier {
             .load()
             .verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
-            warn!(listener = %self.listener, reason = %e, "client certificate refused");
+            if let Some(not_logged) = self.refusal_log.take_turn() {
+                warn!(listener = %self.listener, reason = %e, not_logged,
+                      "client certificate refused (a few lines a second at most)");
+            }
         }
         result
     }

@@ -76,7 +76,9 @@ pub struct GrpcProxy {
     web: WebSettings,
     /// Auth denials are logged at most once a second (a flood of forged tokens must not
     /// become a flood of log lines).
-    denial_log: report::DenialLog,
+    denial_log: crate::logging::LogThrottle,
+    /// Calls the gateway answered itself: logged a few a second at most.
+    answer_log: crate::logging::LogThrottle,
 }
 
 impl GrpcProxy {
@@ -106,6 +108,7 @@ impl GrpcProxy {
             relay_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
             web,
             denial_log: Default::default(),
+            answer_log: Default::default(),
         }
     }
 }

@@ -2,8 +2,6 @@
 //! call the gateway answered, the per-method metrics, the status page's traffic, the trace's
 //! spans and the access log line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pingora::proxy::Session;
 use tracing::{debug, info};
 
@@ -29,7 +27,7 @@ impl GrpcProxy {
                 info!(
                     listener = %self.listener, path, reason = reason.label(),
                     message = message.unwrap_or_default(), denials_not_logged = suppressed,
-                    "call refused by the route's auth (one line a second at most)"
+                    "call refused by the route's auth (a few lines a second at most)"
                 );
             }
         } else if let Some(status) = ctx
@@ -37,11 +35,15 @@ impl GrpcProxy {
             .as_ref()
             .filter(|s| s.code != Code::Cancelled)
         {
-            info!(
-                listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
-                attempts = ctx.tried.len(), elapsed_ms, message = %status.message,
-                "call answered by the gateway"
-            );
+            // Callers decide how many of these there are: a few lines a second at most.
+            if let Some(suppressed) = self.answer_log.take_turn() {
+                info!(
+                    listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
+                    attempts = ctx.tried.len(), elapsed_ms, message = %status.message,
+                    answers_not_logged = suppressed,
+                    "call answered by the gateway (a few lines a second at most)"
+                );
+            }
         } else {
             debug!(
                 listener = %self.listener, path, upstream = ctx.upstream_name(), code = %code,
@@ -92,32 +94,4 @@ impl GrpcProxy {
 fn authority(req: &pingora::http::RequestHeader) -> Option<(&str, Option<u16>)> {
     let authority = req.uri.authority()?;
     Some((authority.host(), authority.port_u16()))
-}
-
-/// One log line a second at most; the lines not written are counted into the next one.
-#[derive(Debug, Default)]
-pub(super) struct DenialLog {
-    /// The Unix second of the last line written.
-    second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl DenialLog {
-    /// `Some(lines not written since the last one)` when this one may be written.
-    pub(super) fn take_turn(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.second.load(Ordering::Relaxed);
-        if last != now
-            && self
-                .second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
 }
