@@ -537,3 +537,78 @@ async fn all_endpoints_open_fails_fast_with_reason() {
         "failed fast, no backend call"
     );
 }
+
+/// A caller sending malformed messages makes every backend answer INTERNAL (a default
+/// failure code): failures all endpoints show alike eject none, so good callers keep all three.
+/// One endpoint failing alone among healthy peers is still ejected, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_every_endpoint_shows_alike_eject_none() {
+    let b = backends(&["a", "b", "c"]).await;
+    let listen = free_addr();
+    let admin = free_addr();
+    let text = config(listen, &eps(&b, &["eu-west", "eu-west", "eu-west"]), "", "")
+        + &format!("\n[admin]\nlisten = \"{admin}\"\n");
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut c = client(listen).await;
+    // Ordinary traffic first: the endpoints have recent calls to compare.
+    let names = outcomes(&mut c, 30).await;
+    assert_eq!(
+        (count(&names, "a"), count(&names, "b"), count(&names, "c")),
+        (10, 10, 10)
+    );
+    // 90 calls whose message is not an EchoRequest: every backend answers INTERNAL.
+    let mut internal = 0;
+    for _ in 0..90 {
+        let response = strait_tests::raw::call(
+            listen,
+            "/bench.Echo/Unary",
+            &[],
+            strait_tests::raw::grpc_frame(&[0xff, 0xff, 0xff]),
+        )
+        .await
+        .unwrap();
+        if response.grpc_status().as_deref() == Some("13") {
+            internal += 1;
+        }
+    }
+    assert_eq!(
+        internal, 90,
+        "every malformed call answered INTERNAL by a backend"
+    );
+    for backend in &b {
+        assert!(
+            transitions(&gateway, backend.addr, "open").is_empty(),
+            "{} was ejected for failures its peers showed alike:\n{}",
+            backend.addr,
+            gateway.logs().join("\n")
+        );
+    }
+    let names = outcomes(&mut c, 30).await;
+    assert_eq!(
+        (count(&names, "a"), count(&names, "b"), count(&names, "c")),
+        (10, 10, 10),
+        "good callers keep all three endpoints: {names:?}"
+    );
+    let (_, metrics) =
+        tokio::task::block_in_place(|| strait_tests::net::http_get(admin, "/metrics"));
+    let withheld = strait_tests::net::metric(
+        &metrics,
+        "strait_ejections_withheld_total",
+        &[("upstream", "echo")],
+    );
+    assert!(withheld.is_some_and(|n| n > 0.0), "{withheld:?}");
+
+    // One endpoint failing on its own, its peers healthy: ejected as before.
+    b[0].force_status(Some(Code::Internal));
+    let names = outcomes(&mut c, 120).await;
+    let opened = transitions(&gateway, b[0].addr, "open");
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(
+        &names[names.len() - 20..]
+            .iter()
+            .filter(|n| n.as_str() == "a" || n.starts_with('!'))
+            .count(),
+        &0,
+        "after its ejection a takes no calls: {names:?}"
+    );
+}

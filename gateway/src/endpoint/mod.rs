@@ -7,10 +7,12 @@
 
 mod dial;
 mod peer;
+mod recent;
 
 pub use dial::{DialGate, DialTicket, DialTurn};
 
 pub use peer::{PeerTemplate, PeerTemplateError, PeerTls};
+pub use recent::{clearly_worse_than_peers, RecentOutcomes};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ pub struct EndpointState {
     metrics: Option<EndpointMetrics>,
     /// At most one upstream dial in flight to this endpoint.
     pub dial: Arc<DialGate>,
+    /// Its last calls' outcomes, for comparing endpoints with their peers.
+    pub recent: RecentOutcomes,
 }
 
 fn mirror(state: State) -> u8 {
@@ -76,6 +80,7 @@ impl EndpointState {
             transitions: AtomicU64::new(0),
             metrics: metrics.map(|m| m.endpoint(upstream, addr)),
             dial: Arc::default(),
+            recent: RecentOutcomes::default(),
         }
     }
 
@@ -157,8 +162,10 @@ impl EndpointState {
         admission
     }
 
-    /// Feeds a call's outcome to the breaker. `may_open` carries the upstream's ejection cap.
+    /// Feeds a call's outcome to the breaker. `may_open` carries the upstream's ejection rules
+    /// (its cap, and whether this endpoint fails clearly more than its peers).
     pub fn record(&self, outcome: Outcome, trial: bool, may_open: bool) {
+        self.recent.record(outcome == Outcome::Failure);
         let mut breaker = self.lock();
         let transition = breaker.record(outcome, trial, Instant::now(), may_open);
         self.publish(&breaker, transition);

@@ -67,6 +67,7 @@ pub struct Metrics {
     attempts: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
+    ejections_withheld: IntCounterVec,
     in_flight: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     probes: IntCounterVec,
@@ -240,6 +241,12 @@ impl Metrics {
                 &registry,
                 "strait_retry_budget_exhausted_total",
                 "Retries a route's retry policy allowed but the upstream's retry_budget refused.",
+                &["upstream"],
+            ),
+            ejections_withheld: counter(
+                &registry,
+                "strait_ejections_withheld_total",
+                "Failures that would have opened an endpoint's breaker but that its peers showed alike (failing at least half as often), so no endpoint was ejected.",
                 &["upstream"],
             ),
             in_flight: gauge(
@@ -512,6 +519,11 @@ impl Metrics {
     pub fn discovery_refused(&self, upstream: &str, reason: &str) -> IntCounter {
         self.discovery_refused
             .with_label_values(&[upstream, reason])
+    }
+
+    /// Failures of `upstream`'s endpoints that did not eject, because the peers failed alike.
+    pub fn ejections_withheld(&self, upstream: &str) -> IntCounter {
+        self.ejections_withheld.with_label_values(&[upstream])
     }
 
     /// Calls shed by an upstream's max_in_flight.

@@ -94,6 +94,8 @@ pub struct UpstreamLoad {
     /// How many retries the routes to this upstream may make now.
     pub retry_budget: Option<Arc<RetryBudget>>,
     pub budget_exhausted: Option<prometheus::IntCounter>,
+    /// Failures that would have ejected an endpoint but that its peers showed alike.
+    pub ejections_withheld: Option<prometheus::IntCounter>,
 }
 
 impl UpstreamSet {
@@ -174,6 +176,34 @@ impl UpstreamSet {
                 max: self.max_in_flight.unwrap_or(0),
             }
         })
+    }
+
+    /// Runs `record` with whether a failure of `failing` may eject it: the cap allows one
+    /// more endpoint out, and the endpoint fails clearly more than its peers. Failures every
+    /// endpoint shows alike (a caller's malformed requests, a dependency they share) eject
+    /// none: ejecting would not help, and would let one caller take endpoints out of rotation
+    /// for everyone. A single-endpoint upstream (no peers to compare) keeps its own verdict.
+    pub fn with_ejection_rules<R>(
+        &self,
+        failing: &EndpointState,
+        record: impl FnOnce(bool) -> R,
+    ) -> R {
+        let own = failing.recent.counts();
+        let peers = self
+            .endpoints
+            .iter()
+            .filter(|e| !std::ptr::eq(&*e.state, failing) && e.weight > 0 && !e.state.is_ejected())
+            .map(|e| e.state.recent.counts())
+            .fold((0, 0), |(c, f), (pc, pf)| (c + pc, f + pf));
+        // Counts this failure too (it is recorded after the rules are read).
+        let own = (own.0 + 1, own.1 + 1);
+        if crate::endpoint::clearly_worse_than_peers(own, peers) {
+            return self.with_ejection_cap(record);
+        }
+        if let Some(withheld) = &self.load.ejections_withheld {
+            withheld.inc();
+        }
+        record(false)
     }
 
     /// Runs `eject` with whether the ejection cap allows one more endpoint out.
@@ -446,6 +476,9 @@ impl RoutingSnapshot {
                         budget_exhausted: lasting
                             .metrics()
                             .map(|m| m.retry_budget_exhausted(&upstream.name)),
+                        ejections_withheld: lasting
+                            .metrics()
+                            .map(|m| m.ejections_withheld(&upstream.name)),
                     },
                 )),
             );

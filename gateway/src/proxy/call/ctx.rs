@@ -254,10 +254,9 @@ impl CallCtx {
         }
         match (outcome, &self.target) {
             (Some(Outcome::Failure), Some(target)) => {
-                target.upstream.with_ejection_cap(|may_open| {
-                    attempt
-                        .endpoint
-                        .record(Outcome::Failure, attempt.trial, may_open)
+                let endpoint = &attempt.endpoint;
+                target.upstream.with_ejection_rules(endpoint, |may_open| {
+                    endpoint.record(Outcome::Failure, attempt.trial, may_open)
                 })
             }
             (Some(outcome), _) => attempt.endpoint.record(outcome, attempt.trial, true),

@@ -142,8 +142,9 @@ async fn connect(
             Err(_) => format!("no connection within {:?}", upstream.connect_timeout),
         };
         endpoint.state.count_attempt(AttemptOutcome::ConnectError);
-        upstream
-            .with_ejection_cap(|may_open| endpoint.state.record(Outcome::Failure, trial, may_open));
+        upstream.with_ejection_rules(&endpoint.state, |may_open| {
+            endpoint.state.record(Outcome::Failure, trial, may_open)
+        });
         debug!(upstream = %upstream.name, endpoint = %endpoint.addr, error, "tcp connect failed");
         last_error = Some(format!("{}: {error}", endpoint.addr));
     }
