@@ -865,3 +865,148 @@ async fn a_gateway_restarted_without_etcd_leaves_clients_their_endpoints() {
         assert!(t.only(&["eu0"]), "the client kept its endpoints: {t:?}");
     }
 }
+
+/// One address cannot take all of the xDS server's connection slots: the 65th connection from
+/// 127.0.0.1 is closed at once and counted, another address still gets in, and the slots come
+/// back when the connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_xds_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::start(&[("eu0", "eu-west", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(1));
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(w.xds).await.unwrap();
+        s.write_all(preface).await.unwrap();
+        held.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(w.xds).await.unwrap();
+    let _ = extra.write_all(preface).await;
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match extra.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the 65th connection from one address is closed"
+    );
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(
+                m,
+                "strait_xds_requests_rejected_total",
+                &[("reason", "max_connections_per_source")],
+            ) == Some(1.0)
+        })
+        .expect("counted");
+    });
+    // Another address is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other = socket.connect(w.xds).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(other)
+        .await
+        .expect("an HTTP/2 session");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            w.xds
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    sender = sender.ready().await.expect("ready");
+    let (response, _stream) = sender.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(FOLLOW, response)
+        .await
+        .expect("answered in time")
+        .expect("a response from 127.0.0.2");
+    assert_eq!(response.status(), 200);
+    // The slots come back: grpcio from 127.0.0.1 is served once the 64 are closed.
+    drop(held);
+    let mut eu = w.client("py-eu", "eu-west");
+    let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
+    assert!(t.only(&["eu0"]), "{t:?}");
+}
+
+/// A client that subscribes and then never reads (its HTTP/2 window stays shut) holds at most
+/// two queued responses: when the next push has waited 10 s it is dropped and counted, and the
+/// server goes on serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped() {
+    let mut w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(2));
+    let tcp = tokio::net::TcpStream::connect(w.xds).await.unwrap();
+    let (mut sender, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("an HTTP/2 session");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            w.xds
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    sender = sender.ready().await.expect("ready");
+    let (_response, mut body) = sender.send_request(request, false).unwrap();
+    let message = eds_request("stuck", "eu-west", "", "").encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    body.send_data(framed.into(), false).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_clients", &[]) == Some(1.0)
+        })
+        .expect("subscribed");
+    });
+    // Weight changes make pushes the client never takes.
+    let not_reading = |m: &str| {
+        metric(
+            m,
+            "strait_xds_requests_rejected_total",
+            &[("reason", "not_reading")],
+        )
+    };
+    let us0 = w.backends["us0"].addr;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for weight in (0..).map(|i| 50 + i % 40) {
+        w.register("us0", us0, "us-east", weight).await;
+        let (_, text) = tokio::task::block_in_place(|| http_get(w.admin, "/metrics"));
+        if not_reading(&text) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck client was never dropped: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_clients", &[]) == Some(0.0)
+        })
+        .expect("the stuck client is gone from the list");
+    });
+    // Everyone else is served.
+    let mut eu = w.client("py-eu", "eu-west");
+    let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
+    assert!(t.only(&["eu0"]), "{t:?}");
+}

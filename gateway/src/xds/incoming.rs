@@ -18,10 +18,43 @@ use tracing::{debug, warn};
 
 use super::clients::XdsClients;
 
-/// An accepted connection holding one of the server's connection slots until it closes.
+/// An accepted connection holding one of the server's connection slots, and one of its source
+/// address's, until it closes.
 pub struct Capped {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// Open connections per source address: one host (or one misbehaving client library
+/// reconnecting in a loop) cannot take all of the server's slots.
+#[derive(Debug, Default)]
+struct Sources(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl Sources {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+struct SourceSlot(Arc<Sources>, std::net::IpAddr);
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// The HTTP/2 client preface: an h2c client's first 24 bytes.
@@ -38,12 +71,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 pub fn capped(
     listener: TcpListener,
     max: usize,
+    max_per_source: usize,
     tls: bool,
     first_bytes: Duration,
     clients: Arc<XdsClients>,
 ) -> ReceiverStream<io::Result<Capped>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(max));
+    let sources = Arc::new(Sources::default());
     let needed = if tls { 1 } else { PREFACE_LEN };
     tokio::spawn(async move {
         loop {
@@ -58,6 +93,12 @@ pub fn capped(
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
+            };
+            let Some(source) = sources.take(peer.ip(), max_per_source) else {
+                clients.count_rejected("max_connections_per_source");
+                debug!(peer = %peer, max_per_source,
+                       "xds connection refused: its address has its maximum open");
+                continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 clients.count_rejected("max_connections");
@@ -78,6 +119,7 @@ pub fn capped(
                     .send(Ok(Capped {
                         stream,
                         _slot: slot,
+                        _source: source,
                     }))
                     .await;
             });
@@ -145,5 +187,23 @@ impl AsyncWrite for Capped {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_has_its_own_cap_and_slots_come_back() {
+        let sources = Arc::new(Sources::default());
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let first = sources.take(a, 2).unwrap();
+        let _second = sources.take(a, 2).unwrap();
+        assert!(sources.take(a, 2).is_none(), "a has its two");
+        let _other = sources.take(b, 2).expect("b is counted apart");
+        drop(first);
+        assert!(sources.take(a, 2).is_some(), "a closed one: room again");
     }
 }

@@ -53,6 +53,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Open connections; more are closed at once (a fleet of this many processes per gateway is
 /// far beyond what one xDS server should carry alone).
 const MAX_CONNECTIONS: usize = 10_000;
+/// Open connections from one source address: a gRPC client process opens one; a node with a
+/// few dozen gateways' worth of clients fits, one address cannot take all of `MAX_CONNECTIONS`.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// A connection that has not sent its HTTP/2 preface (h2c) or finished its TLS handshake in this
 /// time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,6 +145,7 @@ async fn serve(
     let incoming = incoming::capped(
         listener,
         MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_SOURCE,
         config.tls.is_some(),
         HANDSHAKE_TIMEOUT,
         clients.clone(),

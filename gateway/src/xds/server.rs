@@ -24,8 +24,13 @@ pub struct Published {
     pub view: PublishedView,
 }
 
-/// Responses a stream may have queued towards a slow client before its task waits.
-const STREAM_QUEUE: usize = 16;
+/// Responses a stream may have queued towards a slow client before its task waits. A response
+/// supersedes the ones of its type before it, so a deep queue buys a slow reader nothing.
+const STREAM_QUEUE: usize = 2;
+/// How long a stream's task waits for a client to take a response before dropping it: a client
+/// that stops reading holds no more than `STREAM_QUEUE` responses (and the HTTP/2 window) for
+/// longer than this.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct AdsService {
     pub published: watch::Receiver<Arc<Published>>,
@@ -136,8 +141,13 @@ async fn serve_stream(
 
 async fn send(tx: &Outbound, response: DiscoveryResponse, clients: &XdsClients) -> bool {
     let kind = ResourceType::from_type_url(&response.type_url);
-    if tx.send(Ok(response)).await.is_err() {
-        return false;
+    match tokio::time::timeout(SEND_WAIT, tx.send(Ok(response))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return false,
+        Err(_) => {
+            clients.count_rejected("not_reading");
+            return false;
+        }
     }
     if let Some(kind) = kind {
         clients.count_push(kind);

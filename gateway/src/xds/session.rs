@@ -217,7 +217,9 @@ impl Session {
             return None;
         }
         self.next_nonce += 1;
-        let nonce = self.next_nonce.to_string();
+        // Unpredictable, so no one but the client that got a response can answer for it: a
+        // random part, and the count so that two responses never share one.
+        let nonce = format!("{:016x}-{}", rand::random::<u64>(), self.next_nonce);
         let version = version.to_string();
         subscription.last_sent = Some(Sent {
             nonce: nonce.clone(),
@@ -434,6 +436,22 @@ mod tests {
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].version_info, "3");
         assert_ne!(pushed[0].nonce, nonce);
+    }
+
+    #[test]
+    fn nonces_cannot_be_guessed() {
+        let first_of = || {
+            let mut s = Session::default();
+            let (_, r) = s.on_request(
+                &request(ResourceType::Endpoint, &["echo"], ""),
+                &view(&[1]),
+                1,
+            );
+            r.unwrap().nonce
+        };
+        let (a, b) = (first_of(), first_of());
+        assert_ne!(a, b, "two sessions' first nonces differ");
+        assert!(a.len() >= 16, "{a}");
     }
 
     #[test]
