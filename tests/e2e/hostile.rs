@@ -851,3 +851,96 @@ async fn a_blocked_stderr_stalls_nothing() {
         "logging resumes once stderr is read again"
     );
 }
+
+/// Writes the first 32 bytes of an HTTP/1.1 request head at once (past the h2c listener's
+/// 24-byte sniff and its handshake deadline), then one byte per 200 ms; how long after
+/// `started` the gateway cut the connection (a failed write or EOF), `None` when the whole
+/// head went through.
+async fn drip_http1_head<S>(mut s: S, started: Instant) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let head = b"POST /bench.Echo/Unary HTTP/1.1\r\nHost: strait.test\r\nContent-Type: application/grpc\r\n\r\n";
+    let (burst, drip) = head.split_at(32);
+    if s.write_all(burst).await.is_err() {
+        return Some(started.elapsed());
+    }
+    for b in drip {
+        if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// An HTTP/1.1 request head dripped a byte at a time, on an h2c listener and over TLS with
+/// ALPN `http/1.1`, is cut at `request_header_timeout` exactly like a dripped HTTP/2 header
+/// block, and counted as `header_timeout` (pingora's HTTP/1 reader alone would wait 60 s per
+/// read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http1_heads_are_cut_on_h2c_and_tls() {
+    let _heavy = attack::HEAVY.lock().await;
+    let limits = format!("{LIMITS}request_header_timeout = \"1s\"\n");
+    let h2c = Arena::start("", &limits).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = strait_tests::tls::generate(dir.path());
+    let tls = Arena::start_in(
+        dir,
+        "tls = { cert = \"server.crt\", key = \"server.key\" }",
+        &limits,
+    )
+    .await;
+    let started = Instant::now();
+    let mut cut = Vec::new();
+    for _ in 0..5 {
+        let listen = h2c.listen;
+        cut.push(tokio::spawn(async move {
+            let s = tokio::net::TcpStream::connect(listen).await.unwrap();
+            drip_http1_head(s, started).await
+        }));
+        let (listen, ca) = (tls.listen, pki.ca_pem.clone());
+        cut.push(tokio::spawn(async move {
+            let s = attack::tls_connect_alpn(listen, &ca, b"http/1.1")
+                .await
+                .expect("TLS handshake with ALPN http/1.1");
+            drip_http1_head(s, started).await
+        }));
+    }
+    let mut after = Vec::new();
+    for t in cut {
+        after.push(t.await.unwrap().expect("a dripped HTTP/1.1 head was cut"));
+    }
+    after.sort();
+    println!(
+        "slow HTTP/1.1 heads: 10 connections cut after {:?} .. {:?}",
+        after[0],
+        after[after.len() - 1]
+    );
+    // The rest of the head takes 11 s to drip: cut at the 1 s timeout, not after it went
+    // through.
+    assert!(after[0] >= Duration::from_secs(1), "{:?}", after[0]);
+    assert!(
+        after[after.len() - 1] < Duration::from_secs(10),
+        "{after:?}"
+    );
+    for arena in [&h2c, &tls] {
+        let timeouts = tokio::task::block_in_place(|| {
+            wait_metric(
+                arena.admin,
+                "strait_listener_rejected_total",
+                &[("reason", "header_timeout")],
+                5.0,
+            )
+        });
+        assert_eq!(timeouts, Some(5.0));
+    }
+}

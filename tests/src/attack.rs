@@ -240,6 +240,15 @@ pub async fn tls_connect(
     addr: SocketAddr,
     ca_pem: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_alpn(addr, ca_pem, b"h2").await
+}
+
+/// `tls_connect` offering `alpn` (`http/1.1` for a client that will not speak HTTP/2).
+pub async fn tls_connect_alpn(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -254,7 +263,7 @@ pub async fn tls_connect(
     .map_err(std::io::Error::other)?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
     let name =

@@ -8,6 +8,10 @@
 //!   timeout). Between frames a connection may stay quiet as long as it likes: gRPC clients
 //!   connect early and call later.
 //!
+//! - trickles an HTTP/1.x request head: a client that is not speaking HTTP/2 (on h2c, or over
+//!   TLS with ALPN `http/1.1`) must deliver its head, up to the blank line, within the same
+//!   header timeout; pingora's HTTP/1 reader would otherwise give it 60 s per read.
+//!
 //! The watch only reads frame headers (9 bytes each) as the bytes pass; it buffers nothing.
 
 use std::pin::Pin;
@@ -62,7 +66,10 @@ enum Position {
     Header([u8; 9], usize),
     /// Skipping a frame payload.
     Payload(u32),
-    /// Not HTTP/2 (an HTTP/1.x request the proxy will refuse): nothing to watch.
+    /// Not HTTP/2: an HTTP/1.x request head, until its blank line; `usize` bytes of
+    /// "\r\n\r\n" matched so far.
+    Http1Head(usize),
+    /// Past the first HTTP/1.x request head: nothing more to watch.
     Off,
 }
 
@@ -111,12 +118,37 @@ impl FrameWatch {
         while !bytes.is_empty() {
             match &mut self.position {
                 Position::Off => return true,
-                Position::Preface(seen) => {
-                    let take = (PREFACE.len() - *seen).min(bytes.len());
-                    if bytes[..take] != PREFACE[*seen..*seen + take] {
+                Position::Http1Head(matched) => {
+                    const BLANK_LINE: &[u8; 4] = b"\r\n\r\n";
+                    let mut used = 0;
+                    for &byte in bytes {
+                        used += 1;
+                        *matched = if byte == BLANK_LINE[*matched] {
+                            *matched + 1
+                        } else if byte == b'\r' {
+                            1
+                        } else {
+                            0
+                        };
+                        if *matched == BLANK_LINE.len() {
+                            break;
+                        }
+                    }
+                    if *matched == BLANK_LINE.len() {
+                        // The head is whole: the proxy reads (or refuses) the rest.
                         self.position = Position::Off;
                         self.frame_started = None;
                         return true;
+                    }
+                    bytes = &bytes[used..];
+                }
+                Position::Preface(seen) => {
+                    let take = (PREFACE.len() - *seen).min(bytes.len());
+                    if bytes[..take] != PREFACE[*seen..*seen + take] {
+                        // Not HTTP/2: its head is timed like a header block. (The bytes that
+                        // matched the preface so far hold no blank line before byte 14.)
+                        self.position = Position::Http1Head(0);
+                        continue;
                     }
                     *seen += take;
                     bytes = &bytes[take..];
@@ -536,14 +568,40 @@ mod tests {
     }
 
     #[test]
-    fn non_http2_bytes_are_not_watched() {
+    fn an_http1_head_is_timed_until_its_blank_line_then_nothing_is_watched() {
+        let t0 = Instant::now();
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in [1usize, 2, 3, 5, 64] {
+            let mut watch = FrameWatch::new(budget(0));
+            let pieces: Vec<&[u8]> = head.chunks(split).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                assert!(watch.observe(piece, t0));
+                if i + 1 < pieces.len() {
+                    assert_eq!(
+                        watch.incomplete_since(),
+                        Some(t0),
+                        "split {split}, piece {i}"
+                    );
+                }
+            }
+            assert_eq!(
+                watch.incomplete_since(),
+                None,
+                "split {split}: the head is whole"
+            );
+            assert!(watch.observe(&frame(RST_STREAM, 1, &[0; 4]), t0));
+            assert_eq!(
+                watch.incomplete_since(),
+                None,
+                "after the head: not watched"
+            );
+        }
+        // One byte is a begun head: timed from it.
         let mut watch = FrameWatch::new(budget(0));
-        assert!(watch.observe(b"GET / HTTP/1.1\r\n\r\n", Instant::now()));
-        assert!(watch.observe(&frame(RST_STREAM, 1, &[0; 4]), Instant::now()));
-        assert_eq!(
-            watch.incomplete_since(),
-            None,
-            "HTTP/1 is refused by the proxy, not timed here"
-        );
+        assert!(watch.observe(b"G", t0));
+        assert_eq!(watch.incomplete_since(), Some(t0));
+        // "\r\r\n\r\n" still ends a head.
+        assert!(watch.observe(b"ET / HTTP/1.1\r\r\n\r\n", t0));
+        assert_eq!(watch.incomplete_since(), None);
     }
 }
