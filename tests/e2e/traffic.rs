@@ -934,3 +934,59 @@ async fn a_hedged_call_cancelled_at_its_deadline_is_told_deadline_exceeded() {
         );
     }
 }
+
+/// A caller that starts a hedged call (whose body the gateway reads whole before the first
+/// attempt) and then stops sending is answered DEADLINE_EXCEEDED at `request_body_timeout`:
+/// it holds its in-flight slot no longer, and no backend sees the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_cut_at_request_body_timeout() {
+    let backend = Backend::start(BackendOptions::named("a")).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "[gateway]\nthreads = 2\n\n[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n\
+         [listener.limits]\nrequest_body_timeout = \"1s\"\n\n\
+         [[route]]\nlistener = \"public\"\nservice = \"bench.Echo\"\nupstream = \"echo\"\n\
+         idempotent = true\nhedge = {{ delay = \"50ms\", max_attempts = 2 }}\n\n\
+         [[upstream]]\nname = \"echo\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+         [admin]\nlisten = \"{admin}\"\n",
+        backend.addr
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{listen}/bench.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut sender = sender.ready().await.unwrap();
+    let started = Instant::now();
+    let (response, mut body) = sender.send_request(request, false).unwrap();
+    // Three bytes of a five-byte message prefix, then nothing.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0]), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered, not left waiting")
+        .expect("a response");
+    let took = started.elapsed();
+    assert_eq!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"4"[..]),
+        "{response:?}"
+    );
+    let message = response.headers()["grpc-message"].to_str().unwrap();
+    assert!(message.contains("request_body_timeout"), "{message}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert_eq!(backend.calls(), 0, "no backend saw the call");
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(10), |m| {
+            metric(m, "strait_calls_in_flight", &[("listener", "public")]) == Some(0.0)
+        })
+    });
+    assert!(text.is_some(), "the slot is free again");
+    drop(body);
+}

@@ -341,6 +341,10 @@ pub struct LimitsSection {
     /// it must be whole within this, or the connection is closed (default 10s, at most 1h).
     /// A connection quiet between frames is not affected.
     pub request_header_timeout: Option<Spanned<ConfigDuration>>,
+    /// grpc: a request body the gateway reads whole before forwarding it (JSON calls, hedged
+    /// routes) must arrive within this, or the call is answered DEADLINE_EXCEEDED (default
+    /// 30s, at most 1h).
+    pub request_body_timeout: Option<Spanned<ConfigDuration>>,
     /// TCP keepalive: probe a connection idle this long, so dead peers are noticed (default
     /// 60s; whole seconds up to 32767s; "0s" turns it off).
     pub keepalive: Option<Spanned<ConfigDuration>>,

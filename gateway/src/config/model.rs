@@ -306,6 +306,9 @@ pub struct ListenerLimits {
     /// A frame, or a HEADERS block with its CONTINUATION frames, that has begun to arrive must
     /// be whole within this.
     pub request_header_timeout: Duration,
+    /// A request body the gateway reads whole before forwarding (JSON calls, hedged routes)
+    /// must have arrived within this.
+    pub request_body_timeout: Duration,
     /// TCP keepalive idle time; `None` turns keepalive off.
     pub keepalive: Option<Duration>,
     /// HTTP/2 PING keepalive towards clients; `None` turns it off.
@@ -323,6 +326,7 @@ impl Default for ListenerLimits {
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             request_header_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(60)),
             ping_interval: Some(Duration::from_secs(30)),
             ping_timeout: Duration::from_secs(10),

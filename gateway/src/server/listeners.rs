@@ -370,6 +370,7 @@ impl ListenerSet {
         let profile = ListenerProfile {
             name: listener.name.clone(),
             max_message_size: limits.max_message_size,
+            request_body_timeout: limits.request_body_timeout,
             web: WebSettings {
                 grpc_web: listener.web.grpc_web,
                 cors: listener.web.cors.as_ref().map(CorsPolicy::new),

@@ -120,6 +120,20 @@ pub(super) fn validate_limits(
         format!("{path}.request_header_timeout"),
         diag,
     );
+    let request_body_timeout = duration_up_to(
+        &section.request_body_timeout,
+        defaults.request_body_timeout,
+        ONE_HOUR,
+        format!("{path}.request_body_timeout"),
+        diag,
+    );
+    if request_body_timeout.is_zero() {
+        diag.at(
+            section.request_body_timeout.as_ref().and_then(span),
+            format!("{path}.request_body_timeout"),
+            "must be greater than 0",
+        );
+    }
     if request_header_timeout.is_zero() {
         diag.at(
             section.request_header_timeout.as_ref().and_then(span),
@@ -195,6 +209,7 @@ pub(super) fn validate_limits(
         ),
         handshake_timeout,
         request_header_timeout,
+        request_body_timeout,
         ping_interval,
         ping_timeout,
         keepalive: match section.keepalive.as_ref().map(|d| d.get_ref()) {

@@ -9,6 +9,28 @@ use crate::policy::Refusal;
 use super::CallCtx;
 
 impl CallCtx {
+    /// When a request body the gateway reads whole before forwarding (JSON, hedged calls) must
+    /// have arrived: `limit` (`request_body_timeout`) from now, or the call's own deadline when
+    /// that comes first. A caller that stops sending then holds its in-flight slot no longer.
+    pub fn body_deadline(&self, limit: std::time::Duration) -> std::time::Instant {
+        let by_limit = std::time::Instant::now() + limit;
+        self.deadline.map_or(by_limit, |d| d.min(by_limit))
+    }
+
+    /// The answer to a call whose body did not arrive by `body_deadline`.
+    pub fn body_timeout_status(&self, limit: std::time::Duration) -> LocalStatus {
+        if self.deadline_passed() {
+            return self.deadline_status();
+        }
+        LocalStatus::new(
+            Code::DeadlineExceeded,
+            format!(
+                "the request body did not arrive within request_body_timeout ({} ms)",
+                limit.as_millis()
+            ),
+        )
+    }
+
     /// The call's deadline passed before an answer.
     pub fn deadline_status(&self) -> LocalStatus {
         LocalStatus::new(

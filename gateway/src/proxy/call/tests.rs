@@ -911,3 +911,26 @@ fn a_method_gets_its_own_series_only_once_something_vouches_for_it() {
     let ctx = call("/named.N/Exact");
     assert!(ctx.vouches_for_its_method());
 }
+
+#[test]
+fn a_body_read_whole_waits_for_the_body_limit_or_the_calls_deadline_whichever_comes_first() {
+    let limit = Duration::from_secs(30);
+    let mut ctx = CallCtx::new();
+    let before = Instant::now();
+    let at = ctx.body_deadline(limit);
+    assert!(at >= before + limit && at <= Instant::now() + limit);
+    assert!(ctx
+        .body_timeout_status(limit)
+        .message
+        .contains("request_body_timeout (30000 ms)"));
+    ctx.deadline = Some(before + Duration::from_secs(2));
+    assert_eq!(ctx.body_deadline(limit), before + Duration::from_secs(2));
+    ctx.deadline = Some(Instant::now());
+    let status = ctx.body_timeout_status(limit);
+    assert_eq!(status.code, Code::DeadlineExceeded);
+    assert!(
+        status.message.contains("deadline exceeded"),
+        "{}",
+        status.message
+    );
+}

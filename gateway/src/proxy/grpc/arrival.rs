@@ -102,7 +102,15 @@ impl GrpcProxy {
         // An admitted JSON call's body becomes its one gRPC message (or a 400 answered here).
         let json_request = match pending_json {
             Some(pending) => {
-                match arrive::json_request(session, ctx, pending, self.max_message_size).await? {
+                match arrive::json_request(
+                    session,
+                    ctx,
+                    pending,
+                    self.max_message_size,
+                    self.request_body_timeout,
+                )
+                .await?
+                {
                     Some(message) => Some(message),
                     None => return Ok(true),
                 }
@@ -120,7 +128,10 @@ impl GrpcProxy {
                 session,
                 ctx,
                 header,
-                self.max_message_size,
+                relay::BodyLimits {
+                    max_message_size: self.max_message_size,
+                    timeout: self.request_body_timeout,
+                },
                 body,
             )
             .await?;

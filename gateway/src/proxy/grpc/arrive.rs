@@ -204,10 +204,18 @@ pub async fn json_request(
     ctx: &mut CallCtx,
     pending: PendingJson,
     max_message_size: u32,
+    body_timeout: std::time::Duration,
 ) -> Result<Option<Bytes>> {
     let limit = max_message_size.min(MAX_JSON_BODY) as usize;
     let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    let deadline = tokio::time::Instant::from_std(ctx.body_deadline(body_timeout));
+    loop {
+        let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
+            let status = ctx.body_timeout_status(body_timeout);
+            answer(session, ctx, status).await?;
+            return Ok(None);
+        };
+        let Some(chunk) = read? else { break };
         if body.len() + chunk.len() > limit {
             let status = LocalStatus::new(
                 Code::ResourceExhausted,

@@ -54,6 +54,8 @@ pub struct ListenerProfile {
     pub name: String,
     /// Largest request message accepted, in bytes.
     pub max_message_size: u32,
+    /// How long a body the gateway reads whole (JSON, hedged calls) may take to arrive.
+    pub request_body_timeout: std::time::Duration,
     /// gRPC-Web and CORS (`proxy/web`).
     pub web: WebSettings,
 }
@@ -63,6 +65,7 @@ pub struct GrpcProxy {
     listener: String,
     /// Largest request message accepted, in bytes.
     max_message_size: u32,
+    request_body_timeout: std::time::Duration,
     routing: Arc<Routing>,
     settings: Arc<CallSettings>,
     calls: InFlightCalls,
@@ -93,12 +96,14 @@ impl GrpcProxy {
         let ListenerProfile {
             name: listener,
             max_message_size,
+            request_body_timeout,
             web,
         } = profile;
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
         Self {
             listener,
             max_message_size,
+            request_body_timeout,
             routing,
             settings,
             calls,

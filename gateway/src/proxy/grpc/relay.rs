@@ -46,6 +46,13 @@ pub(super) enum Relayed {
     Local(LocalStatus),
 }
 
+/// What a relayed call's request body must fit: the listener's message size, and
+/// `request_body_timeout` for the time to read it whole.
+pub(super) struct BodyLimits {
+    pub max_message_size: u32,
+    pub timeout: std::time::Duration,
+}
+
 /// An attempt that received its response headers.
 struct Answered {
     h2: Box<Http2Session>,
@@ -63,10 +70,10 @@ pub(super) async fn relay(
     session: &mut Session,
     ctx: &mut CallCtx,
     header: RequestHeader,
-    max_message_size: u32,
+    limits: BodyLimits,
     body: Option<Vec<Bytes>>,
 ) -> Result<Relayed> {
-    let body = match read_body(session, ctx, body, max_message_size).await? {
+    let body = match read_body(session, ctx, body, limits).await? {
         Ok(body) => body,
         Err(status) => return Ok(Relayed::Local(status)),
     };
@@ -192,11 +199,19 @@ async fn read_body(
     session: &mut Session,
     ctx: &mut CallCtx,
     body: Option<Vec<Bytes>>,
-    max_message_size: u32,
+    limits: BodyLimits,
 ) -> Result<std::result::Result<Vec<Bytes>, LocalStatus>> {
+    let max_message_size = limits.max_message_size;
     let body = match body {
         Some(body) => Some(body),
-        None => read_whole_request(session).await?,
+        None => {
+            let deadline = ctx.body_deadline(limits.timeout);
+            match read_whole_request(session, deadline).await? {
+                WholeBody::Read(chunks) => Some(chunks),
+                WholeBody::TooLarge => None,
+                WholeBody::TimedOut => return Ok(Err(ctx.body_timeout_status(limits.timeout))),
+            }
+        }
     };
     let Some(body) = body else {
         return Ok(Err(LocalStatus::new(
@@ -352,18 +367,34 @@ fn decoded(
     Ok(out)
 }
 
-/// The request body, whole, or `None` when it is larger than a relayed call may keep.
-async fn read_whole_request(session: &mut Session) -> Result<Option<Vec<Bytes>>> {
+/// A relayed call's request body, read whole before any attempt.
+enum WholeBody {
+    Read(Vec<Bytes>),
+    /// Larger than a relayed call may keep.
+    TooLarge,
+    /// Not all there by its deadline: the caller stopped sending.
+    TimedOut,
+}
+
+async fn read_whole_request(
+    session: &mut Session,
+    deadline: std::time::Instant,
+) -> Result<WholeBody> {
+    let deadline = tokio::time::Instant::from_std(deadline);
     let mut chunks = Vec::new();
     let mut size = 0usize;
-    while let Some(chunk) = session.read_request_body().await? {
+    loop {
+        let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
+            return Ok(WholeBody::TimedOut);
+        };
+        let Some(chunk) = read? else { break };
         size += chunk.len();
         if size > MAX_RETRY_BUFFER as usize {
-            return Ok(None);
+            return Ok(WholeBody::TooLarge);
         }
         chunks.push(chunk);
     }
-    Ok(Some(chunks))
+    Ok(WholeBody::Read(chunks))
 }
 
 /// Starts the next attempt, on an endpoint the core claims for it: the attempt's future, to be
