@@ -45,6 +45,51 @@ async fn caller_region_header_overrides_gateway_region() {
     }
 }
 
+/// A caller outside the listener's `trusted_sources` cannot choose its region: the header is
+/// ignored and calls stay in the gateway's region. (Loopback, trusted by default, is not
+/// listed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_caller_cannot_choose_its_region() {
+    let eu = Backend::start(BackendOptions::named("eu")).await;
+    let us = Backend::start(BackendOptions::named("us")).await;
+    let listen = free_addr();
+    let text = config(
+        listen,
+        &[
+            Ep {
+                addr: eu.addr,
+                weight: 100,
+                region: "eu-west",
+            },
+            Ep {
+                addr: us.addr,
+                weight: 100,
+                region: "us-east",
+            },
+        ],
+        "",
+        "",
+    )
+    .replace(
+        &format!("listen = \"{listen}\"\n"),
+        &format!("listen = \"{listen}\"\ntrusted_sources = [\"10.0.0.0/8\"]\n"),
+    );
+    let _gateway = tokio::task::block_in_place(|| Gateway::start(&text, listen));
+    let mut client = client(listen).await;
+    for _ in 0..20 {
+        let mut request = Request::new(req(b""));
+        request
+            .metadata_mut()
+            .insert("x-strait-region", MetadataValue::from_static("us-east"));
+        assert_eq!(
+            client.unary(request).await.unwrap().into_inner().served_by,
+            "eu",
+            "the gateway's region, not the caller's"
+        );
+    }
+    assert_eq!(us.calls(), 0);
+}
+
 /// Within a region, calls split exactly by weight (smooth WRR is deterministic).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_split_by_weight_within_a_region() {

@@ -295,6 +295,9 @@ pub struct ListenerSection {
     pub grpc_web: Option<bool>,
     /// grpc: CORS for browser callers: preflights answered by the gateway for these origins.
     pub cors: Option<CorsSection>,
+    /// grpc: CIDRs of callers trusted to choose what only operators should (the region header);
+    /// default loopback only. Authenticated callers (a route's `auth`) are trusted too.
+    pub trusted_sources: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// CORS of a listener (browsers calling from pages of other origins).

@@ -293,6 +293,16 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     /// gRPC-Web and CORS (grpc listeners).
     pub web: WebConfig,
+    /// Callers from these networks may set the region header (grpc listeners).
+    pub trusted_sources: Vec<ipnet::IpNet>,
+}
+
+/// Without `trusted_sources`: loopback only (sidecars and local tools on the gateway's host).
+pub fn default_trusted_sources() -> Vec<ipnet::IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("a network"),
+        "::1/128".parse().expect("a network"),
+    ]
 }
 
 /// Resource bounds of one listener.

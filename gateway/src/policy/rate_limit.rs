@@ -155,9 +155,11 @@ impl RateLimit {
     ) -> Vec<u8> {
         match &self.config.key {
             RateLimitKey::Route => Vec::new(),
-            RateLimitKey::Peer => match peer {
+            // An IPv6 host usually holds a whole /64: one bucket per /64, or a caller would get
+            // 2^64 buckets by changing addresses.
+            RateLimitKey::Peer => match peer.map(|ip| ip.to_canonical()) {
                 Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
-                Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
+                Some(IpAddr::V6(ip)) => ip.octets()[..8].to_vec(),
                 None => Vec::new(),
             },
             RateLimitKey::Header(name) => headers
@@ -317,6 +319,25 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(admitted(&l, &HeaderMap::new(), Some(a), 10), 2);
         assert_eq!(admitted(&l, &HeaderMap::new(), Some(b), 10), 2);
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_its_64_and_a_mapped_v4_peer_is_its_v4_address() {
+        let l = limit(1, 2, RateLimitKey::Peer);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(one), 10), 2);
+        assert_eq!(
+            admitted(&l, &HeaderMap::new(), Some(same_64), 10),
+            0,
+            "another address of the same /64 shares its bucket"
+        );
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(next_64), 10), 2);
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(v4), 10), 2);
+        assert_eq!(admitted(&l, &HeaderMap::new(), Some(mapped), 10), 0);
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
         && running.config.limits == wanted.limits
         && running.config.idle_timeout == wanted.idle_timeout
         && running.config.web == wanted.web
+        && running.config.trusted_sources == wanted.trusted_sources
 }
 
 impl ListenerSet {
@@ -371,6 +372,7 @@ impl ListenerSet {
             name: listener.name.clone(),
             max_message_size: limits.max_message_size,
             request_body_timeout: limits.request_body_timeout,
+            trusted_sources: listener.trusted_sources.clone().into(),
             web: WebSettings {
                 grpc_web: listener.web.grpc_web,
                 cors: listener.web.cors.as_ref().map(CorsPolicy::new),

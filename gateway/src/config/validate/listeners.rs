@@ -86,6 +86,10 @@ pub(super) fn validate_listeners(
             .map(|l| validate_limits(l, &path, diag))
             .unwrap_or_default();
         let web = super::web::validate_listener_web(section, &kind, &path, diag);
+        let trusted_sources = match &section.trusted_sources {
+            None => crate::config::model::default_trusted_sources(),
+            Some(list) => super::networks(list.get_ref(), &format!("{path}.trusted_sources"), diag),
+        };
         listeners.push(ListenerConfig {
             name: name.clone(),
             listen,
@@ -94,6 +98,7 @@ pub(super) fn validate_listeners(
             idle_timeout,
             limits,
             web,
+            trusted_sources,
         });
     }
     listeners

@@ -264,6 +264,35 @@ pub(super) fn int_in(
     }
 }
 
+/// A list of CIDRs (`10.0.0.0/8`, `fd00::/8`; a bare address is one host), each checked at
+/// `key[i]`.
+pub(super) fn networks(
+    list: &[Spanned<String>],
+    key: &str,
+    diag: &mut Diagnostics,
+) -> Vec<ipnet::IpNet> {
+    let mut networks = Vec::new();
+    for (k, text) in list.iter().enumerate() {
+        let parsed = text.get_ref().parse::<ipnet::IpNet>().or_else(|_| {
+            text.get_ref()
+                .parse::<std::net::IpAddr>()
+                .map(ipnet::IpNet::from)
+        });
+        match parsed {
+            Ok(net) => networks.push(net.trunc()),
+            Err(_) => diag.at(
+                span(text),
+                format!("{key}[{k}]"),
+                format!(
+                    "{:?} is not a network like \"10.0.0.0/8\" or \"fd00::/8\"",
+                    text.get_ref()
+                ),
+            ),
+        }
+    }
+    networks
+}
+
 /// A section's `name`: plain (see `check_name`) and not taken by an earlier section of the same
 /// kind (`what`, as in "duplicate listener name").
 pub(super) fn check_section_name(

@@ -367,26 +367,11 @@ fn allowed_networks(
             "an empty list would refuse every discovered address; leave the key out for the default",
         );
     }
-    let mut networks = Vec::new();
-    for (k, text) in list.get_ref().iter().enumerate() {
-        let parsed = text.get_ref().parse::<ipnet::IpNet>().or_else(|_| {
-            text.get_ref()
-                .parse::<std::net::IpAddr>()
-                .map(ipnet::IpNet::from)
-        });
-        match parsed {
-            Ok(net) => networks.push(net.trunc()),
-            Err(_) => diag.at(
-                span(text),
-                format!("{path}.allowed_networks[{k}]"),
-                format!(
-                    "{:?} is not a network like \"10.0.0.0/8\" or \"fd00::/8\"",
-                    text.get_ref()
-                ),
-            ),
-        }
-    }
-    Some(networks)
+    Some(super::networks(
+        list.get_ref(),
+        &format!("{path}.allowed_networks"),
+        diag,
+    ))
 }
 
 pub(super) fn keys_of_other_discoveries(

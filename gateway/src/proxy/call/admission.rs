@@ -22,15 +22,20 @@ pub struct CallSettings {
 }
 
 impl CallSettings {
-    /// The caller's stated region if it sent one, else the gateway's own.
-    pub fn preferred_region(&self, headers: &HeaderMap) -> Option<String> {
-        let stated = self.region_header.as_ref().and_then(|name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.len() <= 64)
-        });
+    /// The caller's stated region if it may state one (`trusted`: it is a trusted source, or
+    /// authenticated) and sent one, else the gateway's own.
+    pub fn preferred_region(&self, headers: &HeaderMap, trusted: bool) -> Option<String> {
+        let stated = self
+            .region_header
+            .as_ref()
+            .filter(|_| trusted)
+            .and_then(|name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty() && v.len() <= 64)
+            });
         stated.map(str::to_string).or_else(|| self.region.clone())
     }
 }
@@ -45,6 +50,8 @@ pub struct Request<'a> {
     pub peer: Option<IpAddr>,
     /// The verified client certificate of the connection (mutual TLS).
     pub peer_identity: Option<&'a PeerIdentity>,
+    /// The caller's address is in the listener's `trusted_sources`.
+    pub trusted_source: bool,
 }
 
 impl CallCtx {
@@ -115,7 +122,6 @@ impl CallCtx {
         // panic on the call path whatever the caller sends).
         self.deadline = budget.and_then(|b| self.started.checked_add(b));
         self.caller_deadline = caller_timeout.is_some();
-        self.region = settings.preferred_region(req.headers);
         // Known methods are resolved now (a lock-free lookup); whether an unknown one gets
         // series of its own waits for the call's answer.
         if let Some(m) = &target.metrics {
@@ -164,6 +170,10 @@ impl CallCtx {
                 }
             }
         }
+        // Only a trusted source or an authenticated caller chooses its region; anyone else gets
+        // the gateway's.
+        let trusted = req.trusted_source || self.principal.is_some();
+        self.region = settings.preferred_region(req.headers, trusted);
         Ok(())
     }
 }

@@ -125,6 +125,7 @@ fn admit_with(path: &str, headers: &HeaderMap) -> (CallCtx, Result<(), LocalStat
         headers,
         peer: None,
         peer_identity: None,
+        trusted_source: true,
     };
     let admitted = ctx.admit(&snapshot, &settings(), request);
     (ctx, admitted)
@@ -217,6 +218,36 @@ fn admission_takes_the_callers_region_else_the_gateways() {
     );
     let (ctx, _) = admit_with("/plain.P/M", &headers(&[("x-region", "")]));
     assert_eq!(ctx.region.as_deref(), Some("home"));
+}
+
+#[test]
+fn only_trusted_or_authenticated_callers_choose_their_region() {
+    let snapshot = snapshot();
+    let stated = headers(&[("x-region", "away")]);
+    let mut ctx = CallCtx::new();
+    let request = Request {
+        listener: "l",
+        path: "/plain.P/M",
+        headers: &stated,
+        peer: Some("203.0.113.9".parse().unwrap()),
+        peer_identity: None,
+        trusted_source: false,
+    };
+    ctx.admit(&snapshot, &settings(), request).unwrap();
+    assert_eq!(
+        ctx.region.as_deref(),
+        Some("home"),
+        "an untrusted caller gets the gateway's region"
+    );
+    let settings = settings();
+    assert_eq!(
+        settings.preferred_region(&stated, true).as_deref(),
+        Some("away")
+    );
+    assert_eq!(
+        settings.preferred_region(&stated, false).as_deref(),
+        Some("home")
+    );
 }
 
 #[test]
@@ -749,6 +780,7 @@ fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
         headers: &HeaderMap::new(),
         peer: None,
         peer_identity: None,
+        trusted_source: true,
     };
     ctx.admit(&snapshot, &settings(), request).unwrap();
     let claimed = claim_current(&mut ctx, Resend::First);
@@ -784,6 +816,7 @@ fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
             headers: &HeaderMap::new(),
             peer: None,
             peer_identity: None,
+            trusted_source: true,
         };
         ctx.admit(&snapshot, &settings(), request).unwrap();
         ctx
@@ -832,6 +865,7 @@ fn an_attempt_from_before_the_breaker_opened_frees_no_trial_slot() {
             headers: &HeaderMap::new(),
             peer: None,
             peer_identity: None,
+            trusted_source: true,
         };
         ctx.admit(&snapshot, &settings(), request).unwrap();
         ctx
@@ -879,6 +913,7 @@ fn a_method_gets_its_own_series_only_once_something_vouches_for_it() {
             headers: &HeaderMap::new(),
             peer: None,
             peer_identity: None,
+            trusted_source: true,
         };
         ctx.admit(&snapshot, &settings(), request).unwrap();
         ctx

@@ -79,12 +79,17 @@ impl GrpcProxy {
                 .and_then(|d| d.ssl_digest.as_ref())
                 .and_then(|tls| tls.extension.get::<PeerIdentity>());
             let req = session.req_header();
+            let trusted_source = peer.is_some_and(|ip| {
+                let ip = ip.to_canonical();
+                self.trusted_sources.iter().any(|n| n.contains(&ip))
+            });
             let request = call::Request {
                 listener: &self.listener,
                 path: req.uri.path(),
                 headers: &req.headers,
                 peer,
                 peer_identity,
+                trusted_source,
             };
             ctx.admit(&snapshot, &self.settings, request)
         };

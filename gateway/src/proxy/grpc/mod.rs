@@ -56,6 +56,8 @@ pub struct ListenerProfile {
     pub max_message_size: u32,
     /// How long a body the gateway reads whole (JSON, hedged calls) may take to arrive.
     pub request_body_timeout: std::time::Duration,
+    /// Callers trusted to set the region header.
+    pub trusted_sources: Arc<[ipnet::IpNet]>,
     /// gRPC-Web and CORS (`proxy/web`).
     pub web: WebSettings,
 }
@@ -66,6 +68,7 @@ pub struct GrpcProxy {
     /// Largest request message accepted, in bytes.
     max_message_size: u32,
     request_body_timeout: std::time::Duration,
+    trusted_sources: Arc<[ipnet::IpNet]>,
     routing: Arc<Routing>,
     settings: Arc<CallSettings>,
     calls: InFlightCalls,
@@ -97,6 +100,7 @@ impl GrpcProxy {
             name: listener,
             max_message_size,
             request_body_timeout,
+            trusted_sources,
             web,
         } = profile;
         let in_flight = metrics.as_ref().map(|m| m.in_flight(&listener));
@@ -104,6 +108,7 @@ impl GrpcProxy {
             listener,
             max_message_size,
             request_body_timeout,
+            trusted_sources,
             routing,
             settings,
             calls,
