@@ -246,7 +246,7 @@ impl Metrics {
             ejections_withheld: counter(
                 &registry,
                 "strait_ejections_withheld_total",
-                "Failures that would have opened an endpoint's breaker but that its peers showed alike (failing at least half as often), so no endpoint was ejected.",
+                "Endpoint failures recorded while the endpoint's peers failed alike (at least half as often): they may not eject it.",
                 &["upstream"],
             ),
             in_flight: gauge(
@@ -521,7 +521,7 @@ impl Metrics {
             .with_label_values(&[upstream, reason])
     }
 
-    /// Failures of `upstream`'s endpoints that did not eject, because the peers failed alike.
+    /// Failures of `upstream`'s endpoints recorded while their peers failed alike (no ejection).
     pub fn ejections_withheld(&self, upstream: &str) -> IntCounter {
         self.ejections_withheld.with_label_values(&[upstream])
     }

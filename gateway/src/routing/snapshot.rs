@@ -94,7 +94,7 @@ pub struct UpstreamLoad {
     /// How many retries the routes to this upstream may make now.
     pub retry_budget: Option<Arc<RetryBudget>>,
     pub budget_exhausted: Option<prometheus::IntCounter>,
-    /// Failures that would have ejected an endpoint but that its peers showed alike.
+    /// Failures recorded while the failing endpoint's peers failed alike (they eject nothing).
     pub ejections_withheld: Option<prometheus::IntCounter>,
 }
 

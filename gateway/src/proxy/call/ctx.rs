@@ -172,7 +172,6 @@ impl CallCtx {
         }
     }
 
-    /// How the call arrived: native gRPC, gRPC-Web or JSON.
     /// Whether this call shows its method is real, so it may get series of its own: a backend
     /// answered it with something other than UNIMPLEMENTED, or the config names it (a route
     /// for that exact method, or a transcoding descriptor, through which every JSON call
@@ -201,6 +200,7 @@ impl CallCtx {
         )
     }
 
+    /// How the call arrived: native gRPC, gRPC-Web or JSON.
     pub fn protocol(&self) -> crate::proxy::web::Protocol {
         self.web
             .as_ref()
