@@ -1010,3 +1010,121 @@ async fn a_client_that_never_reads_is_dropped() {
     let (t, _) = eu.call_until(10, |t| t.errors.is_empty());
     assert!(t.only(&["eu0"]), "{t:?}");
 }
+
+/// Opens an ADS stream from `source` on a connection whose HTTP/2 window stays shut, subscribes
+/// to EDS, and never reads: the server can queue responses to it, never deliver them.
+async fn stuck_client(
+    xds: SocketAddr,
+    source: std::net::IpAddr,
+    node: String,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::SendStream<bytes::Bytes>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(xds).await.unwrap();
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("an HTTP/2 session");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{xds}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut sender = sender.ready().await.expect("ready");
+    let (_response, mut body) = sender.send_request(request, false).unwrap();
+    let message = eds_request(&node, "eu-west", "", "").encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    body.send_data(framed.into(), false).unwrap();
+    (sender, body)
+}
+
+/// 1,000 xDS clients (from 20 addresses, under the per-address cap) subscribe and never read
+/// while the registry changes: the gateway's memory stays bounded, every one of them is dropped
+/// once its next push has waited 10 s, and the data plane serves every call throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_that_never_read_cost_bounded_memory() {
+    let mut w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
+    tokio::task::block_in_place(|| w.wait_endpoints(2));
+    let rss_before = strait_tests::attack::rss_kib(w.gateway.pid());
+    let mut stuck = Vec::new();
+    for i in 0..1000u32 {
+        let source = std::net::IpAddr::from([127, 0, 1, (i / 50) as u8 + 1]);
+        stuck.push(stuck_client(w.xds, source, format!("stuck-{i}")).await);
+    }
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, Duration::from_secs(60), |m| {
+            metric(m, "strait_xds_clients", &[]) == Some(1000.0)
+        })
+        .expect("all 1,000 subscribed");
+    });
+    // Calls keep flowing through the data plane while the registry changes under the clients.
+    let listen = w.listen;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = crate::fixture::client(listen).await;
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let call = c.unary(crate::fixture::req(b"while xds floods"));
+                match tokio::time::timeout(Duration::from_secs(10), call).await {
+                    Ok(Ok(_)) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let us0 = w.backends["us0"].addr;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut peak = rss_before;
+    for weight in (0..).map(|i| 50 + i % 40) {
+        w.register("us0", us0, "us-east", weight).await;
+        peak = peak.max(strait_tests::attack::rss_kib(w.gateway.pid()));
+        let (_, text) = tokio::task::block_in_place(|| http_get(w.admin, "/metrics"));
+        let dropped = metric(
+            &text,
+            "strait_xds_requests_rejected_total",
+            &[("reason", "not_reading")],
+        );
+        if dropped == Some(1000.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every stuck client was dropped: {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = caller.await.unwrap();
+    println!(
+        "1,000 xDS clients that never read: gateway RSS {rss_before} KiB before, peak {peak} KiB \
+         (+{} KiB); data plane {ok} calls ok, {failed} failed",
+        peak - rss_before
+    );
+    assert_eq!(failed, 0, "the data plane served every call");
+    assert!(ok > 0);
+    assert!(
+        peak < rss_before + 128 * 1024,
+        "memory grew from {rss_before} to {peak} KiB"
+    );
+    tokio::task::block_in_place(|| {
+        wait_metrics(w.admin, FOLLOW, |m| {
+            metric(m, "strait_xds_clients", &[]) == Some(0.0)
+        })
+        .expect("the stuck clients are gone from the list");
+    });
+    drop(stuck);
+}
