@@ -947,30 +947,7 @@ async fn one_address_cannot_take_every_xds_connection() {
 async fn a_client_that_never_reads_is_dropped() {
     let mut w = World::start(&[("eu0", "eu-west", 100), ("us0", "us-east", 100)]).await;
     tokio::task::block_in_place(|| w.wait_endpoints(2));
-    let tcp = tokio::net::TcpStream::connect(w.xds).await.unwrap();
-    let (mut sender, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .expect("an HTTP/2 session");
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-            w.xds
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    sender = sender.ready().await.expect("ready");
-    let (_response, mut body) = sender.send_request(request, false).unwrap();
-    let message = eds_request("stuck", "eu-west", "", "").encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
-    body.send_data(framed.into(), false).unwrap();
+    let _stuck = stuck_client(w.xds, [127, 0, 0, 1].into(), "stuck".into()).await;
     tokio::task::block_in_place(|| {
         wait_metrics(w.admin, FOLLOW, |m| {
             metric(m, "strait_xds_clients", &[]) == Some(1.0)
