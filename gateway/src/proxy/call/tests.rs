@@ -116,19 +116,31 @@ fn settings() -> CallSettings {
     }
 }
 
-fn admit_with(path: &str, headers: &HeaderMap) -> (CallCtx, Result<(), LocalStatus>) {
-    let snapshot = snapshot();
-    let mut ctx = CallCtx::new();
-    let request = Request {
+/// A request on listener "l" from a trusted source without a peer address.
+fn request<'a>(path: &'a str, headers: &'a HeaderMap) -> Request<'a> {
+    Request {
         listener: "l",
         path,
         headers,
         peer: None,
         peer_identity: None,
         trusted_source: true,
-    };
-    let admitted = ctx.admit(&snapshot, &settings(), request);
+    }
+}
+
+fn admit_with(path: &str, headers: &HeaderMap) -> (CallCtx, Result<(), LocalStatus>) {
+    let snapshot = snapshot();
+    let mut ctx = CallCtx::new();
+    let admitted = ctx.admit(&snapshot, &settings(), request(path, headers));
     (ctx, admitted)
+}
+
+/// A call admitted on `path` without metadata under `snapshot`.
+fn admit_on(snapshot: &RoutingSnapshot, path: &str) -> CallCtx {
+    let mut ctx = CallCtx::new();
+    ctx.admit(snapshot, &settings(), request(path, &HeaderMap::new()))
+        .unwrap();
+    ctx
 }
 
 /// A call admitted on `path` without metadata.
@@ -773,16 +785,7 @@ fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
     let metrics = crate::metrics::Metrics::new(true, 16, std::time::Duration::from_secs(600));
     let lasting = crate::routing::Lasting::with_metrics(Some(metrics.clone()));
     let snapshot = snapshot_with(&lasting);
-    let mut ctx = CallCtx::new();
-    let request = Request {
-        listener: "l",
-        path: "/flaky.F/M",
-        headers: &HeaderMap::new(),
-        peer: None,
-        peer_identity: None,
-        trusted_source: true,
-    };
-    ctx.admit(&snapshot, &settings(), request).unwrap();
+    let mut ctx = admit_on(&snapshot, "/flaky.F/M");
     let claimed = claim_current(&mut ctx, Resend::First);
     ctx.upstream_status = Some(Code::Unavailable);
     ctx.finish_answered(false);
@@ -808,19 +811,7 @@ fn an_ended_attempt_feeds_its_endpoints_breaker_and_counters() {
 fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
     // One snapshot, so every call meets the same endpoint state.
     let snapshot = snapshot();
-    let call = || {
-        let mut ctx = CallCtx::new();
-        let request = Request {
-            listener: "l",
-            path: "/flaky.F/M",
-            headers: &HeaderMap::new(),
-            peer: None,
-            peer_identity: None,
-            trusted_source: true,
-        };
-        ctx.admit(&snapshot, &settings(), request).unwrap();
-        ctx
-    };
+    let call = || admit_on(&snapshot, "/flaky.F/M");
     let mut first = call();
     claim_current(&mut first, Resend::First);
     first.finish_attempt(Some(Outcome::Failure), Some(AttemptOutcome::Reset));
@@ -857,19 +848,7 @@ fn a_trial_that_ends_without_a_verdict_gives_its_slot_back() {
 #[test]
 fn an_attempt_from_before_the_breaker_opened_frees_no_trial_slot() {
     let snapshot = snapshot();
-    let call = || {
-        let mut ctx = CallCtx::new();
-        let request = Request {
-            listener: "l",
-            path: "/flaky.F/M",
-            headers: &HeaderMap::new(),
-            peer: None,
-            peer_identity: None,
-            trusted_source: true,
-        };
-        ctx.admit(&snapshot, &settings(), request).unwrap();
-        ctx
-    };
+    let call = || admit_on(&snapshot, "/flaky.F/M");
     // An attempt admitted while the breaker was closed, still running...
     let mut early = call();
     claim_current(&mut early, Resend::First);
@@ -905,19 +884,7 @@ fn a_method_gets_its_own_series_only_once_something_vouches_for_it() {
     let metrics = crate::metrics::Metrics::new(true, 16, std::time::Duration::from_secs(600));
     let lasting = crate::routing::Lasting::with_metrics(Some(metrics.clone()));
     let snapshot = snapshot_with(&lasting);
-    let call = |path: &'static str| {
-        let mut ctx = CallCtx::new();
-        let request = Request {
-            listener: "l",
-            path,
-            headers: &HeaderMap::new(),
-            peer: None,
-            peer_identity: None,
-            trusted_source: true,
-        };
-        ctx.admit(&snapshot, &settings(), request).unwrap();
-        ctx
-    };
+    let call = |path: &'static str| admit_on(&snapshot, path);
     let mut ctx = call("/plain.P/MadeUp");
     assert!(ctx.method_metrics.is_none(), "unknown when the call begins");
     assert!(!ctx.vouches_for_its_method(), "no answer yet");
