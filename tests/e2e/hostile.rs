@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strait_tests::attack::{self, Bystander, BystanderReport};
+use strait_tests::ccore::CCoreBackend;
+use strait_tests::gateway::log_with_panics_last;
 use strait_tests::net::{free_addr, http_get, metric, wait_metric, wait_metrics};
 use strait_tests::raw::{self, grpc_frame};
 use strait_tests::{Backend, BackendOptions, Gateway};
@@ -15,7 +17,8 @@ use tokio::io::AsyncWriteExt;
 /// A gateway with tight limits in front of one backend, with an admin port.
 struct Arena {
     gateway: Gateway,
-    backend: Backend,
+    /// The tonic backend, unless the arena was set up in front of another (`in_front_of`).
+    tonic: Option<Backend>,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -36,6 +39,28 @@ impl Arena {
 
     async fn start_in(dir: tempfile::TempDir, listener_extra: &str, limits: &str) -> Arena {
         let backend = Backend::start(BackendOptions::named("a")).await;
+        let addr = backend.addr;
+        Self::launch(dir, addr, Some(backend), listener_extra, limits)
+    }
+
+    /// The same gateway in front of a backend the test started itself.
+    fn in_front_of(backend: SocketAddr, listener_extra: &str, limits: &str) -> Arena {
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            backend,
+            None,
+            listener_extra,
+            limits,
+        )
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        backend: SocketAddr,
+        tonic: Option<Backend>,
+        listener_extra: &str,
+        limits: &str,
+    ) -> Arena {
         let (listen, admin) = (free_addr(), free_addr());
         let text = format!(
             r#"
@@ -55,20 +80,27 @@ upstream = "echo"
 
 [[upstream]]
 name = "echo"
-endpoints = [{{ addr = "{}" }}]
+endpoints = [{{ addr = "{backend}" }}]
 
 [admin]
 listen = "{admin}"
-"#,
-            backend.addr
+"#
         );
         let gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, admin));
         Arena {
             gateway,
-            backend,
+            tonic,
             listen,
             admin,
         }
+    }
+
+    /// The tonic backend's call count.
+    fn backend_calls(&self) -> u64 {
+        self.tonic
+            .as_ref()
+            .expect("an arena with its tonic backend")
+            .calls()
     }
 
     fn rss_kib(&self) -> u64 {
@@ -85,8 +117,8 @@ listen = "{admin}"
         let logs = self.gateway.logs();
         assert!(
             !logs.iter().any(|l| l.contains("panicked")),
-            "{}",
-            logs.join("\n")
+            "the gateway panicked; {}",
+            log_with_panics_last(&logs)
         );
         let after = self.rss_kib();
         println!("gateway RSS {rss_before} KiB before, {after} KiB after");
@@ -143,7 +175,7 @@ async fn rapid_reset_does_not_disturb_other_callers() {
         "rapid reset: {streams} streams opened and reset on {connections} connections; \
          paced: {paced} streams before the connection was closed; {closed} connections closed \
          by the reset budget; the backend saw {} calls",
-        arena.backend.calls()
+        arena.backend_calls()
     );
     assert!(streams > 2000, "the attack ran: {streams}");
     assert!(
@@ -288,7 +320,7 @@ async fn continuation_flood_is_cut_off() {
     }
     let report = bystander.finish().await;
     assert!(sent_total > 0);
-    assert_eq!(arena.backend.calls(), 0, "no flood reached the backend");
+    assert_eq!(arena.backend_calls(), 0, "no flood reached the backend");
     assert_undisturbed(&report);
     arena.assert_healthy(rss, 64 * 1024);
 }
@@ -518,7 +550,7 @@ async fn bad_requests_end_only_their_call() {
     }
 
     // A 32 KiB header against a 16 KiB header list limit, in raw frames (h2 will not send it).
-    let calls_before = arena.backend.calls();
+    let calls_before = arena.backend_calls();
     let mut s = attack::open(arena.listen).await.unwrap();
     let block = attack::request_block("/bench.Echo/Unary", &[(b"x-big", &vec![b'b'; 32 * 1024])]);
     let mut chunks = block.chunks(16 * 1024).peekable();
@@ -552,7 +584,7 @@ async fn bad_requests_end_only_their_call() {
         "the oversized request got an answer: {kinds:?}"
     );
     assert_eq!(
-        arena.backend.calls(),
+        arena.backend_calls(),
         calls_before,
         "it never reached the backend"
     );
@@ -943,4 +975,128 @@ async fn slow_http1_heads_are_cut_on_h2c_and_tls() {
         });
         assert_eq!(timeouts, Some(5.0));
     }
+}
+
+/// Issue #34 item 12: a stream flood. A client opens hundreds of streaming calls at once,
+/// never reads a byte of them, and goes away; round after round. Each time the gateway cancels
+/// every one of those calls upstream while the backend is still sending, on the upstream
+/// connection the well-behaved caller's calls share. Neither the gateway's own HTTP/2 client
+/// (which counts frames arriving for streams it already reset) nor the backend may then give
+/// up on that connection, and a call the backend never saw is sent again on a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_flood_costs_the_shared_upstream_connection_nothing() {
+    let _heavy = attack::HEAVY.lock().await;
+    let arena = Arena::start("", LIMITS).await;
+    flood_beside_a_bystander(&arena, arena.listen).await;
+    println!("the tonic backend saw {} calls", arena.backend_calls());
+}
+
+/// The same flood in front of a gRPC C-core backend (Python grpcio), whose HTTP/2 stack has
+/// its own view of a client that resets many streams: the gateway's cancellations must not
+/// make it give up on the connection the bystander's calls share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_flood_in_front_of_a_c_core_backend_costs_others_nothing() {
+    let _heavy = attack::HEAVY.lock().await;
+    let ccore = tokio::task::block_in_place(CCoreBackend::start);
+    let arena = Arena::in_front_of(ccore.addr, "", LIMITS);
+    flood_beside_a_bystander(&arena, arena.listen).await;
+}
+
+/// Floods `listen` (8 rounds of 4 connections x 100 streams) while a bystander calls; the
+/// bystander must see every call succeed and the gateway stay healthy.
+async fn flood_beside_a_bystander(arena: &Arena, listen: SocketAddr) {
+    let bystander = Bystander::start(listen).await;
+    let rss = arena.rss_kib();
+    let flood = std::thread::spawn(move || stream_flood(listen, 8, 4, 100))
+        .join()
+        .unwrap();
+    let report = bystander.finish().await;
+    println!(
+        "stream flood: {} rounds, {} streams opened, {} of them answered before the client left",
+        flood.rounds, flood.opened, flood.answered,
+    );
+    assert!(
+        flood.answered >= flood.opened / 2,
+        "the flood reached the backend: {flood:?}"
+    );
+    assert_undisturbed(&report);
+    arena.assert_healthy(rss, 64 * 1024);
+}
+
+#[derive(Debug, Default)]
+struct FloodReport {
+    rounds: u32,
+    opened: u64,
+    answered: u64,
+}
+
+/// `rounds` times: `connections` h2 connections each open `streams` server-streaming calls
+/// that would run for minutes, wait (bounded) until the gateway has answered their headers,
+/// then drop everything without ever reading a message or granting flow-control window.
+fn stream_flood(listen: SocketAddr, rounds: u32, connections: u32, streams: u32) -> FloodReport {
+    use prost::Message;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let body = grpc_frame(
+            &strait_tests::pb::EchoRequest {
+                payload: vec![7u8; 512],
+                reply_count: 1_000_000,
+                delay_ms: 2,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let mut report = FloodReport::default();
+        for _ in 0..rounds {
+            report.rounds += 1;
+            let mut held = Vec::new();
+            let mut pending = Vec::new();
+            for _ in 0..connections {
+                let tcp = tokio::net::TcpStream::connect(listen)
+                    .await
+                    .expect("connect");
+                let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+                held.push(tokio::spawn(async move {
+                    let _ = connection.await;
+                }));
+                for _ in 0..streams {
+                    let Ok(mut ready) = client.clone().ready().await else {
+                        break;
+                    };
+                    let request = http::Request::builder()
+                        .method("POST")
+                        .uri(format!("http://{listen}/bench.Echo/ServerStream"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(())
+                        .unwrap();
+                    let Ok((response, mut send)) = ready.send_request(request, false) else {
+                        break;
+                    };
+                    let _ = send.send_data(body.clone(), true);
+                    report.opened += 1;
+                    pending.push(response);
+                }
+            }
+            // The gateway has opened the calls upstream once their headers come back.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut answered = Vec::new();
+            for response in pending {
+                if let Ok(Ok(r)) = tokio::time::timeout_at(deadline, response).await {
+                    report.answered += 1;
+                    answered.push(r);
+                }
+            }
+            // Let the backend stream into the stalled calls for a moment, then leave.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for task in held {
+                task.abort();
+            }
+            drop(answered);
+        }
+        report
+    })
 }

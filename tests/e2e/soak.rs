@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use strait_tests::attack::rss_kib;
 use strait_tests::etcd::{self, instance_value, Etcd};
-use strait_tests::gateway::{strait_command, EchoProcess};
+use strait_tests::gateway::{log_with_panics_last, strait_command, EchoProcess};
 use strait_tests::net::{free_addr, http_get, metric};
 use strait_tests::pb::echo_client::EchoClient;
 use strait_tests::pb::EchoRequest;
@@ -387,8 +387,8 @@ async fn fault_soak_loses_only_calls_in_flight_on_a_failed_backend() {
     assert!(total > 500, "load kept flowing: {total}");
     assert!(
         !gateway.logs().iter().any(|l| l.contains("panicked")),
-        "{}",
-        gateway.logs().join("\n")
+        "the gateway panicked; {}",
+        log_with_panics_last(&gateway.logs())
     );
     assert!(
         rss_after < rss_before + 32 * 1024,

@@ -114,6 +114,9 @@ pub struct Gateway {
     /// While true the readers leave stdout and stderr unread, so the pipes fill up and a
     /// gateway writing its log synchronously would block (see `pause_logs`).
     paused: Arc<(Mutex<bool>, Condvar)>,
+    /// The threads reading stdout and stderr; joined when the gateway is dropped, so its last
+    /// lines are read before they are checked for a panic.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -151,6 +154,7 @@ impl Gateway {
             .expect("spawning strait");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let mut readers = Vec::new();
         for pipe in [
             child
                 .stdout
@@ -166,7 +170,7 @@ impl Gateway {
         {
             let logs = logs.clone();
             let paused = paused.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     let (flag, wake) = &*paused;
                     let mut held = flag.lock().unwrap();
@@ -179,7 +183,7 @@ impl Gateway {
                     }
                     logs.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let mut gateway = Gateway {
             child: Some(child),
@@ -187,6 +191,7 @@ impl Gateway {
             config_path,
             logs,
             paused,
+            readers,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -308,7 +313,40 @@ impl Drop for Gateway {
         }
         // Let the readers drain to the end of the pipes and finish.
         self.resume_logs();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        // Every test asserts that the gateway never panicked, whatever else it checks: a panic
+        // in a task the test does not look at would otherwise pass unseen.
+        let logs = self.logs();
+        if !std::thread::panicking() && unexpected_panic(&logs) {
+            panic!("the gateway panicked; {}", log_with_panics_last(&logs));
+        }
     }
+}
+
+/// Whether the log shows more panics than the ones tests ask for through the gateway's test
+/// hook (`POST /test/panic`; the message of such a panic is a line of its own starting
+/// "test hook:"). Counted rather than paired: stdout and stderr interleave.
+fn unexpected_panic(logs: &[String]) -> bool {
+    let panics = logs.iter().filter(|l| l.contains("panicked at")).count();
+    let asked_for = logs.iter().filter(|l| l.starts_with("test hook:")).count();
+    panics > asked_for
+}
+
+/// The log, then each panic again with the lines after it: a CI report that keeps only the
+/// head and tail of a long failure message still shows what panicked.
+pub fn log_with_panics_last(logs: &[String]) -> String {
+    let mut text = format!("its log:\n{}\n--- the panics again ---", logs.join("\n"));
+    for (i, line) in logs.iter().enumerate() {
+        if line.contains("panicked at") {
+            for l in logs.iter().skip(i).take(12) {
+                text.push('\n');
+                text.push_str(l);
+            }
+        }
+    }
+    text
 }
 
 /// The admin listener of a config, if it has one (data listeners can open a moment before it).

@@ -3,6 +3,7 @@
 //! Everything here talks over loopback sockets; nothing is mocked.
 
 pub mod attack;
+pub mod ccore;
 pub mod dns;
 pub mod echo;
 pub mod etcd;

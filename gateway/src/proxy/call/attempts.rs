@@ -102,7 +102,10 @@ impl CallCtx {
 
     /// Claims an endpoint this call has not tried for its next attempt. A status retry may go
     /// back to one already tried when no other is usable (the backend answered; it may answer
-    /// differently now). `Err` is what the caller is told when none can be had.
+    /// differently now), and so may a resend of a stream the backend turned away unprocessed
+    /// (its GOAWAY retires that connection, so the resend dials a new one, as a gRPC client's
+    /// transparent retry would). A connect failure is never tried on the same endpoint again.
+    /// `Err` is what the caller is told when none can be had.
     pub fn claim(&mut self, why: Resend) -> Result<(Claimed, Attempt), LocalStatus> {
         let Some(target) = self.target.as_ref() else {
             return Err(LocalStatus::new(Code::Internal, "the call was not routed"));
@@ -117,7 +120,12 @@ impl CallCtx {
         let claimed = upstream
             .claim(self.region.as_deref(), &self.tried)
             .or_else(|| {
-                (why == Resend::Status)
+                let may_return = match why {
+                    Resend::Status => true,
+                    Resend::Unprocessed => self.last_turned_away,
+                    Resend::First | Resend::Hedge => false,
+                };
+                may_return
                     .then(|| upstream.claim(self.region.as_deref(), &[]))
                     .flatten()
             });
@@ -196,6 +204,7 @@ impl CallCtx {
     /// `/upstreams` have the addresses).
     pub fn note_failure(&mut self, failure: &AttemptFailure) {
         self.last_failure = Some(failure.reason.clone());
+        self.last_turned_away = failure.unprocessed && !failure.connecting;
     }
 
     /// Whether a failed attempt is followed by another: the backend certainly did not process

@@ -59,6 +59,10 @@ pub struct CallCtx {
     pub attempt: Option<Attempt>,
     /// The last attempt's failure, for the caller's error message.
     pub last_failure: Option<String>,
+    /// The last attempt was a stream the backend turned away unprocessed (REFUSED_STREAM, above
+    /// a GOAWAY's last-stream-id) on a connection that was up: the endpoint itself may take
+    /// the call again, on another stream or a new connection.
+    pub last_turned_away: bool,
     /// Upstream response headers arrived: from here on the call is committed to that endpoint.
     pub response_started: bool,
     /// `grpc-status` seen from the backend (trailers or trailers-only).
@@ -113,6 +117,7 @@ impl CallCtx {
             tried: Vec::new(),
             attempt: None,
             last_failure: None,
+            last_turned_away: false,
             response_started: false,
             upstream_status: None,
             pending_retry: None,

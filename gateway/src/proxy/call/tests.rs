@@ -320,6 +320,30 @@ fn a_status_retry_may_go_back_to_the_only_endpoint() {
     assert_eq!(again.index, 0);
 }
 
+/// A stream the only endpoint turned away unprocessed (above its GOAWAY's last-stream-id) is
+/// sent to it again, on a new connection; an endpoint that refused the connection is not.
+#[test]
+fn a_turned_away_stream_may_go_back_to_the_only_endpoint_a_refused_dial_not() {
+    let mut ctx = admitted("/lonely.L/M");
+    claim_current(&mut ctx, Resend::First);
+    ctx.attempt_failed(&failure(false, true));
+    assert!(ctx.resend_after(&failure(false, true), true));
+    let again = claim_current(&mut ctx, Resend::Unprocessed);
+    assert_eq!(again.index, 0);
+    assert_eq!(ctx.tried, vec![0, 0]);
+
+    let mut ctx = admitted("/lonely.L/M");
+    claim_current(&mut ctx, Resend::First);
+    ctx.attempt_failed(&failure(true, false));
+    assert!(ctx.resend_after(&failure(true, false), true));
+    let status = ctx.claim(Resend::Unprocessed).unwrap_err();
+    assert_eq!(
+        status.code,
+        Code::Unavailable,
+        "no second dial to the same endpoint"
+    );
+}
+
 #[test]
 fn claims_are_refused_past_the_deadline_and_unrouted() {
     let mut ctx = admitted("/plain.P/M");

@@ -30,8 +30,11 @@ pub fn describe(e: &Error) -> String {
         ErrorType::ReadError | ErrorType::WriteError => "connection error",
         ErrorType::H2Error => {
             if let Some(h2e) = h2_cause(e) {
-                if h2e.is_go_away() {
+                if h2e.is_go_away() && h2e.is_remote() {
                     return "backend sent GOAWAY".into();
+                }
+                if h2e.is_go_away() {
+                    return "the connection to the backend failed".into();
                 }
                 if let Some(reason) = h2e.reason() {
                     return format!("backend reset the stream ({reason:?})");
@@ -46,13 +49,16 @@ pub fn describe(e: &Error) -> String {
 }
 
 /// True when the backend certainly did not process the request: it refused the stream, or the
-/// stream was above the last id of a GOAWAY. Only then may a non-idempotent gRPC call be retried.
+/// stream was above the last id of its GOAWAY. Only then may a non-idempotent gRPC call be
+/// retried. Both must come from the backend: when the gateway's own HTTP/2 client gives up on a
+/// connection (a GOAWAY it sends), the backend may well have processed the calls on it.
 pub fn certainly_unprocessed(e: &Error) -> bool {
     if *e.esource() != ErrorSource::Upstream {
         return false;
     }
-    h2_cause(e)
-        .is_some_and(|h2e| h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
+    h2_cause(e).is_some_and(|h2e| {
+        h2e.is_remote() && (h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 /// True when the error came from the caller's side (it cancelled or went away).

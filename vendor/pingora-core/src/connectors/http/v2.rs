@@ -27,7 +27,6 @@ use parking_lot::{Mutex, RwLock};
 use pingora_error::{Error, ErrorType::*, OkOrErr, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,6 +171,11 @@ impl ConnectionRef {
 
     /// Claims one stream slot; false when the connection is full.
     fn reserve_stream(&self) -> bool {
+        // Strait: a connection that can take no new streams (it received GOAWAY, or its h2
+        // connection failed) gives no slot, so the caller dials instead of failing here.
+        if self.is_shutting_down() {
+            return false;
+        }
         // Atomically check if the current_stream is over the limit
         // load(), compare and then fetch_add() cannot guarantee the same
         let current_streams = self.0.current_streams.fetch_add(1, Ordering::SeqCst);
@@ -187,31 +191,17 @@ impl ConnectionRef {
     async fn open_reserved_stream(&self) -> Result<Option<Http2Session>> {
         match self.0.connection_stub.new_stream().await {
             Ok(send_req) => Ok(Some(Http2Session::new(send_req, self.clone()))),
-            Err(e) => {
+            Err(_) => {
                 // fail to create the stream, reset the counter
                 self.0.current_streams.fetch_sub(1, Ordering::SeqCst);
 
-                // Check for graceful shutdown conditions where we can retry with a new connection
-                let is_graceful_shutdown = e
-                    .root_cause()
-                    .downcast_ref::<h2::Error>()
-                    .map(|e| {
-                        // Remote sends GOAWAY(NO_ERROR): graceful shutdown
-                        (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
-                        // Or broken pipe wrapped inside an h2::Error: stream closed unexpectedly
-                        || (e.is_io()
-                            && e.get_io()
-                                .map(|io| io.kind() == ErrorKind::BrokenPipe)
-                                .unwrap_or(false))
-                    })
-                    .unwrap_or(false);
-
-                if is_graceful_shutdown {
-                    self.mark_shutdown();
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
+                // Strait: whatever the reason (GOAWAY with any error code, a failed
+                // connection), this connection takes no new stream and the request was not
+                // sent: retire the connection and let the caller dial a fresh one. Upstream
+                // did so only for GOAWAY(NO_ERROR) and a broken pipe, so after a backend's
+                // GOAWAY(ENHANCE_YOUR_CALM) every call failed on the old connection until it closed.
+                self.mark_shutdown();
+                Ok(None)
             }
         }
     }
@@ -426,7 +416,8 @@ impl Connector {
             .get(reuse_hash)
             // filter out closed, InUsePool does not have notify closed eviction like the idle pool
             // and it's possible we get an in use connection that is closed and not yet released
-            .filter(|c| !c.is_closed())
+            // (Strait: or one that takes no new streams, so the idle pool is still looked at)
+            .filter(|c| !c.is_closed() && !c.is_shutting_down())
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
             #[cfg(unix)]
@@ -587,6 +578,10 @@ impl H2HandshakeSettings {
     }
 }
 
+/// Strait: reset streams an upstream connection remembers at least, so late frames for them are
+/// ignored rather than answered (h2's default is 50).
+const RESET_STREAMS_REMEMBERED: usize = 4096;
+
 /// Perform an HTTP/2 handshake on the given stream with the given settings.
 pub async fn handshake(stream: Stream, settings: H2HandshakeSettings) -> Result<ConnectionRef> {
     use h2::client::Builder;
@@ -646,6 +641,16 @@ pub async fn handshake(stream: Stream, settings: H2HandshakeSettings) -> Result<
         .max_frame_size(64 * 1024) // advise server to send larger frames
         .initial_window_size(stream_window)
         .initial_connection_window_size(conn_window)
+        // Strait: frames the server sent before it saw our RST_STREAM arrive on streams we
+        // reset ourselves (every cancelled call). h2 ignores them only for the last 50 reset
+        // streams; for older ones it answers RST_STREAM(STREAM_CLOSED) and counts a "local
+        // error reset", and at 1024 of those in the connection's life it closes the connection
+        // with GOAWAY(ENHANCE_YOUR_CALM, "too_many_internal_resets"), failing every call on it.
+        // One caller cancelling calls in bulk thus failed everyone's calls. Remember as many
+        // reset streams as the connection can have open, and do not count: the peer here is
+        // the operator's own backend, not a client to defend against.
+        .max_concurrent_reset_streams(max_streams.max(RESET_STREAMS_REMEMBERED))
+        .max_local_error_reset_streams(None)
         .handshake(stream)
         .await
         .or_err(HandshakeError, "during H2 handshake")?;
