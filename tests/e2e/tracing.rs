@@ -497,3 +497,79 @@ async fn two_attempt_spans(
     assert_eq!(attempts.len(), 2);
     (server, attempts)
 }
+
+/// Issue #34 item 7: a caller outside the listener's `trusted_sources` (here everyone on
+/// loopback) cannot make the gateway record and export its calls by sending a sampled
+/// `traceparent`: at `sample = 0` its call makes no span, though the trace id goes on to the
+/// backend. The same caller authenticated by the route's `auth` is trusted, and its sampled
+/// flag is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_or_authenticated_callers_force_sampling() {
+    let b0 = Backend::start(BackendOptions::named("b0")).await;
+    let receiver = OtlpReceiver::start().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        strait_tests::jwt::api_key_line("ci", "key-ci"),
+    )
+    .unwrap();
+    let text = with_tracing(
+        listen,
+        &endpoints(&[b0.addr]),
+        admin,
+        &format!("otlp_endpoint = \"{}\"\nsample = 0", receiver.endpoint()),
+    )
+    .replace(
+        &format!("listen = \"{listen}\"\n"),
+        &format!("listen = \"{listen}\"\ntrusted_sources = [\"10.0.0.0/8\"]\n"),
+    ) + r#"
+[[route]]
+listener = "public"
+service = "bench.Echo"
+method = "ClientStream"
+upstream = "echo"
+auth = ["keys"]
+
+[[auth]]
+name = "keys"
+[auth.api_keys]
+keys_file = "keys.txt"
+"#;
+    let _gateway = tokio::task::block_in_place(|| Gateway::start_in(dir, &text, listen));
+
+    let forced = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (seen, _) = call_with(listen, &[("traceparent", &forced)]).await;
+    let (trace, _, flags) = parts(&seen.expect("a traceparent"));
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (TRACE, "00"),
+        "the trace goes on, unsampled: sample = 0 decides for an untrusted caller"
+    );
+
+    let authenticated_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut c = client(listen).await;
+    let mut request = Request::new(tokio_stream::iter(vec![req(b"one")]));
+    let metadata = request.metadata_mut();
+    metadata.insert("x-api-key", "key-ci".parse().unwrap());
+    metadata.insert(
+        "traceparent",
+        format!("00-{authenticated_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    c.client_stream(request).await.expect("served");
+
+    // Spans leave in the order calls end: once the authenticated call's is here, the untrusted
+    // one had its chance.
+    let spans = receiver
+        .wait_for(WAIT, |spans| {
+            !span_of_trace(spans, authenticated_trace).is_empty()
+        })
+        .await;
+    assert_eq!(span_of_trace(&spans, authenticated_trace).len(), 1);
+    assert!(
+        span_of_trace(&spans, TRACE).is_empty(),
+        "the untrusted caller's sampled flag was followed: {spans:#?}"
+    );
+}

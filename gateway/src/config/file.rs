@@ -168,8 +168,9 @@ pub struct TracingSection {
     pub otlp_endpoint: Spanned<String>,
     /// The `service.name` of the exported spans (default "strait").
     pub service_name: Option<Spanned<String>>,
-    /// Fraction of calls traced when they arrive without a `traceparent` (default 0.01); a
-    /// caller's sampled flag decides for calls that carry one.
+    /// Fraction of calls traced when they arrive without a `traceparent` or from a caller the
+    /// listener does not trust (default 0.01); a trusted caller's sampled flag decides for
+    /// calls that carry one.
     pub sample: Option<Spanned<f64>>,
 }
 
@@ -295,8 +296,9 @@ pub struct ListenerSection {
     pub grpc_web: Option<bool>,
     /// grpc: CORS for browser callers: preflights answered by the gateway for these origins.
     pub cors: Option<CorsSection>,
-    /// grpc: CIDRs of callers trusted to choose what only operators should (the region header);
-    /// default loopback only. Authenticated callers (a route's `auth`) are trusted too.
+    /// grpc: CIDRs of callers trusted to choose what only operators should (the region header,
+    /// forced trace sampling); default loopback only. Authenticated callers (a route's `auth`)
+    /// are trusted too.
     pub trusted_sources: Option<Spanned<Vec<Spanned<String>>>>,
 }
 

@@ -7,11 +7,11 @@ use std::time::SystemTime;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SdkTracer, ShouldSample, Span};
 
 use crate::observe::access_log::CallRecord;
 
@@ -64,13 +64,66 @@ fn caller_context(headers: &http::HeaderMap) -> (Context, bool) {
     (cx, sent && !valid)
 }
 
+/// Who decides whether a call's trace is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplingTrust {
+    /// The caller (a trusted source, or authenticated): its `traceparent`'s sampled flag
+    /// decides, as W3C intends between services of one operator.
+    Caller,
+    /// Anyone else: the configured ratio decides, whatever the flag says, so a caller cannot
+    /// make the gateway record and export every one of its calls. Its trace id is kept, so a
+    /// kept call still joins the caller's trace.
+    Ratio(f64),
+}
+
+/// The caller's parent context with the sampling decision `trust` allows it.
+fn parent_for(parent: Context, trust: SamplingTrust) -> Context {
+    let SamplingTrust::Ratio(ratio) = trust else {
+        return parent;
+    };
+    let sc = parent.span().span_context().clone();
+    if !sc.is_valid() {
+        // No parent: the configured sampler's root ratio decides anyway.
+        return parent;
+    }
+    let decision = Sampler::TraceIdRatioBased(ratio)
+        .should_sample(
+            None,
+            sc.trace_id(),
+            PENDING_NAME,
+            &SpanKind::Server,
+            &[],
+            &[],
+        )
+        .decision;
+    let flags = if decision == SamplingDecision::RecordAndSample {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    Context::new().with_remote_span_context(SpanContext::new(
+        sc.trace_id(),
+        sc.span_id(),
+        flags,
+        true,
+        sc.trace_state().clone(),
+    ))
+}
+
 impl CallTrace {
-    /// Starts the server span of a call that arrived with `headers`.
-    pub(super) fn start(tracer: &SdkTracer, headers: &http::HeaderMap) -> Self {
+    /// Starts the server span of a call that arrived at `arrived` with `headers`.
+    pub(super) fn start(
+        tracer: &SdkTracer,
+        headers: &http::HeaderMap,
+        trust: SamplingTrust,
+        arrived: SystemTime,
+    ) -> Self {
         let (parent, restarted) = caller_context(headers);
+        let parent = parent_for(parent, trust);
         let span = tracer
             .span_builder(PENDING_NAME)
             .with_kind(SpanKind::Server)
+            .with_start_time(arrived)
             .start_with_context(tracer, &parent);
         let traceparent = traceparent(span.span_context());
         Self {
@@ -311,6 +364,38 @@ mod tests {
             Default::default(),
         );
         assert!(traceparent(&unsampled).to_str().unwrap().ends_with("-00"));
+    }
+
+    /// An untrusted caller's sampled flag forces nothing: the ratio decides, on its trace id.
+    #[test]
+    fn only_a_trusted_caller_forces_sampling() {
+        let sampled = caller_context(&headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]))
+        .0;
+        let kept = |cx: &Context| cx.span().span_context().is_sampled();
+        assert!(kept(&parent_for(sampled.clone(), SamplingTrust::Caller)));
+        let never = parent_for(sampled.clone(), SamplingTrust::Ratio(0.0));
+        assert!(!kept(&never));
+        let sc = never.span().span_context().clone();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c",
+            "the trace id stays"
+        );
+        assert!(sc.is_remote());
+        assert!(kept(&parent_for(sampled, SamplingTrust::Ratio(1.0))));
+        // An unsampled parent may be kept by the ratio too: the operator's sampler decides.
+        let unsampled = caller_context(&headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        )]))
+        .0;
+        assert!(kept(&parent_for(unsampled, SamplingTrust::Ratio(1.0))));
+        // Without a parent there is nothing to rewrite.
+        let none = parent_for(Context::new(), SamplingTrust::Ratio(1.0));
+        assert!(!none.span().span_context().is_valid());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-pub use call::{AttemptTiming, CallTrace};
+pub use call::{AttemptTiming, CallTrace, SamplingTrust};
 pub use export::{ExportStartError, SpanCounters, QUEUE_SPANS};
 
 use crate::config::TracingConfig;
@@ -98,11 +98,23 @@ impl Tracing {
         Ok(())
     }
 
-    /// The trace of a call that just arrived with `headers`; `None` when tracing is off.
-    pub fn start(&self, headers: &http::HeaderMap) -> Option<CallTrace> {
+    /// The trace of a call that arrived at `arrived` with `headers`; `None` when tracing is
+    /// off. Only a `caller_trusted` caller's `traceparent` decides sampling; anyone else's
+    /// calls are kept at the configured ratio.
+    pub fn start(
+        &self,
+        headers: &http::HeaderMap,
+        caller_trusted: bool,
+        arrived: std::time::SystemTime,
+    ) -> Option<CallTrace> {
         let active = self.current.load();
         let active = active.as_ref()?;
-        Some(CallTrace::start(&active.tracer, headers))
+        let trust = if caller_trusted {
+            SamplingTrust::Caller
+        } else {
+            SamplingTrust::Ratio(active.config.sample)
+        };
+        Some(CallTrace::start(&active.tracer, headers, trust, arrived))
     }
 
     /// At exit: stop tracing and let the exporter send what is queued, waiting at most `bound`.

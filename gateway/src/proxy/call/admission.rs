@@ -63,6 +63,8 @@ impl CallCtx {
         settings: &CallSettings,
         req: Request<'_>,
     ) -> Result<(), LocalStatus> {
+        // Until authentication says more, only the caller's address can make it trusted.
+        self.caller_trusted = req.trusted_source;
         let path = req.path;
         let grpc_path = parse_grpc_path(path).ok_or_else(|| {
             LocalStatus::new(Code::Unimplemented, format!("malformed gRPC path {path:?}"))
@@ -173,6 +175,7 @@ impl CallCtx {
         // Only a trusted source or an authenticated caller chooses its region; anyone else gets
         // the gateway's.
         let trusted = req.trusted_source || self.principal.is_some();
+        self.caller_trusted = trusted;
         self.region = settings.preferred_region(req.headers, trusted);
         Ok(())
     }

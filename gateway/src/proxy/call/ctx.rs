@@ -54,6 +54,9 @@ pub struct CallCtx {
     pub caller_deadline: bool,
     /// Region whose endpoints are preferred for this call.
     pub region: Option<String>,
+    /// The caller came from the listener's `trusted_sources` or was authenticated: it may
+    /// choose its region and force its trace to be sampled (set by admission).
+    pub caller_trusted: bool,
     /// Endpoint indices already tried for this call; retries go elsewhere.
     pub tried: Vec<usize>,
     pub attempt: Option<Attempt>,
@@ -118,6 +121,7 @@ impl CallCtx {
             attempt: None,
             last_failure: None,
             last_turned_away: false,
+            caller_trusted: false,
             response_started: false,
             upstream_status: None,
             pending_retry: None,

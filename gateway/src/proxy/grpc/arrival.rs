@@ -65,7 +65,9 @@ impl GrpcProxy {
                 None
             }
         };
-        ctx.trace = self.observers.tracing.start(&session.req_header().headers);
+        // The span starts now; whether the caller's traceparent may decide its sampling is
+        // known only once admission has authenticated it.
+        let arrived = std::time::SystemTime::now();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -93,6 +95,11 @@ impl GrpcProxy {
             };
             ctx.admit(&snapshot, &self.settings, request)
         };
+        ctx.trace = self.observers.tracing.start(
+            &session.req_header().headers,
+            ctx.caller_trusted,
+            arrived,
+        );
         if let Err(status) = admitted {
             write_local_status(session, ctx, &status).await?;
             ctx.local_status = Some(status);
