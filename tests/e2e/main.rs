@@ -10,6 +10,7 @@ mod deadlines;
 mod discovery;
 mod dns;
 mod fixture;
+mod forwarded;
 mod hostile;
 mod keepalive;
 mod lifecycle;

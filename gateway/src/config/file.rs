@@ -300,6 +300,10 @@ pub struct ListenerSection {
     /// forced trace sampling); default loopback only. Authenticated callers (a route's `auth`)
     /// are trusted too.
     pub trusted_sources: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Connections from `trusted_sources` (an L4 balancer) start with a PROXY protocol header
+    /// (v1 or v2) naming the real client, which logs, rate limits and `x-forwarded-for` then
+    /// see (default false). Connections from elsewhere are served as direct clients.
+    pub proxy_protocol: Option<bool>,
 }
 
 /// CORS of a listener (browsers calling from pages of other origins).

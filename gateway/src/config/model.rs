@@ -293,8 +293,11 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     /// gRPC-Web and CORS (grpc listeners).
     pub web: WebConfig,
-    /// Callers from these networks may set the region header (grpc listeners).
+    /// Callers from these networks may set the region header and force trace sampling, and
+    /// send a PROXY header where `proxy_protocol` is on.
     pub trusted_sources: Vec<ipnet::IpNet>,
+    /// Connections from `trusted_sources` begin with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Without `trusted_sources`: loopback only (sidecars and local tools on the gateway's host).

@@ -852,16 +852,19 @@ pub enum Rejection {
     HeaderTimeout,
     /// Closed later: the client did not answer an HTTP/2 PING in time.
     PingTimeout,
+    /// A trusted source on a `proxy_protocol` listener sent no valid PROXY header in time.
+    ProxyProtocol,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::MaxConnections,
         Rejection::HandshakeTimeout,
         Rejection::HandshakeError,
         Rejection::RapidReset,
         Rejection::HeaderTimeout,
         Rejection::PingTimeout,
+        Rejection::ProxyProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -872,6 +875,7 @@ impl Rejection {
             Rejection::RapidReset => "rapid_reset",
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::PingTimeout => "ping_timeout",
+            Rejection::ProxyProtocol => "proxy_protocol",
         }
     }
 }
@@ -880,7 +884,7 @@ impl Rejection {
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     pub open: IntGauge,
-    rejected: [prometheus::IntCounter; 6],
+    rejected: [prometheus::IntCounter; Rejection::ALL.len()],
 }
 
 impl ListenerMetrics {

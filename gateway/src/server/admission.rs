@@ -10,12 +10,13 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{Ssl, Stream};
+use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::frame_guard::{FrameRules, GuardedStream, Violation};
+use super::proxy_protocol::{read_header, HeaderRule};
 use crate::metrics::{ListenerMetrics, Rejection};
 
 /// What must happen, within the deadline, before the app gets the connection.
@@ -52,6 +53,8 @@ pub struct Admission<A> {
     /// at most each (counted in the metrics every time).
     handshake_log: crate::logging::LogThrottle,
     violation_log: Arc<crate::logging::LogThrottle>,
+    /// `proxy_protocol` listeners: who must send a PROXY header first.
+    proxy_header: Option<HeaderRule>,
 }
 
 impl<A> Admission<A> {
@@ -72,6 +75,66 @@ impl<A> Admission<A> {
             metrics,
             handshake_log: Default::default(),
             violation_log: Default::default(),
+            proxy_header: None,
+        }
+    }
+
+    /// Connections from `rule.trusted` must begin with a PROXY protocol header, whose client
+    /// then stands for the socket's peer.
+    pub fn with_proxy_header(mut self, rule: Option<HeaderRule>) -> Self {
+        self.proxy_header = rule;
+        self
+    }
+
+    /// Reads the PROXY header a connection from a trusted source must begin with, and makes
+    /// the client it names the stream's peer (what pingora's sessions, the access log, rate
+    /// limits and `x-forwarded-for` read). Bytes read past the header go back to the stream.
+    /// Connections from anyone else pass untouched: their first bytes are their own.
+    async fn take_proxy_header(&self, stream: Stream, rule: &HeaderRule) -> Option<Stream> {
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        if !peer_ip.is_some_and(|ip| rule.expects_header_from(ip)) {
+            return Some(stream);
+        }
+        let mut tcp = match stream.into_any().downcast::<L4Stream>() {
+            Ok(tcp) => *tcp,
+            Err(_) => {
+                tracing::error!(listener = %self.listener, "a PROXY protocol listener got a non-TCP stream");
+                return None;
+            }
+        };
+        let refuse = |detail: &str| {
+            let peer = peer_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+            if let Some(not_logged) = self.handshake_log.take_turn() {
+                tracing::info!(listener = %self.listener, peer, detail, not_logged,
+                               "closing a connection from a trusted source without a valid PROXY header (a few lines a second at most)");
+            }
+            if let Some(m) = &self.metrics {
+                m.rejected(Rejection::ProxyProtocol);
+            }
+        };
+        match tokio::time::timeout(rule.deadline, read_header(&mut tcp)).await {
+            Ok(Ok(received)) => {
+                if !received.after.is_empty() {
+                    tcp.rewind(&received.after);
+                }
+                if let Some(client) = received.client {
+                    use std::os::unix::io::AsRawFd;
+                    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+                    let _ = digest.peer_addr.set(Some(client.into()));
+                    tcp.set_socket_digest(digest);
+                }
+                Some(Box::new(tcp))
+            }
+            Ok(Err(e)) => {
+                refuse(&e.to_string());
+                None
+            }
+            Err(_) => {
+                refuse("no PROXY header within handshake_timeout");
+                None
+            }
         }
     }
 
@@ -122,6 +185,9 @@ impl<A> Admission<A> {
 
     /// Returns the stream and the bytes read from it while checking it (to be replayed).
     async fn handshake(&self, mut stream: Stream) -> Option<(Stream, Vec<u8>)> {
+        if let Some(rule) = &self.proxy_header {
+            stream = self.take_proxy_header(stream, rule).await?;
+        }
         match &self.handshake {
             Handshake::None => Some((stream, Vec::new())),
             Handshake::H2cPreface(deadline) => {

@@ -172,6 +172,7 @@ fn same_listener(running: &Running, wanted: &ListenerConfig) -> bool {
         && running.config.idle_timeout == wanted.idle_timeout
         && running.config.web == wanted.web
         && running.config.trusted_sources == wanted.trusted_sources
+        && running.config.proxy_protocol == wanted.proxy_protocol
 }
 
 impl ListenerSet {
@@ -435,7 +436,8 @@ impl ListenerSet {
             handshake,
             Some(frame_rules),
             d.metrics.as_ref().map(|m| m.listener(&listener.name)),
-        );
+        )
+        .with_proxy_header(proxy_header_rule(listener));
         let mut service = Service::new(format!("grpc listener {}", listener.name), app);
         // h2 reads through its own codec buffer; pingora's 64 KiB read buffer per connection
         // would only add memory (and a copy) to every idle connection.
@@ -465,7 +467,8 @@ impl ListenerSet {
             Handshake::None,
             None,
             d.metrics.as_ref().map(|m| m.listener(&listener.name)),
-        );
+        )
+        .with_proxy_header(proxy_header_rule(listener));
         let mut service = Service::new(format!("tcp listener {}", listener.name), app);
         // The relay has its own buffers, sized to the traffic; pingora's default 64 KiB read
         // buffer per accepted connection would only add memory and a copy.
@@ -501,5 +504,16 @@ pub fn check_bindable(name: &str, listen: SocketAddr) -> Result<(), ListenerErro
             listener: name.to_string(),
             addr: listen,
             source,
+        })
+}
+
+/// A `proxy_protocol` listener's rule: its trusted sources send a PROXY header first, within
+/// the handshake timeout.
+fn proxy_header_rule(listener: &ListenerConfig) -> Option<super::proxy_protocol::HeaderRule> {
+    listener
+        .proxy_protocol
+        .then(|| super::proxy_protocol::HeaderRule {
+            trusted: listener.trusted_sources.clone().into(),
+            deadline: listener.limits.handshake_timeout,
         })
 }

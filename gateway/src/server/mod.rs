@@ -7,6 +7,7 @@ mod admission;
 mod drain;
 mod frame_guard;
 mod listeners;
+mod proxy_protocol;
 mod runtime;
 
 pub use drain::exit_when_drained;

@@ -99,6 +99,7 @@ pub(super) fn validate_listeners(
             limits,
             web,
             trusted_sources,
+            proxy_protocol: section.proxy_protocol.unwrap_or(false),
         });
     }
     listeners

@@ -177,6 +177,7 @@ impl CallCtx {
         let trusted = req.trusted_source || self.principal.is_some();
         self.caller_trusted = trusted;
         self.region = settings.preferred_region(req.headers, trusted);
+        self.forwarded_for = super::forwarded::forwarded_for(req.headers, req.peer, trusted);
         Ok(())
     }
 }

@@ -57,6 +57,8 @@ pub struct CallCtx {
     /// The caller came from the listener's `trusted_sources` or was authenticated: it may
     /// choose its region and force its trace to be sampled (set by admission).
     pub caller_trusted: bool,
+    /// The `x-forwarded-for` the backend receives (set by admission).
+    pub forwarded_for: Option<http::HeaderValue>,
     /// Endpoint indices already tried for this call; retries go elsewhere.
     pub tried: Vec<usize>,
     pub attempt: Option<Attempt>,
@@ -122,6 +124,7 @@ impl CallCtx {
             last_failure: None,
             last_turned_away: false,
             caller_trusted: false,
+            forwarded_for: None,
             response_started: false,
             upstream_status: None,
             pending_retry: None,

@@ -1,5 +1,5 @@
 //! What each attempt's request carries beyond the caller's: the remaining budget, the attempt's
-//! number and the gateway's span. Both drivers write these and only these.
+//! number, the gateway's span and the caller's address. Both drivers write these and only these.
 
 use http::header::HeaderName;
 use http::HeaderValue;
@@ -11,10 +11,12 @@ use super::CallCtx;
 /// The headers an attempt sets, and the ones it removes.
 #[derive(Debug, Default)]
 pub struct AttemptHeaders<'a> {
-    /// `grpc-timeout`, `grpc-previous-rpc-attempts`, `traceparent`.
-    pub set: [Option<(HeaderName, HeaderValue)>; 3],
+    /// `grpc-timeout`, `grpc-previous-rpc-attempts`, `traceparent`, `x-forwarded-for`.
+    pub set: [Option<(HeaderName, HeaderValue)>; 4],
     /// `tracestate`, when the gateway restarted the caller's trace.
     pub remove: Option<HeaderName>,
+    /// The forwarding headers an untrusted caller sent (`forwarded::UNTRUSTED_FORWARDING`).
+    pub remove_forwarding: &'static [HeaderName],
     /// The call's identity headers (`CallCtx::identity`): removed first, then set.
     pub identity: Option<&'a crate::auth::IdentityHeaders>,
 }
@@ -31,7 +33,10 @@ impl<'a> AttemptHeaders<'a> {
     /// Every header to remove before the ones to set are written.
     pub fn to_remove(&self) -> impl Iterator<Item = &HeaderName> {
         let identity = self.identity.into_iter().flat_map(|i| &i.remove);
-        self.remove.iter().chain(identity)
+        self.remove
+            .iter()
+            .chain(self.remove_forwarding)
+            .chain(identity)
     }
 }
 
@@ -65,6 +70,12 @@ impl CallCtx {
             if trace.restarted {
                 headers.remove = Some(HeaderName::from_static("tracestate"));
             }
+        }
+        if !self.caller_trusted {
+            headers.remove_forwarding = &super::forwarded::UNTRUSTED_FORWARDING;
+        }
+        if let Some(chain) = &self.forwarded_for {
+            headers.set[3] = Some((super::forwarded::X_FORWARDED_FOR, chain.clone()));
         }
         headers
     }

@@ -17,6 +17,7 @@ mod answers;
 mod attempts;
 mod ctx;
 mod ext_authz;
+mod forwarded;
 mod headers;
 #[cfg(test)]
 mod tests;

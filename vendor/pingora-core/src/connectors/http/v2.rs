@@ -446,7 +446,18 @@ impl Connector {
             if conn.more_streams_allowed() {
                 self.in_use_pool.insert(reuse_hash, conn.clone());
             }
-            conn.open_reserved_stream().await
+            let opened = conn.open_reserved_stream().await;
+            if conn.is_shutting_down() {
+                // Strait: a connection that takes no new streams leaves the in-use pool. One
+                // still carrying streams is removed when the last is released; an idle one has
+                // nothing left to release it, so it goes now (under the release lock, so a
+                // stream released meanwhile removes it or finds it removed).
+                let _locked = conn.0.release_lock.lock_arc();
+                if conn.is_idle() {
+                    self.in_use_pool.remove(reuse_hash, &conn);
+                }
+            }
+            opened
         } else {
             Ok(None)
         }
