@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strait_tests::gateway::strait_command;
-use strait_tests::net::{dead_addr, free_addr, http_get, metric, wait_metric};
+use strait_tests::net::{dead_addr, free_addr, http_get, metric, wait_metric, wait_metrics};
 use strait_tests::tcp::{exchange, TcpEcho};
 use strait_tests::{Backend, BackendOptions, Gateway};
 use tokio_stream::StreamExt;
@@ -222,7 +222,14 @@ async fn a_departed_endpoints_series_are_removed_after_the_grace() {
             &[("endpoint", &addr.to_string()), ("outcome", "ok")],
         )
     };
-    let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"));
+    // A call's attempt is counted as the call ends, just after its caller has the answer:
+    // wait (bounded) until all four are.
+    let text = tokio::task::block_in_place(|| {
+        wait_metrics(admin, Duration::from_secs(10), |text| {
+            attempts(text, a.addr).unwrap_or(0.0) + attempts(text, b.addr).unwrap_or(0.0) >= 4.0
+        })
+    })
+    .expect("the four calls are counted");
     assert_eq!(attempts(&text, b.addr), Some(2.0), "{text}");
 
     parts.upstreams = upstream("one", &[(a.addr, 100)], "");
