@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+use super::budget::Budgets;
 use super::clients::XdsClients;
 
 /// An accepted connection holding one of the server's connection slots, and one of its source
@@ -24,6 +25,15 @@ pub struct Capped {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     _source: SourceSlot,
+    budgets: Budgets,
+}
+
+/// What the ADS service learns of the connection a stream arrived on: the peer, and the
+/// budgets its queued responses are charged to.
+#[derive(Debug, Clone)]
+pub struct XdsConnection {
+    pub remote: Option<std::net::SocketAddr>,
+    pub budgets: Budgets,
 }
 
 /// Open connections per source address: one host (or one misbehaving client library
@@ -75,6 +85,7 @@ pub fn capped(
     tls: bool,
     first_bytes: Duration,
     clients: Arc<XdsClients>,
+    queued_total: Arc<Semaphore>,
 ) -> ReceiverStream<io::Result<Capped>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(max));
@@ -107,6 +118,7 @@ pub fn capped(
             };
             let _ = stream.set_nodelay(true);
             let (tx, clients) = (tx.clone(), clients.clone());
+            let budgets = Budgets::for_connection(&queued_total);
             // Each connection waits for its first bytes apart, so a silent one holds up no other.
             tokio::spawn(async move {
                 let arrived = tokio::time::timeout(first_bytes, first_bytes_in(&stream, needed));
@@ -120,6 +132,7 @@ pub fn capped(
                         stream,
                         _slot: slot,
                         _source: source,
+                        budgets,
                     }))
                     .await;
             });
@@ -143,10 +156,13 @@ async fn first_bytes_in(stream: &TcpStream, needed: usize) -> bool {
 }
 
 impl Connected for Capped {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = XdsConnection;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> XdsConnection {
+        XdsConnection {
+            remote: self.stream.peer_addr().ok(),
+            budgets: self.budgets.clone(),
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! misbehaving xDS client costs that thread, never a call.
 
 pub mod bootstrap;
+mod budget;
 mod clients;
 mod incoming;
 mod resources;
@@ -142,6 +143,7 @@ async fn serve(
             addr: config.listen,
             source,
         })?;
+    let queued_total = Arc::new(tokio::sync::Semaphore::new(budget::TOTAL));
     let incoming = incoming::capped(
         listener,
         MAX_CONNECTIONS,
@@ -149,10 +151,12 @@ async fn serve(
         config.tls.is_some(),
         HANDSHAKE_TIMEOUT,
         clients.clone(),
+        queued_total.clone(),
     );
     let service = AggregatedDiscoveryServiceServer::new(AdsService {
         published: subscriber,
         clients,
+        queued_total,
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut builder = tonic::transport::Server::builder()

@@ -7,12 +7,18 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::{mpsc, watch};
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::budget::{Budgets, QueuedBytes};
 use super::clients::{ConnectedClient, XdsClients};
+use super::incoming::XdsConnection;
 use super::resources::ResourceType;
 use super::session::{RequestKind, Session};
 use super::view::PublishedView;
@@ -35,27 +41,51 @@ const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct AdsService {
     pub published: watch::Receiver<Arc<Published>>,
     pub clients: Arc<XdsClients>,
+    /// The server's budget of queued response bytes (`budget::TOTAL`).
+    pub queued_total: Arc<Semaphore>,
 }
+
+/// The connection a request arrived on, over h2c or TLS.
+fn connection_of<T>(request: &Request<T>) -> Option<XdsConnection> {
+    let extensions = request.extensions();
+    extensions.get::<XdsConnection>().cloned().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<XdsConnection>>()
+            .map(|tls| tls.get_ref().clone())
+    })
+}
+
+/// Responses queued towards a client, each holding its size in the budgets until the
+/// transport takes it.
+type Queued = (Result<DiscoveryResponse, Status>, Option<QueuedBytes>);
+type Outbound = mpsc::Sender<Queued>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type StreamAggregatedResourcesStream =
+        Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
     type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
+        let connection = connection_of(&request);
+        let peer = connection.as_ref().and_then(|c| c.remote);
+        let budgets = connection
+            .map(|c| c.budgets)
+            .unwrap_or_else(|| Budgets::for_connection(&self.queued_total));
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(serve_stream(
             request.into_inner(),
             self.published.clone(),
-            tx,
+            Outlet { tx, budgets },
             self.clients.clone(),
             peer,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // A response gives its bytes back as the transport takes it from the queue.
+        let responses = ReceiverStream::new(rx).map(|(response, _bytes)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn delta_aggregated_resources(
@@ -69,16 +99,21 @@ impl AggregatedDiscoveryService for AdsService {
     }
 }
 
-type Outbound = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+/// Where a stream's responses go: its queue, charged to its connection's budgets.
+struct Outlet {
+    tx: Outbound,
+    budgets: Budgets,
+}
 
 /// Serves one ADS stream until the client closes it, breaks it, or stops reading.
 async fn serve_stream(
     mut inbound: Streaming<DiscoveryRequest>,
     mut published: watch::Receiver<Arc<Published>>,
-    tx: Outbound,
+    outlet: Outlet,
     clients: Arc<XdsClients>,
     peer: Option<SocketAddr>,
 ) {
+    let tx = &outlet.tx;
     let mut session = Session::default();
     let mut listed: Option<ConnectedClient> = None;
     let ended = loop {
@@ -99,7 +134,7 @@ async fn serve_stream(
                     }
                     note(&kind, &session, listed.as_ref(), &clients);
                     if let Some(response) = response {
-                        if !send(&tx, response, &clients).await {
+                        if !send(&outlet, response, &clients).await {
                             break "stopped reading";
                         }
                     }
@@ -108,7 +143,7 @@ async fn serve_stream(
                 Err(status) => {
                     clients.count_rejected("stream_error");
                     debug!(peer = ?peer, error = %status, "xds stream failed");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send((Err(status), None)).await;
                     break "failed";
                 }
             },
@@ -116,13 +151,15 @@ async fn serve_stream(
                 if changed.is_err() {
                     // The publisher is gone (its task is restarting): the client reconnects
                     // and gets the new publisher's state.
-                    let _ = tx.send(Err(Status::unavailable("xds server restarting"))).await;
+                    let _ = tx
+                        .send((Err(Status::unavailable("xds server restarting")), None))
+                        .await;
                     break "server restarting";
                 }
                 let current = published.borrow_and_update().clone();
                 let mut open = true;
                 for response in session.on_view(&current.view, current.version) {
-                    if !send(&tx, response, &clients).await {
+                    if !send(&outlet, response, &clients).await {
                         open = false;
                         break;
                     }
@@ -139,9 +176,24 @@ async fn serve_stream(
     }
 }
 
-async fn send(tx: &Outbound, response: DiscoveryResponse, clients: &XdsClients) -> bool {
+/// Queues a response, within `SEND_WAIT` for room in the budgets and then in the queue; false
+/// when the stream is to end (the client went away, or is not reading).
+async fn send(outlet: &Outlet, response: DiscoveryResponse, clients: &XdsClients) -> bool {
     let kind = ResourceType::from_type_url(&response.type_url);
-    match tokio::time::timeout(SEND_WAIT, tx.send(Ok(response))).await {
+    let started = tokio::time::Instant::now();
+    let Some(bytes) = outlet
+        .budgets
+        .take(prost::Message::encoded_len(&response), SEND_WAIT)
+        .await
+    else {
+        clients.count_rejected("queued_bytes");
+        return false;
+    };
+    let queued = tokio::time::timeout_at(
+        started + SEND_WAIT,
+        outlet.tx.send((Ok(response), Some(bytes))),
+    );
+    match queued.await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return false,
         Err(_) => {
