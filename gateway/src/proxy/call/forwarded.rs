@@ -33,31 +33,55 @@ pub fn forwarded_for(
     peer: Option<IpAddr>,
     trusted: bool,
 ) -> Option<HeaderValue> {
+    if !(trusted && headers.contains_key(&X_FORWARDED_FOR)) {
+        // The common case, a chain of one: the value of the worker's last caller, reused
+        // (a connection's calls all come from one address).
+        return peer.map(address_value);
+    }
     let peer = peer.map(|ip| ip.to_canonical().to_string());
     let mut chain = String::new();
-    if trusted {
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            let Ok(text) = value.to_str() else { continue };
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
-            }
-            if !chain.is_empty() {
-                chain.push_str(", ");
-            }
-            chain.push_str(text);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(text) = value.to_str() else { continue };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
         }
-        if chain.len() > MAX_CHAIN {
-            chain.clear();
+        if !chain.is_empty() {
+            chain.push_str(", ");
         }
+        chain.push_str(text);
+    }
+    if chain.len() > MAX_CHAIN {
+        chain.clear();
     }
     match (chain.is_empty(), peer) {
-        (true, None) if trusted => headers.get(&X_FORWARDED_FOR).cloned(),
         (true, None) => None,
         (true, Some(peer)) => HeaderValue::try_from(peer).ok(),
         (false, None) => HeaderValue::try_from(chain).ok(),
         (false, Some(peer)) => HeaderValue::try_from(format!("{chain}, {peer}")).ok(),
     }
+}
+
+/// `ip` as a header value, from a one-entry cache per worker thread: the address of the
+/// previous call is usually this call's, and a clone of its value costs no allocation.
+fn address_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let ip = ip.to_canonical();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, value)) if *cached == ip => value.clone(),
+            _ => {
+                let value = HeaderValue::try_from(ip.to_string())
+                    .expect("an IP address is a valid header value");
+                *last = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -89,6 +113,16 @@ mod tests {
         );
         assert_eq!(
             text(forwarded_for(&headers(&[]), peer, true)),
+            Some("10.1.2.3".into())
+        );
+        // Another caller on the same worker gets its own address, not the cached one.
+        let other = Some("10.1.2.4".parse().unwrap());
+        assert_eq!(
+            text(forwarded_for(&headers(&[]), other, false)),
+            Some("10.1.2.4".into())
+        );
+        assert_eq!(
+            text(forwarded_for(&headers(&[]), peer, false)),
             Some("10.1.2.3".into())
         );
     }
