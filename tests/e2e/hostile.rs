@@ -977,6 +977,61 @@ async fn slow_http1_heads_are_cut_on_h2c_and_tls() {
     }
 }
 
+/// Not only the first: on a kept-alive HTTP/1.1 connection (gRPC-Web), a request served in
+/// full and then a second head dripped a byte at a time: the second is cut at
+/// `request_header_timeout` too (issue #34 item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_http1_head_on_a_kept_alive_connection_is_cut() {
+    use tokio::io::AsyncReadExt;
+    let _heavy = attack::HEAVY.lock().await;
+    let limits = format!("{LIMITS}request_header_timeout = \"1s\"\n");
+    let arena = Arena::start("grpc_web = true", &limits).await;
+    let mut s = tokio::net::TcpStream::connect(arena.listen).await.unwrap();
+    let body = grpc_frame(&[]);
+    let head = format!(
+        "POST /bench.Echo/Unary HTTP/1.1\r\nHost: strait.test\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    // The answer ends with the gRPC-Web trailer frame, which carries grpc-status.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&answer).contains("grpc-status") {
+        assert!(Instant::now() < deadline, "no answer to the first request");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the first request is answered")
+            .unwrap();
+        assert!(n > 0, "the connection stays open after the first answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let started = Instant::now();
+    let cut = drip_http1_head(s, started)
+        .await
+        .expect("the dripped second head was cut");
+    println!("second HTTP/1.1 head: cut after {cut:?}");
+    assert!(cut >= Duration::from_secs(1), "{cut:?}");
+    assert!(cut < Duration::from_secs(10), "{cut:?}");
+    let timeouts = tokio::task::block_in_place(|| {
+        wait_metric(
+            arena.admin,
+            "strait_listener_rejected_total",
+            &[("reason", "header_timeout")],
+            1.0,
+        )
+    });
+    assert_eq!(timeouts, Some(1.0));
+}
+
 /// Issue #34 item 12: a stream flood. A client opens hundreds of streaming calls at once,
 /// never reads a byte of them, and goes away; round after round. Each time the gateway cancels
 /// every one of those calls upstream while the backend is still sending, on the upstream

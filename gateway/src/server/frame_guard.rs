@@ -69,8 +69,10 @@ enum Position {
     /// Not HTTP/2: an HTTP/1.x request head, until its blank line; `usize` bytes of
     /// "\r\n\r\n" matched so far.
     Http1Head(usize),
-    /// Past the first HTTP/1.x request head: nothing more to watch.
-    Off,
+    /// Past an HTTP/1.x request head: its body and the gateway's answer are not watched. The
+    /// next request on the kept-alive connection begins after the gateway has written (see
+    /// `response_written`), and its head is timed again.
+    Http1Answering,
 }
 
 /// Follows the frame boundaries of a client-to-server HTTP/2 byte stream.
@@ -110,14 +112,24 @@ impl FrameWatch {
         }
     }
 
+    /// The gateway wrote to the client. On an HTTP/1.x connection past a request head, that is
+    /// the answer: what the client sends next is the next request's head, timed from its first
+    /// byte (an idle kept-alive connection is not: pingora's keepalive timeout closes it).
+    pub fn response_written(&mut self) {
+        if matches!(self.position, Position::Http1Answering) {
+            self.position = Position::Http1Head(0);
+            self.frame_started = None;
+        }
+    }
+
     /// Follows `bytes`; `false` when the client has overspent its reset budget.
     pub fn observe(&mut self, mut bytes: &[u8], now: Instant) -> bool {
-        if !bytes.is_empty() && !matches!(self.position, Position::Off) {
+        if !bytes.is_empty() && !matches!(self.position, Position::Http1Answering) {
             self.frame_started.get_or_insert(now);
         }
         while !bytes.is_empty() {
             match &mut self.position {
-                Position::Off => return true,
+                Position::Http1Answering => return true,
                 Position::Http1Head(matched) => {
                     const BLANK_LINE: &[u8; 4] = b"\r\n\r\n";
                     let mut used = 0;
@@ -136,7 +148,7 @@ impl FrameWatch {
                     }
                     if *matched == BLANK_LINE.len() {
                         // The head is whole: the proxy reads (or refuses) the rest.
-                        self.position = Position::Off;
+                        self.position = Position::Http1Answering;
                         self.frame_started = None;
                         return true;
                     }
@@ -352,7 +364,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.response_written();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -368,7 +384,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.response_written();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -565,6 +585,33 @@ mod tests {
         bytes.extend(&frame(0, 1, b"data")[..5]); // half a DATA frame header
         assert!(watch.observe(&bytes, t0));
         assert_eq!(watch.incomplete_since(), Some(t0));
+    }
+
+    /// On a kept-alive HTTP/1.1 connection every request's head is timed, not only the first:
+    /// once the gateway has answered, the next bytes begin a new head.
+    #[test]
+    fn every_http1_head_on_a_kept_alive_connection_is_timed() {
+        let t0 = Instant::now();
+        let mut watch = FrameWatch::new(budget(0));
+        assert!(watch.observe(b"POST /a HTTP/1.1\r\nHost: x\r\n\r\nbody", t0));
+        assert_eq!(watch.incomplete_since(), None, "the body is not watched");
+        watch.response_written();
+        assert_eq!(watch.incomplete_since(), None, "idle between requests");
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(watch.observe(b"POST /b HTTP/1.1\r\nHo", t1));
+        assert_eq!(
+            watch.incomplete_since(),
+            Some(t1),
+            "the second head is timed"
+        );
+        assert!(watch.observe(b"st: x\r\n\r\n", t1));
+        assert_eq!(watch.incomplete_since(), None);
+        // Writing on an HTTP/2 connection changes nothing.
+        let mut h2 = FrameWatch::new(budget(0));
+        assert!(h2.observe(PREFACE, t0));
+        h2.response_written();
+        assert!(h2.observe(&frame(HEADERS, 1, b"ab")[..5], t1));
+        assert_eq!(h2.incomplete_since(), Some(t1));
     }
 
     #[test]
